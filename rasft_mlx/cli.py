@@ -1,0 +1,156 @@
+"""The `rasft-mlx` command line: parses arguments, then calls the library."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from . import __version__
+from .blas import reexec_with_optimised_blas
+
+app = typer.Typer(
+    name="rasft-mlx",
+    help="Rollout-Adaptive Supervised Fine-Tuning (RASFT) of language models on MLX.",
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+    pretty_exceptions_enable=False,
+)
+console = Console()
+error_console = Console(stderr=True)
+
+
+def _fail(error: Exception) -> None:
+    error_console.print(f"[bold red]error:[/bold red] {error}")
+    raise typer.Exit(code=2)
+
+
+def _user_errors() -> tuple[type[Exception], ...]:
+    from .config import RecipeError
+    from .data import DataError
+    from .gguf_import import GGUFImportError
+    from .models import ModelError
+    from .trainer import TrainingError
+
+    return (RecipeError, DataError, ModelError, GGUFImportError, TrainingError, FileNotFoundError)
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        console.print(f"rasft-mlx {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version_callback, is_eager=True)
+    ] = False,
+) -> None:
+    """Fine-tune for reasoning on your own machine: LoRA on MLX, on-device rollouts, verified answers."""
+
+
+@app.command()
+def train(
+    recipe: Annotated[Path, typer.Argument(help="YAML recipe, e.g. recipes/gsm8k.yaml")],
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Override a recipe key: --set training.learning_rate=2e-4"),
+    ] = None,
+    out: Annotated[Path | None, typer.Option(help="Run directory (default: output.dir)")] = None,
+) -> None:
+    """Train LoRA adapters with a recipe ([bold]sft, dft, sft_kl, asft, profit[/bold] modes)."""
+    from .config import load_recipe, resolve_run_dir
+    from .trainer import run_training
+
+    try:
+        loaded = load_recipe(recipe, set_ or [])
+        run_dir = resolve_run_dir(loaded, str(out) if out else None)
+        console.print(f"[bold]rasft-mlx train[/bold] {recipe} -> {run_dir}")
+        result = run_training(loaded, run_dir, console)
+    except _user_errors() as error:
+        _fail(error)
+    table = Table(title="run finished", show_header=False)
+    table.add_row("run dir", str(result.run_dir))
+    table.add_row("steps", str(result.steps))
+    table.add_row("trained tokens", f"{result.trained_tokens:,}")
+    table.add_row("final loss", f"{result.final_loss:.4f}")
+    table.add_row("wall time", f"{result.seconds:.1f} s")
+    if result.eval_summary:
+        table.add_row("eval pass@1", f"{result.eval_summary.pass_at_1:.3f}")
+    table.add_row("adapters", str(result.run_dir / "adapters"))
+    console.print(table)
+
+
+@app.command("eval")
+def evaluate(
+    model: Annotated[str, typer.Option(help="Hub id, local dir, .gguf file or builtin:NAME")],
+    data: Annotated[str, typer.Option(help="JSONL file (GSM8K or generic) or 'synthetic'")],
+    adapter: Annotated[Path | None, typer.Option(help="Adapter directory to apply")] = None,
+    limit: Annotated[int | None, typer.Option(min=1, help="Evaluate the first N problems")] = None,
+    samples: Annotated[int, typer.Option(min=1, help="K samples per problem for avg@K")] = 1,
+    temperature: Annotated[float, typer.Option(min=0.0, help="Sampling temperature")] = 1.0,
+    top_p: Annotated[float, typer.Option(min=0.0, max=1.0)] = 1.0,
+    max_new_tokens: Annotated[int, typer.Option(min=1)] = 512,
+    batch_size: Annotated[int, typer.Option(min=1)] = 32,
+    data_format: Annotated[
+        str, typer.Option("--format", help="auto, gsm8k, generic or synthetic")
+    ] = "auto",
+    out: Annotated[Path | None, typer.Option(help="Results directory")] = None,
+    seed: int = 0,
+) -> None:
+    """Greedy pass@1 (and avg@K with --samples K) with verified final answers."""
+    from .config import DataConfig, EvalConfig, ModelConfig
+    from .data import load_problems
+    from .evaluate import evaluate_problems, write_eval_outputs
+    from .models import load_adapters_into, load_model
+
+    out = out or Path("runs") / f"eval-{time.strftime('%Y%m%d-%H%M%S')}"
+    try:
+        config = EvalConfig(
+            limit=limit,
+            samples=samples,
+            temperature=temperature,
+            top_p=top_p,
+            max_new_tokens=max_new_tokens,
+            batch_size=batch_size,
+        )
+        defaults = DataConfig()
+        problems = load_problems(
+            data, fmt=data_format, split="test", synthetic={"n_test": limit or 200}
+        )
+        loaded = load_model(ModelConfig(path=model))
+        if adapter is not None:
+            load_adapters_into(loaded.model, adapter)
+        records, summary = evaluate_problems(
+            loaded.model, loaded.tokenizer, problems, config, defaults.system_prompt, seed=seed
+        )
+        results_path, summary_path = write_eval_outputs(records, summary, out)
+    except _user_errors() as error:
+        _fail(error)
+    table = Table(title=f"eval: {model}" + (f" + {adapter}" if adapter else ""))
+    table.add_column("problems", justify="right")
+    table.add_column("pass@1 (greedy)", justify="right")
+    if summary.avg_at_k is not None:
+        table.add_column(f"avg@{summary.samples} (T={summary.temperature})", justify="right")
+    table.add_column("tok/s", justify="right")
+    row = [str(summary.problems), f"{summary.pass_at_1:.3f}"]
+    if summary.avg_at_k is not None:
+        row.append(f"{summary.avg_at_k:.3f}")
+    row.append(f"{summary.generated_tokens / max(summary.seconds, 1e-9):.0f}")
+    table.add_row(*row)
+    console.print(table)
+    console.print(f"results: {results_path}\nsummary: {summary_path}")
+
+
+def main() -> None:
+    reexec_with_optimised_blas()
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,65 @@
+"""Console output of a run: a rich live progress bar on a terminal, plain log lines elsewhere."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+
+def format_stats(stats: dict) -> str:
+    return (
+        f"loss {stats['loss']:.4f}  lr {stats['learning_rate']:.2e}  "
+        f"{stats['tokens_per_second']:.0f} tok/s  peak {stats['peak_memory_gb']:.2f} GB"
+    )
+
+
+class TrainingDisplay:
+    """Shows step, loss, lr, tok/s, ETA and peak memory while training."""
+
+    def __init__(self, console: Console, total_steps: int, log_every: int = 1):
+        self.console = console
+        self.total_steps = total_steps
+        self.log_every = log_every
+        self.live = console.is_terminal
+        self._progress: Progress | None = None
+        self._task = None
+
+    def __enter__(self) -> TrainingDisplay:
+        if self.live:
+            self._progress = Progress(
+                TextColumn("[bold]train[/bold]"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[stats]}"),
+                TimeElapsedColumn(),
+                TextColumn("ETA"),
+                TimeRemainingColumn(),
+                console=self.console,
+                refresh_per_second=4,
+            )
+            self._progress.__enter__()
+            self._task = self._progress.add_task("train", total=self.total_steps, stats="")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._progress is not None:
+            self._progress.__exit__(*exc)
+            self._progress = None
+
+    def step(self, step: int, stats: dict) -> None:
+        if self._progress is not None:
+            self._progress.update(self._task, completed=step, stats=format_stats(stats))
+        elif step % self.log_every == 0 or step == self.total_steps:
+            eta = stats.get("eta_seconds")
+            eta_text = f"  eta {eta:.0f}s" if eta is not None else ""
+            self.console.print(f"step {step}/{self.total_steps}  {format_stats(stats)}{eta_text}")
+
+    def message(self, text: str) -> None:
+        self.console.print(text)

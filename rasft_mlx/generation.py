@@ -1,0 +1,71 @@
+"""Batched sampling from the model in memory (live adapters included) through mlx-lm's batch generator."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import mlx.core as mx
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    max_new_tokens: int
+    temperature: float = 0.0
+    top_p: float = 1.0
+    repetition_penalty: float = 1.0
+    batch_size: int = 32
+
+
+@dataclass(frozen=True)
+class Completion:
+    text: str
+    token_ids: tuple[int, ...]
+    truncated: bool
+
+
+@dataclass(frozen=True)
+class GenerationStats:
+    prompts: int
+    generated_tokens: int
+    seconds: float
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.generated_tokens / self.seconds if self.seconds > 0 else 0.0
+
+
+def generate_completions(
+    model, tokenizer, prompts: list[list[int]], settings: SamplingSettings, seed: int | None = None
+) -> tuple[list[Completion], GenerationStats]:
+    """One completion per prompt; a completion that hit max_new_tokens is marked truncated."""
+    from mlx_lm.generate import batch_generate
+    from mlx_lm.sample_utils import make_logits_processors, make_sampler
+
+    if seed is not None:
+        mx.random.seed(seed)
+    sampler = make_sampler(temp=settings.temperature, top_p=settings.top_p)
+    processors = None
+    if settings.repetition_penalty != 1.0:
+        processors = make_logits_processors(repetition_penalty=settings.repetition_penalty)
+    started = time.perf_counter()
+    completions: list[Completion] = []
+    generated = 0
+    for start in range(0, len(prompts), settings.batch_size):
+        chunk = prompts[start : start + settings.batch_size]
+        response = batch_generate(
+            model,
+            tokenizer,
+            chunk,
+            max_tokens=settings.max_new_tokens,
+            sampler=sampler,
+            logits_processors=processors,
+            completion_batch_size=len(chunk),
+            prefill_batch_size=len(chunk),
+            return_token_ids=True,
+        )
+        for text, ids in zip(response.texts, response.token_ids, strict=True):
+            completions.append(Completion(text, tuple(ids), len(ids) >= settings.max_new_tokens))
+            generated += len(ids)
+    stats = GenerationStats(len(prompts), generated, time.perf_counter() - started)
+    return completions, stats

@@ -1,0 +1,110 @@
+"""The compiled optimizer step: weighted loss + gradients per micro-batch, then clip and AdamW update."""
+
+from __future__ import annotations
+
+from functools import partial
+
+import mlx.core as mx
+import mlx.nn as nn
+import mlx.optimizers as optim
+from mlx.utils import tree_flatten, tree_map
+
+from .batching import Batch
+from .config import TrainingConfig
+from .losses import LossSettings, loss_sum_and_tokens
+from .models import adapters_disabled
+
+
+def build_lr_schedule(config: TrainingConfig, total_steps: int):
+    """Linear warmup from 0 to the peak, then cosine decay to peak * min_lr_ratio."""
+    peak = config.learning_rate
+    warmup = min(config.warmup_steps, max(total_steps - 1, 0))
+    decay = optim.cosine_decay(peak, max(total_steps - warmup, 1), peak * config.min_lr_ratio)
+    if warmup == 0:
+        return decay
+    return optim.join_schedules([optim.linear_schedule(0.0, peak, warmup), decay], [warmup])
+
+
+def global_norm(tree) -> mx.array:
+    return mx.sqrt(sum((g.astype(mx.float32) ** 2).sum() for _, g in tree_flatten(tree)))
+
+
+class CompiledTrainStep:
+    """Gradient accumulation over micro-batches with exact token-mean normalisation.
+
+    The per-batch function returns the *sum* of the loss and its gradient; `apply` divides by the
+    optimizer step's total token count, so accumulating N micro-batches equals one big batch.
+    """
+
+    def __init__(
+        self, model: nn.Module, optimizer: optim.Optimizer, settings: LossSettings, grad_clip: float
+    ):
+        self.model = model
+        self.optimizer = optimizer
+        self.settings = settings
+        self.grad_clip = grad_clip
+        optimizer.init(model.trainable_parameters())
+
+        def batch_loss(model, inputs, targets, mask, sequence_weights, reference_logprobs):
+            logits = model(inputs)
+            reference_logits = None
+            if settings.needs_reference_logits:
+                with adapters_disabled(model):
+                    reference_logits = mx.stop_gradient(model(inputs))
+            return loss_sum_and_tokens(
+                logits,
+                targets,
+                mask,
+                settings,
+                sequence_weights=sequence_weights,
+                reference_logprobs=reference_logprobs,
+                reference_logits=reference_logits,
+            )
+
+        loss_and_grad = nn.value_and_grad(model, batch_loss)
+        grad_state = [model.state, mx.random.state]
+
+        @partial(mx.compile, inputs=grad_state, outputs=grad_state)
+        def gradients(inputs, targets, mask, sequence_weights, reference_logprobs):
+            (total, count), grads = loss_and_grad(
+                model, inputs, targets, mask, sequence_weights, reference_logprobs
+            )
+            return total, count, grads
+
+        update_state = [model.state, optimizer.state]
+
+        @partial(mx.compile, inputs=update_state, outputs=update_state)
+        def update(grads, token_count):
+            grads = tree_map(lambda g: g / token_count, grads)
+            if grad_clip > 0:
+                grads, norm = optim.clip_grad_norm(grads, grad_clip)
+            else:
+                norm = global_norm(grads)
+            optimizer.update(model, grads)
+            return norm
+
+        self._gradients = gradients
+        self._update = update
+
+    def __call__(self, batches: list[Batch]) -> tuple[float, int, float]:
+        """One optimizer step over the micro-batches; returns (mean loss, tokens, grad norm)."""
+        accumulated = None
+        loss_total = mx.array(0.0)
+        token_total = mx.array(0.0)
+        for batch in batches:
+            total, count, grads = self._gradients(
+                batch.inputs,
+                batch.targets,
+                batch.mask,
+                batch.sequence_weights,
+                batch.reference_logprobs,
+            )
+            accumulated = grads if accumulated is None else tree_map(mx.add, accumulated, grads)
+            loss_total = loss_total + total
+            token_total = token_total + count
+            if len(batches) > 1:
+                mx.eval(accumulated, loss_total, token_total)
+        norm = self._update(accumulated, mx.maximum(token_total, 1.0))
+        mx.eval(norm, loss_total, token_total, self.model.state, self.optimizer.state)
+        tokens = int(token_total.item())
+        return loss_total.item() / max(tokens, 1), tokens, norm.item()

@@ -1,0 +1,160 @@
+"""Synthetic generator: determinism, split disjointness, levels, and arithmetically correct steps."""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+
+import pytest
+
+from rasft_mlx.problem import Problem
+from rasft_mlx.synthetic import MAX_LEVEL, generate_problems, level_of
+
+EQUATION = re.compile(r"(\d+) ([-+*/]) (\d+) = (\d+)")
+NUMBER = re.compile(r"\d+")
+# Operands that the question states in words rather than digits.
+WORD_OPERANDS = {"half": 2, "third": 3, "quarter": 4, "doubles": 2, "triples": 3}
+
+
+def solution_errors(problem: Problem) -> list[str]:
+    """Everything wrong with a solution's steps; empty when it is a correct derivation."""
+    errors = []
+    level = level_of(problem)
+    lines = problem.solution.split("\n")
+    if lines[-1] != f"\\boxed{{{problem.answer}}}":
+        errors.append(f"last line {lines[-1]!r} is not \\boxed{{{problem.answer}}}")
+    if level == 0:
+        if lines[:-1] != [problem.question.split("?")[0].rsplit(". ", 1)[0] + "."]:
+            errors.append("read-off solution does not restate the question's fact")
+        return errors
+    known = {int(number) for number in NUMBER.findall(problem.question)}
+    known |= {value for word, value in WORD_OPERANDS.items() if f"{word}." in problem.question}
+    steps = lines[:-1]
+    if len(steps) != level:
+        errors.append(f"{len(steps)} steps for level {level}")
+    previous = None
+    for step in steps:
+        found = EQUATION.findall(step)
+        if len(found) != 1:
+            errors.append(f"not exactly one equation in {step!r}")
+            continue
+        a, op, b, result = found[0]
+        a, b, result = int(a), int(b), int(result)
+        exact = {"+": a + b, "-": a - b, "*": a * b, "/": a / b if b else None}[op]
+        if exact != result:
+            errors.append(f"wrong arithmetic: {step!r}")
+        if previous is not None and a != previous:
+            errors.append(f"{step!r} does not continue from {previous}")
+        if b not in known or (previous is None and a not in known):
+            errors.append(f"{step!r} uses a number the question does not give")
+        known.add(result)
+        previous = result
+    if previous is not None and str(previous) != problem.answer:
+        errors.append(f"last result {previous} is not the answer {problem.answer}")
+    return errors
+
+
+@pytest.fixture(scope="module")
+def all_levels() -> list[Problem]:
+    return generate_problems(600, seed=3, min_level=0, max_level=MAX_LEVEL)
+
+
+def test_same_seed_gives_identical_problems():
+    first = generate_problems(50, seed=7, min_level=0, max_level=5)
+    assert first == generate_problems(50, seed=7, min_level=0, max_level=5)
+
+
+def test_different_seeds_differ():
+    questions_a = [p.question for p in generate_problems(50, seed=1)]
+    questions_b = [p.question for p in generate_problems(50, seed=2)]
+    assert questions_a != questions_b
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_train_and_test_questions_are_disjoint_and_unique(seed):
+    train = generate_problems(1200, seed=seed, min_level=0, max_level=5, split="train")
+    test = generate_problems(300, seed=seed, min_level=0, max_level=5, split="test")
+    train_questions = {p.question for p in train}
+    test_questions = {p.question for p in test}
+    assert len(train_questions) == len(train)
+    assert len(test_questions) == len(test)
+    assert not train_questions & test_questions
+    assert all(p.id.startswith("synthetic-test-") for p in test)
+
+
+def test_every_solution_is_a_correct_derivation(all_levels):
+    for problem in all_levels:
+        assert solution_errors(problem) == [], problem
+
+
+@pytest.mark.parametrize(
+    "corrupt",
+    [
+        lambda s: s.replace(" = ", " = 1", 1),  # wrong result
+        lambda s: re.sub(r"\\boxed\{(\d+)\}", r"\\boxed{\g<1>0}", s),  # wrong boxed answer
+        lambda s: s.split("\n", 1)[1],  # a step dropped
+        lambda s: re.sub(r"^(\D*)(\d+)", r"\g<1>9\2", s),  # first operand not from the question
+    ],
+)
+def test_solution_checker_catches_broken_solutions(all_levels, corrupt):
+    for problem in [p for p in all_levels if level_of(p) >= 2][:20]:
+        broken = Problem(problem.id, problem.question, corrupt(problem.solution), problem.answer)
+        assert solution_errors(broken), broken.solution
+
+
+def test_level_distribution_covers_the_requested_range():
+    for low, high in [(0, 5), (1, 3), (2, 2), (4, 5)]:
+        problems = generate_problems(60, seed=0, min_level=low, max_level=high)
+        counts = Counter(level_of(p) for p in problems)
+        assert sorted(counts) == list(range(low, high + 1))
+        assert max(counts.values()) - min(counts.values()) <= 1
+
+
+def test_answers_are_non_negative_integers(all_levels):
+    for problem in all_levels:
+        assert problem.answer.isdigit() and str(int(problem.answer)) == problem.answer
+        assert problem.solution.endswith(f"\\boxed{{{problem.answer}}}")
+
+
+def test_questions_and_steps_stay_short(all_levels):
+    for problem in all_levels:
+        assert len(problem.question.split()) < 40, problem.question
+        assert all(len(line.split()) <= 10 for line in problem.solution.split("\n"))
+
+
+def test_easy_levels_have_the_documented_shape():
+    read_off, one_step = generate_problems(2, seed=0, min_level=0, max_level=1)
+    assert read_off.answer in read_off.question
+    assert read_off.solution.count("\n") == 1
+    assert EQUATION.fullmatch(one_step.solution.split("\n")[0])
+
+
+def test_ids_encode_split_level_and_index():
+    problems = generate_problems(4, seed=0, min_level=2, max_level=3, split="test")
+    assert [p.id for p in problems] == [
+        "synthetic-test-L2-0",
+        "synthetic-test-L3-1",
+        "synthetic-test-L2-2",
+        "synthetic-test-L3-3",
+    ]
+    with pytest.raises(ValueError, match="not a synthetic problem id"):
+        level_of(Problem("gsm8k-train-1", "q", "\\boxed{1}", "1"))
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"min_level": 3, "max_level": 2},
+        {"max_level": 6},
+        {"min_level": -1},
+        {"split": "validation"},
+    ],
+)
+def test_invalid_arguments_are_rejected(kwargs):
+    with pytest.raises(ValueError):
+        generate_problems(5, seed=0, **kwargs)
+
+
+def test_asking_for_more_than_a_level_holds_fails_clearly():
+    with pytest.raises(ValueError, match="could not find"):
+        generate_problems(5000, seed=0, min_level=0, max_level=0, split="test")
