@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from . import __version__
 from .blas import reexec_with_optimised_blas
@@ -25,7 +26,8 @@ error_console = Console(stderr=True)
 
 
 def _fail(error: Exception) -> None:
-    error_console.print(f"[bold red]error:[/bold red] {error}")
+    # Text, not markup: messages quote user input such as "[0, 1]"; soft_wrap keeps paths whole.
+    error_console.print(Text.assemble(("error: ", "bold red"), str(error)), soft_wrap=True)
     raise typer.Exit(code=2)
 
 
