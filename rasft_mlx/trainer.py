@@ -7,6 +7,7 @@ import math
 import resource
 import sys
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Protocol
@@ -121,6 +122,14 @@ class MetricsLog:
             f.write(json.dumps(record) + "\n")
 
 
+def planned_steps(first_epoch_sequences: int, recipe: Recipe) -> int:
+    """Steps for the LR schedule; RASFT epochs vary in size, so the first epoch is the estimate."""
+    planned = steps_per_epoch(first_epoch_sequences, recipe) * recipe.training.epochs
+    if recipe.training.max_steps is not None:
+        planned = min(planned, recipe.training.max_steps)
+    return max(planned, 1)
+
+
 def train_epochs(
     loaded: LoadedModel,
     recipe: Recipe,
@@ -128,31 +137,42 @@ def train_epochs(
     run_dir: Path,
     console: Console,
     test_problems: list[Problem],
-    planned_steps: int,
+    metrics: MetricsLog,
+    timings: Counter,
 ) -> TrainResult:
     """The loop: batches -> compiled step -> metrics; adapters saved and evaluated per epoch."""
     training = recipe.training
     rng = np.random.default_rng(training.seed)
-    schedule = build_lr_schedule(training, planned_steps)
+    sequences = source.epoch_sequences(0)
+    planned = planned_steps(len(sequences), recipe)
+    max_steps = training.max_steps if training.max_steps is not None else float("inf")
+    console.print(
+        f"{len(sequences)} training sequences in epoch 1, {len(test_problems)} test problems, "
+        f"about {planned} optimizer steps ({training.mode})"
+    )
+    schedule = build_lr_schedule(training, planned)
     optimizer = optim.AdamW(learning_rate=schedule, weight_decay=training.weight_decay)
     step_fn = CompiledTrainStep(loaded.model, optimizer, loss_settings(recipe), training.grad_clip)
-    metrics = MetricsLog(run_dir / "metrics.jsonl")
     step, trained_tokens, loss = 0, 0, float("nan")
     summary = None
     started = time.perf_counter()
-    with TrainingDisplay(console, planned_steps, training.log_every) as display:
+    with TrainingDisplay(console, planned, training.log_every) as display:
         for epoch in range(training.epochs):
-            sequences = source.epoch_sequences(epoch)
+            if epoch > 0:
+                sequences = source.epoch_sequences(epoch)
+            train_started = time.perf_counter()
             batches = plan_batches([len(s.tokens) for s in sequences], training.batch_size, rng)
             groups = [
                 batches[i : i + training.grad_accumulation]
                 for i in range(0, len(batches), training.grad_accumulation)
             ]
             for group in groups:
-                if step >= planned_steps:
+                if step >= max_steps:
                     break
                 micro = [
-                    collate([sequences[i] for i in idx], training.batch_size, training.bucket_multiple)
+                    collate(
+                        [sequences[i] for i in idx], training.batch_size, training.bucket_multiple
+                    )
                     for idx in group
                 ]
                 step_started = time.perf_counter()
@@ -180,23 +200,26 @@ def train_epochs(
                     "tokens_per_second": input_tokens / elapsed if elapsed > 0 else 0.0,
                     "peak_memory_gb": peak_memory_gb(),
                     "elapsed_seconds": total_elapsed,
-                    "eta_seconds": total_elapsed / step * (planned_steps - step),
+                    "eta_seconds": total_elapsed / step * max(planned - step, 0),
                 }
                 metrics.write(record)
                 display.step(step, record)
+            timings["train"] += time.perf_counter() - train_started
             save_adapters(loaded.model, recipe.lora, recipe.model.path, run_dir / "adapters")
-            last_epoch = epoch == training.epochs - 1 or step >= planned_steps
+            last_epoch = epoch == training.epochs - 1 or step >= max_steps
             if test_problems and (training.eval_every_epoch or last_epoch):
-                summary = evaluate_and_record(loaded, recipe, test_problems, run_dir, epoch, metrics)
+                eval_started = time.perf_counter()
+                summary = evaluate_and_record(
+                    loaded, recipe, test_problems, run_dir, epoch, metrics
+                )
+                timings["eval"] += time.perf_counter() - eval_started
                 display.message(
                     f"epoch {epoch + 1}: eval pass@1 {summary.pass_at_1:.3f} "
                     f"on {summary.problems} problems"
                 )
-            if step >= planned_steps:
+            if step >= max_steps:
                 break
-    return TrainResult(
-        run_dir, step, trained_tokens, loss, time.perf_counter() - started, summary
-    )
+    return TrainResult(run_dir, step, trained_tokens, loss, time.perf_counter() - started, summary)
 
 
 def evaluate_and_record(
@@ -223,8 +246,6 @@ def evaluate_and_record(
 def run_training(recipe: Recipe, run_dir: Path, console: Console | None = None) -> TrainResult:
     """Everything `rasft-mlx train` does, callable from tests."""
     console = console or Console()
-    if recipe.training.mode == "rasft":
-        raise TrainingError("training.mode: 'rasft' is not available in this build yet")
     mx.random.seed(recipe.training.seed)
     train_problems, test_problems = load_run_data(recipe)
     prepare_run_dir(run_dir, recipe)
@@ -246,24 +267,28 @@ def run_training(recipe: Recipe, run_dir: Path, console: Console | None = None) 
         console.print(
             f"skipped {report.skipped_too_long} rows longer than {recipe.data.max_seq_len} tokens"
         )
-    planned = steps_per_epoch(len(sequences), recipe) * recipe.training.epochs
-    if recipe.training.max_steps is not None:
-        planned = min(planned, recipe.training.max_steps)
-    console.print(
-        f"{len(sequences)} training sequences, {len(test_problems)} test problems, "
-        f"{planned} optimizer steps ({recipe.training.mode})"
-    )
-    result = train_epochs(
-        loaded, recipe, ExpertSource(sequences), run_dir, console, test_problems, planned
-    )
+    metrics = MetricsLog(run_dir / "metrics.jsonl")
+    run_started = time.perf_counter()
+    timings: Counter = Counter()
+    source: SequenceSource = ExpertSource(sequences)
+    if recipe.training.mode == "rasft":
+        from .rasft import RasftSource
+
+        source = RasftSource(loaded, recipe, train_problems, sequences, run_dir, console, metrics)
+        timings = source.timings
+    result = train_epochs(loaded, recipe, source, run_dir, console, test_problems, metrics, timings)
+    total_seconds = time.perf_counter() - run_started
+    timings["other"] = max(total_seconds - sum(timings.values()), 0.0)
     summary = {
         "mode": recipe.training.mode,
         "steps": result.steps,
         "trained_tokens": result.trained_tokens,
         "final_loss": result.final_loss,
         "train_seconds": round(result.seconds, 2),
+        "total_seconds": round(total_seconds, 2),
         "skipped_too_long": report.skipped_too_long,
         "eval": result.eval_summary.as_dict() if result.eval_summary else None,
+        "wall_time_split_seconds": {k: round(v, 2) for k, v in timings.items()},
     }
     atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     return result
