@@ -74,9 +74,10 @@ def token_weights(
     settings: LossSettings,
     sequence_weights: mx.array | None = None,
     reference_logprobs: mx.array | None = None,
-) -> mx.array:
-    """The detached weight w_t multiplying each token's cross-entropy, for every mode."""
+) -> tuple[mx.array, mx.array]:
+    """The detached weight w_t multiplying each token's cross-entropy, and the ratio rho (B,)."""
     probability = mx.exp(mx.stop_gradient(policy_logprobs))
+    rho = mx.ones(policy_logprobs.shape[:1])
     mode = settings.mode
     if mode in ("sft", "sft_kl"):
         weights = mx.ones_like(policy_logprobs)
@@ -95,10 +96,10 @@ def token_weights(
             weights = weights * probability
     else:
         raise ValueError(f"unknown training mode {mode!r}")
-    return mx.stop_gradient(weights)
+    return mx.stop_gradient(weights), rho
 
 
-def loss_sum_and_tokens(
+def loss_terms(
     logits: mx.array,
     targets: mx.array,
     mask: mx.array,
@@ -107,17 +108,25 @@ def loss_sum_and_tokens(
     sequence_weights: mx.array | None = None,
     reference_logprobs: mx.array | None = None,
     reference_logits: mx.array | None = None,
-) -> tuple[mx.array, mx.array]:
-    """sum_{i,t} mask * (w_t * CE_t [+ lambda * KL_t]) and sum(mask)."""
+) -> tuple[mx.array, mx.array, mx.array]:
+    """sum_{i,t} mask * (w_t * CE_t [+ lambda * KL_t]), sum(mask), and each row's ratio rho."""
     policy_logprobs = token_logprobs(logits, targets)
-    weights = token_weights(policy_logprobs, mask, settings, sequence_weights, reference_logprobs)
+    weights, rho = token_weights(
+        policy_logprobs, mask, settings, sequence_weights, reference_logprobs
+    )
     per_token = -weights * policy_logprobs
     if settings.needs_reference_logits:
         if reference_logits is None:
             raise ValueError(f"{settings.mode} loss needs reference_logits")
         per_token = per_token + settings.kl_lambda * reference_kl(logits, reference_logits)
     mask = mask.astype(mx.float32)
-    return (per_token * mask).sum(), mask.sum()
+    return (per_token * mask).sum(), mask.sum(), rho
+
+
+def loss_sum_and_tokens(*args, **kwargs) -> tuple[mx.array, mx.array]:
+    """The loss sum and token count of `loss_terms`, without the ratios."""
+    total, count, _ = loss_terms(*args, **kwargs)
+    return total, count
 
 
 def mean_loss(*args, **kwargs) -> mx.array:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import partial
 
 import mlx.core as mx
@@ -11,7 +12,7 @@ from mlx.utils import tree_flatten, tree_map
 
 from .batching import Batch
 from .config import TrainingConfig
-from .losses import LossSettings, loss_sum_and_tokens
+from .losses import LossSettings, loss_terms
 from .models import adapters_disabled
 
 
@@ -27,6 +28,16 @@ def build_lr_schedule(config: TrainingConfig, total_steps: int):
 
 def global_norm(tree) -> mx.array:
     return mx.sqrt(sum((g.astype(mx.float32) ** 2).sum() for _, g in tree_flatten(tree)))
+
+
+@dataclass(frozen=True)
+class StepResult:
+    loss: float
+    tokens: int
+    grad_norm: float
+    ratio_at_min: int  # sequences whose clipped inverse ratio sits on its lower bound
+    ratio_at_max: int
+    sequences: int
 
 
 class CompiledTrainStep:
@@ -51,7 +62,7 @@ class CompiledTrainStep:
             if settings.needs_reference_logits:
                 with adapters_disabled(model):
                     reference_logits = mx.stop_gradient(model(inputs))
-            return loss_sum_and_tokens(
+            total, count, rho = loss_terms(
                 logits,
                 targets,
                 mask,
@@ -60,16 +71,20 @@ class CompiledTrainStep:
                 reference_logprobs=reference_logprobs,
                 reference_logits=reference_logits,
             )
+            rows = mask.sum(axis=-1) > 0
+            at_min = ((rho <= settings.ratio_min + 1e-6) & rows).sum()
+            at_max = ((rho >= settings.ratio_max - 1e-6) & rows).sum()
+            return total, count, mx.stack([at_min, at_max, rows.sum()])
 
         loss_and_grad = nn.value_and_grad(model, batch_loss)
         grad_state = [model.state, mx.random.state]
 
         @partial(mx.compile, inputs=grad_state, outputs=grad_state)
         def gradients(inputs, targets, mask, sequence_weights, reference_logprobs):
-            (total, count), grads = loss_and_grad(
+            (total, count, clip_counts), grads = loss_and_grad(
                 model, inputs, targets, mask, sequence_weights, reference_logprobs
             )
-            return total, count, grads
+            return total, count, clip_counts, grads
 
         update_state = [model.state, optimizer.state]
 
@@ -86,13 +101,14 @@ class CompiledTrainStep:
         self._gradients = gradients
         self._update = update
 
-    def __call__(self, batches: list[Batch]) -> tuple[float, int, float]:
-        """One optimizer step over the micro-batches; returns (mean loss, tokens, grad norm)."""
+    def __call__(self, batches: list[Batch]) -> StepResult:
+        """One optimizer step over the micro-batches."""
         accumulated = None
         loss_total = mx.array(0.0)
         token_total = mx.array(0.0)
+        clip_total = mx.zeros((3,), dtype=mx.int32)
         for batch in batches:
-            total, count, grads = self._gradients(
+            total, count, clip_counts, grads = self._gradients(
                 batch.inputs,
                 batch.targets,
                 batch.mask,
@@ -102,9 +118,13 @@ class CompiledTrainStep:
             accumulated = grads if accumulated is None else tree_map(mx.add, accumulated, grads)
             loss_total = loss_total + total
             token_total = token_total + count
+            clip_total = clip_total + clip_counts
             if len(batches) > 1:
-                mx.eval(accumulated, loss_total, token_total)
+                mx.eval(accumulated, loss_total, token_total, clip_total)
         norm = self._update(accumulated, mx.maximum(token_total, 1.0))
-        mx.eval(norm, loss_total, token_total, self.model.state, self.optimizer.state)
+        mx.eval(norm, loss_total, token_total, clip_total, self.model.state, self.optimizer.state)
         tokens = int(token_total.item())
-        return loss_total.item() / max(tokens, 1), tokens, norm.item()
+        at_min, at_max, sequences = clip_total.tolist()
+        return StepResult(
+            loss_total.item() / max(tokens, 1), tokens, norm.item(), at_min, at_max, sequences
+        )

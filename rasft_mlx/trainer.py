@@ -177,7 +177,8 @@ def train_epochs(
                 ]
                 step_started = time.perf_counter()
                 learning_rate = float(schedule(step))
-                loss, tokens, grad_norm = step_fn(micro)
+                result = step_fn(micro)
+                loss, tokens, grad_norm = result.loss, result.tokens, result.grad_norm
                 step += 1
                 trained_tokens += tokens
                 if not math.isfinite(loss) or not math.isfinite(grad_norm):
@@ -196,6 +197,8 @@ def train_epochs(
                     "loss": loss,
                     "learning_rate": learning_rate,
                     "grad_norm": grad_norm,
+                    "ratio_at_min": result.ratio_at_min / max(result.sequences, 1),
+                    "ratio_at_max": result.ratio_at_max / max(result.sequences, 1),
                     "trained_tokens": tokens,
                     "tokens_per_second": input_tokens / elapsed if elapsed > 0 else 0.0,
                     "peak_memory_gb": peak_memory_gb(),

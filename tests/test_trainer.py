@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import mlx.core as mx
 import mlx.optimizers as optim
 import numpy as np
@@ -73,7 +75,8 @@ def test_gradient_accumulation_equals_one_big_batch(tiny_llama_dir, mode):
         for size in micro_sizes:
             batches.append(collate(sequences[start : start + size], size, 32))
             start += size
-        loss, tokens, _ = step(batches)
+        result = step(batches)
+        loss, tokens = result.loss, result.tokens
         results.append((loss, tokens, dict(tree_flatten(model.trainable_parameters()))))
     (loss_a, tokens_a, params_a), (loss_b, tokens_b, params_b) = results
     assert tokens_a == tokens_b
@@ -112,3 +115,17 @@ def test_saved_adapters_load_in_mlx_lm(tiny_llama_dir, tmp_path):
     tokens = mx.array([[5, 17, 42, 9]])
     assert mx.allclose(reloaded(tokens), model(tokens), atol=1e-5)
     assert not list(tmp_path.glob(".*"))  # no temp files left behind
+
+
+def test_rasft_step_counts_sequences_on_the_ratio_bounds(tiny_llama_dir):
+    model, tokenizer = adapted_model(tiny_llama_dir)
+    sequences = training_sequences(tokenizer, 3)
+    far_below = [
+        replace(s, reference_logprobs=np.full(s.response_length, -30.0)) for s in sequences
+    ]
+    step = CompiledTrainStep(model, optim.AdamW(learning_rate=1e-3), LossSettings("rasft"), 1.0)
+    result = step([collate(far_below, 4, 32)])  # 3 real rows + 1 padding row
+    assert (result.sequences, result.ratio_at_min, result.ratio_at_max) == (3, 3, 0)
+    far_above = [replace(s, reference_logprobs=np.zeros(s.response_length)) for s in sequences]
+    result = step([collate(far_above, 4, 32)])
+    assert (result.sequences, result.ratio_at_min, result.ratio_at_max) == (3, 0, 3)
