@@ -58,6 +58,12 @@ class RasftSource:
     def epoch_sequences(self, epoch: int) -> list[TrainingSequence]:
         return self.refresh(progress=epoch / max(self.recipe.training.epochs, 1))
 
+    def refreshed_sequences(self, step: int, progress: float) -> list[TrainingSequence] | None:
+        every = self.recipe.rasft.refresh_every_steps
+        if every <= 0 or step % every != 0:
+            return None
+        return self.refresh(progress=min(progress, 1.0))
+
     def _select(self, progress: float) -> tuple[list[str], dict]:
         config = self.recipe.rasft
         ids = sorted(self.experts)

@@ -46,6 +46,10 @@ class SequenceSource(Protocol):
 
     def epoch_sequences(self, epoch: int) -> list[TrainingSequence]: ...
 
+    def refreshed_sequences(self, step: int, progress: float) -> list[TrainingSequence] | None:
+        """New sequences after optimizer step `step`, or None to keep the current queue."""
+        ...
+
 
 @dataclass
 class ExpertSource:
@@ -55,6 +59,9 @@ class ExpertSource:
 
     def epoch_sequences(self, epoch: int) -> list[TrainingSequence]:
         return self.sequences
+
+    def refreshed_sequences(self, step: int, progress: float) -> list[TrainingSequence] | None:
+        return None
 
 
 @dataclass
@@ -130,6 +137,13 @@ def planned_steps(first_epoch_sequences: int, recipe: Recipe) -> int:
     return max(planned, 1)
 
 
+def step_groups(sequences, training, rng) -> list[list[list[int]]]:
+    """Index batches grouped per optimizer step (grad_accumulation micro-batches each)."""
+    batches = plan_batches([len(s.tokens) for s in sequences], training.batch_size, rng)
+    size = training.grad_accumulation
+    return [batches[i : i + size] for i in range(0, len(batches), size)]
+
+
 def train_epochs(
     loaded: LoadedModel,
     recipe: Recipe,
@@ -161,14 +175,11 @@ def train_epochs(
             if epoch > 0:
                 sequences = source.epoch_sequences(epoch)
             train_started = time.perf_counter()
-            batches = plan_batches([len(s.tokens) for s in sequences], training.batch_size, rng)
-            groups = [
-                batches[i : i + training.grad_accumulation]
-                for i in range(0, len(batches), training.grad_accumulation)
-            ]
-            for group in groups:
-                if step >= max_steps:
-                    break
+            groups = step_groups(sequences, training, rng)
+            position = 0
+            while position < len(groups) and step < max_steps:
+                group = groups[position]
+                position += 1
                 micro = [
                     collate(
                         [sequences[i] for i in idx], training.batch_size, training.bucket_multiple
@@ -207,6 +218,15 @@ def train_epochs(
                 }
                 metrics.write(record)
                 display.step(step, record)
+                if position == len(groups) or step >= max_steps:
+                    continue
+                refresh_started = time.perf_counter()
+                refreshed = source.refreshed_sequences(step, progress=step / planned)
+                if refreshed is not None:
+                    sequences = refreshed
+                    groups = step_groups(sequences, training, rng)[: len(groups) - position]
+                    position = 0
+                    train_started += time.perf_counter() - refresh_started
             timings["train"] += time.perf_counter() - train_started
             save_adapters(loaded.model, recipe.lora, recipe.model.path, run_dir / "adapters")
             last_epoch = epoch == training.epochs - 1 or step >= max_steps
