@@ -34,11 +34,22 @@ def _fail(error: Exception) -> None:
 def _user_errors() -> tuple[type[Exception], ...]:
     from .config import RecipeError
     from .data import DataError
+    from .export import ExportError
     from .gguf_import import GGUFImportError
+    from .hub import HubError
     from .models import ModelError
     from .trainer import TrainingError
 
-    return (RecipeError, DataError, ModelError, GGUFImportError, TrainingError, FileNotFoundError)
+    return (
+        RecipeError,
+        DataError,
+        ModelError,
+        GGUFImportError,
+        TrainingError,
+        ExportError,
+        HubError,
+        FileNotFoundError,
+    )
 
 
 def _version_callback(value: bool) -> None:
@@ -147,6 +158,52 @@ def evaluate(
     table.add_row(*row)
     console.print(table)
     console.print(f"results: {results_path}\nsummary: {summary_path}")
+
+
+@app.command()
+def export(
+    run_dir: Annotated[Path, typer.Argument(help="Run directory made by rasft-mlx train")],
+    fmt: Annotated[
+        str, typer.Option("--format", help="mlx (mlx-lm adapters), peft, or fused (full model)")
+    ] = "mlx",
+    out: Annotated[
+        Path | None, typer.Option(help="Export folder (default RUN_DIR/export-FORMAT)")
+    ] = None,
+    dequantize: Annotated[bool, typer.Option(help="fused: write a de-quantised model")] = False,
+    push_to_hub: Annotated[
+        str | None, typer.Option("--push-to-hub", metavar="REPO_ID", help="Upload to OWNER/NAME")
+    ] = None,
+    private: Annotated[bool, typer.Option(help="Create the Hub repo as private")] = False,
+    revision: Annotated[str | None, typer.Option(help="Hub branch to push to")] = None,
+    dry_run: Annotated[
+        bool, typer.Option(help="List what would be uploaded; upload nothing")
+    ] = False,
+) -> None:
+    """Export a run's adapters (mlx-lm, PEFT or fused) with a model card, optionally to the Hub."""
+    from .export import ExportError, export_run
+    from .hub import push_folder
+
+    try:
+        if push_to_hub is None and (private or revision or dry_run):
+            raise ExportError("--private, --revision and --dry-run apply with --push-to-hub only")
+        result = export_run(run_dir, fmt, out, dequantize=dequantize, repo_id=push_to_hub)
+        console.print(f"[bold]exported[/bold] {fmt} -> {result.out_dir}")
+        for name in result.files:
+            console.print(f"  {name}  ({(result.out_dir / name).stat().st_size:,} bytes)")
+        if push_to_hub is not None:
+            pushed = push_folder(
+                result.out_dir, push_to_hub, private=private, revision=revision, dry_run=dry_run
+            )
+    except _user_errors() as error:
+        _fail(error)
+    if push_to_hub is None:
+        return
+    if pushed.dry_run:
+        console.print(f"dry run: would upload {len(pushed.files)} files to {pushed.url}:")
+        for name in pushed.files:
+            console.print(f"  {name}")
+    else:
+        console.print(f"[bold]pushed[/bold] {len(pushed.files)} files to {pushed.url}")
 
 
 def main() -> None:

@@ -53,10 +53,14 @@ def resolve_model_source(config: ModelConfig) -> str:
     spec = config.path
     dequantize = _should_dequantize(config)
     if spec.startswith("builtin:"):
-        from .builtin_models import resolve_builtin
+        from .builtin_models import BuiltinModelError, resolve_builtin
         from .gguf_import import convert_gguf
 
-        return str(convert_gguf(resolve_builtin(spec), dequantize=dequantize))
+        try:
+            gguf_path = resolve_builtin(spec)
+        except BuiltinModelError as error:
+            raise ModelError(f"model.path: {error}") from error
+        return str(convert_gguf(gguf_path, dequantize=dequantize))
     path = Path(spec).expanduser()
     if spec.endswith(".gguf"):
         if not path.is_file():

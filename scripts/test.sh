@@ -3,5 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
+# The export round-trip tests load adapters with transformers + peft on CPU torch.
+.venv/bin/python -m pip install -q "torch==2.13.0" "peft==0.21.2" "transformers>=4.45"
 eval "$(.venv/bin/python -m rasft_mlx.blas)"
 exec .venv/bin/python -m pytest "$@"
