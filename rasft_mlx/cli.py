@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import time
 from pathlib import Path
 from typing import Annotated
@@ -69,22 +70,46 @@ def _root(
 
 @app.command()
 def train(
-    recipe: Annotated[Path, typer.Argument(help="YAML recipe, e.g. recipes/gsm8k.yaml")],
+    recipe: Annotated[
+        Path, typer.Argument(help="YAML recipe, e.g. recipes/gsm8k.yaml, or a run dir to resume")
+    ],
     set_: Annotated[
         list[str] | None,
         typer.Option("--set", help="Override a recipe key: --set training.learning_rate=2e-4"),
     ] = None,
     out: Annotated[Path | None, typer.Option(help="Run directory (default: output.dir)")] = None,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue from the run dir's latest checkpoint")
+    ] = False,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force", help="Resume despite a changed recipe, or start over in a used run dir"
+        ),
+    ] = False,
 ) -> None:
     """Train LoRA adapters with a recipe ([bold]sft, dft, sft_kl, asft, profit[/bold] modes)."""
     from .config import load_recipe, resolve_run_dir
-    from .trainer import run_training
+    from .trainer import TrainingInterrupted, run_training
 
+    recipe_file = recipe
+    if recipe.is_dir():  # a run dir: its saved recipe, resumed in place
+        recipe_file, out, resume = recipe / "recipe.yaml", out or recipe, True
     try:
-        loaded = load_recipe(recipe, set_ or [])
+        loaded = load_recipe(recipe_file, set_ or [])
         run_dir = resolve_run_dir(loaded, str(out) if out else None)
         console.print(f"[bold]rasft-mlx train[/bold] {recipe} -> {run_dir}")
-        result = run_training(loaded, run_dir, console)
+        result = run_training(loaded, run_dir, console, resume=resume, force=force)
+    except TrainingInterrupted as stopped:
+        command = ["rasft-mlx", "train", str(recipe), "--resume"]
+        command += [f"--out={out}"] if out and not recipe.is_dir() else []
+        command += [f"--set={item}" for item in set_ or []]
+        console.print(
+            f"[bold yellow]interrupted[/bold yellow] ({stopped.reason}) after step "
+            f"{stopped.step}; checkpoint {stopped.checkpoint}\nresume with: " + shlex.join(command),
+            soft_wrap=True,
+        )
+        raise typer.Exit(code=stopped.exit_code) from None
     except _user_errors() as error:
         _fail(error)
     table = Table(title="run finished", show_header=False)

@@ -115,6 +115,12 @@ class TrainingConfig:
     )
     log_every: int = field(default=1, metadata=_range(1))
     eval_every_epoch: bool = True
+    on_nan: str = field(
+        default="stop",
+        metadata=_range(
+            choices=("stop", "skip_batch"), help="non-finite loss or grad norm: stop or drop it"
+        ),
+    )
 
 
 @dataclass(frozen=True)
@@ -169,6 +175,9 @@ class OutputConfig:
     name: str = "run"
     save_every: int = field(
         default=0, metadata=_range(0, help="checkpoint every N steps; 0 = epochs")
+    )
+    keep_checkpoints: int = field(
+        default=2, metadata=_range(1, help="how many of the newest checkpoints to keep")
     )
 
 

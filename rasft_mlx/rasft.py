@@ -51,6 +51,40 @@ class RasftSource:
         }
         self.timings["reference"] += time.perf_counter() - started
 
+    def state_dict(self) -> dict:
+        """The refresh state a checkpoint needs (the current queue is saved by the trainer)."""
+        t = self.thresholds
+        thresholds = None
+        if t is not None:
+            thresholds = {
+                "easy": t.easy,
+                "hard": t.hard,
+                "mid_start": list(t.mid_start),
+                "mid_end": list(t.mid_end),
+                "calibration_nll": list(t.calibration_nll),
+            }
+        return {
+            "refresh_count": self.refresh_count,
+            "rng": self.rng.bit_generator.state,
+            "hard_pool": sorted(self.hard_pool),
+            "thresholds": thresholds,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.refresh_count = int(state["refresh_count"])
+        self.rng.bit_generator.state = state["rng"]
+        self.hard_pool = frozenset(state["hard_pool"])
+        t = state["thresholds"]
+        self.thresholds = None
+        if t is not None:
+            self.thresholds = BandThresholds(
+                easy=t["easy"],
+                hard=t["hard"],
+                mid_start=tuple(t["mid_start"]),
+                mid_end=tuple(t["mid_end"]),
+                calibration_nll=tuple(t["calibration_nll"]),
+            )
+
     @property
     def _batching(self) -> tuple[int, int]:
         return self.recipe.training.batch_size, self.recipe.training.bucket_multiple

@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import math
 import resource
+import signal
 import sys
+import threading
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass
@@ -15,10 +17,24 @@ from typing import Protocol
 import mlx.core as mx
 import mlx.optimizers as optim
 import numpy as np
+import yaml
+from mlx.utils import tree_flatten, tree_map, tree_unflatten
 from rich.console import Console
 
 from .batching import collate, plan_batches
-from .config import Recipe, save_recipe
+from .checkpoint import (
+    Checkpoint,
+    CheckpointError,
+    list_checkpoints,
+    load_latest,
+    mlx_random_state,
+    recipe_differences,
+    remove_checkpoints,
+    remove_newer_than,
+    restore_mlx_random_state,
+    write_checkpoint,
+)
+from .config import Recipe, recipe_to_dict, save_recipe
 from .data import load_problems
 from .display import TrainingDisplay
 from .encoding import TrainingSequence, encode_expert_sequences
@@ -27,6 +43,7 @@ from .fileio import atomic_write_text
 from .losses import LossSettings
 from .models import (
     LoadedModel,
+    adapter_config_dict,
     apply_adapters,
     load_model,
     save_adapters,
@@ -110,12 +127,64 @@ def steps_per_epoch(sequence_count: int, recipe: Recipe) -> int:
     return math.ceil(batches / recipe.training.grad_accumulation)
 
 
-def prepare_run_dir(run_dir: Path, recipe: Recipe) -> None:
+def prepare_run_dir(
+    run_dir: Path, recipe: Recipe, console: Console, resume: bool = False, force: bool = False
+) -> Checkpoint | None:
+    """Create the run dir and save the recipe; with resume, the checkpoint to continue from."""
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise TrainingError(f"output.dir: cannot write to {run_dir}: {error}") from error
+    checkpoint = None
+    if resume:
+        check_saved_recipe(run_dir, recipe, console, force)
+        checkpoint, skipped = load_latest(run_dir)
+        for reason in skipped:
+            console.print(f"[yellow]skipping an unloadable checkpoint[/yellow]: {reason}")
+        if checkpoint is None:
+            console.print(f"no checkpoint in {run_dir} yet: starting from the beginning")
+            remove_checkpoints(run_dir)
+            MetricsLog(run_dir / "metrics.jsonl").truncate(0)
+        else:
+            remove_newer_than(run_dir, checkpoint.step)
+    else:
+        existing = list_checkpoints(run_dir)
+        if existing and not force:
+            raise TrainingError(
+                f"{run_dir} already holds a run with checkpoints (newest {existing[0].name}): "
+                "pass --resume to continue it, or --force to start over and delete them"
+            )
+        if existing:
+            console.print(f"--force: deleting the checkpoints and metrics in {run_dir}")
+            remove_checkpoints(run_dir)
+            MetricsLog(run_dir / "metrics.jsonl").truncate(0)
+    try:
         save_recipe(recipe, run_dir / "recipe.yaml")
     except OSError as error:
         raise TrainingError(f"output.dir: cannot write to {run_dir}: {error}") from error
+    return checkpoint
+
+
+def check_saved_recipe(run_dir: Path, recipe: Recipe, console: Console, force: bool) -> None:
+    """Refuse to resume with a recipe that differs from the run's saved one, unless forced."""
+    saved = run_dir / "recipe.yaml"
+    if not saved.is_file():
+        return
+    try:
+        old = yaml.safe_load(saved.read_text()) or {}
+    except (OSError, yaml.YAMLError) as error:
+        raise TrainingError(f"{saved}: cannot read the run's saved recipe: {error}") from error
+    new = yaml.safe_load(yaml.safe_dump(recipe_to_dict(recipe), sort_keys=False))
+    differences = recipe_differences(old, new)
+    if not differences:
+        return
+    lines = "\n".join(f"  {key}: {a!r} -> {b!r}" for key, a, b in differences)
+    if not force:
+        raise TrainingError(
+            f"{run_dir} was trained with a different recipe ({saved} -> given):\n{lines}\n"
+            "resume with the same recipe, or pass --force to resume with the new one"
+        )
+    console.print(f"[yellow]--force: resuming with a changed recipe[/yellow]:\n{lines}")
 
 
 class MetricsLog:
@@ -123,6 +192,12 @@ class MetricsLog:
 
     def __init__(self, path: Path):
         self.path = path
+
+    def truncate(self, size: int | None) -> None:
+        """Drop records written after a checkpoint (size None: keep everything)."""
+        if size is not None and self.path.exists() and self.path.stat().st_size > size:
+            with open(self.path, "r+b") as f:
+                f.truncate(size)
 
     def write(self, record: dict) -> None:
         with open(self.path, "a") as f:
@@ -144,105 +219,375 @@ def step_groups(sequences, training, rng) -> list[list[list[int]]]:
     return [batches[i : i + size] for i in range(0, len(batches), size)]
 
 
-def train_epochs(
-    loaded: LoadedModel,
-    recipe: Recipe,
-    source: SequenceSource,
-    run_dir: Path,
-    console: Console,
-    test_problems: list[Problem],
-    metrics: MetricsLog,
-    timings: Counter,
-) -> TrainResult:
-    """The loop: batches -> compiled step -> metrics; adapters saved and evaluated per epoch."""
-    training = recipe.training
-    rng = np.random.default_rng(training.seed)
-    sequences = source.epoch_sequences(0)
-    planned = planned_steps(len(sequences), recipe)
-    max_steps = training.max_steps if training.max_steps is not None else float("inf")
-    console.print(
-        f"{len(sequences)} training sequences in epoch 1, {len(test_problems)} test problems, "
-        f"about {planned} optimizer steps ({training.mode})"
-    )
-    schedule = build_lr_schedule(training, planned)
-    optimizer = optim.AdamW(learning_rate=schedule, weight_decay=training.weight_decay)
-    step_fn = CompiledTrainStep(loaded.model, optimizer, loss_settings(recipe), training.grad_clip)
-    step, trained_tokens, loss = 0, 0, float("nan")
-    summary = None
-    started = time.perf_counter()
-    with TrainingDisplay(console, planned, training.log_every) as display:
-        for epoch in range(training.epochs):
-            if epoch > 0:
-                sequences = source.epoch_sequences(epoch)
-            train_started = time.perf_counter()
-            groups = step_groups(sequences, training, rng)
-            position = 0
-            while position < len(groups) and step < max_steps:
-                group = groups[position]
-                position += 1
-                micro = [
-                    collate(
-                        [sequences[i] for i in idx], training.batch_size, training.bucket_multiple
+class TrainingInterrupted(Exception):
+    """SIGINT/SIGTERM (or the test hook) stopped the run after a checkpoint was written."""
+
+    def __init__(self, reason: str, step: int, checkpoint: Path, exit_code: int):
+        super().__init__(f"{reason}: stopped after step {step}; checkpoint {checkpoint}")
+        self.reason = reason
+        self.step = step
+        self.checkpoint = checkpoint
+        self.exit_code = exit_code
+
+
+class StopSignals:
+    """First SIGINT/SIGTERM asks the loop to stop after the current step; a second one aborts."""
+
+    CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
+
+    def __init__(self, console: Console):
+        self.console = console
+        self.requested: signal.Signals | None = None
+        self.test_reason: str | None = None
+        self._previous: dict = {}
+
+    def __enter__(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.CODES:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+    def _handle(self, signum, frame) -> None:
+        sig = signal.Signals(signum)
+        if self.requested is not None:  # asked twice: stop now (the last checkpoint stays)
+            signal.signal(sig, self._previous.get(sig, signal.SIG_DFL))
+            raise KeyboardInterrupt
+        self.requested = sig
+        self.console.print(
+            f"[bold yellow]{sig.name}[/bold yellow]: finishing the current step, then writing a "
+            "checkpoint (send it again to stop at once)"
+        )
+
+    @property
+    def stop(self) -> bool:
+        return self.requested is not None or self.test_reason is not None
+
+    def interruption(self, step: int, checkpoint: Path) -> TrainingInterrupted:
+        if self.requested is not None:
+            name, code = self.requested.name, self.CODES[self.requested]
+        else:
+            name, code = self.test_reason or "stop requested", 0
+        return TrainingInterrupted(name, step, checkpoint, code)
+
+
+def _assign_in_place(target, source) -> None:
+    """Copy the leaves of `source` into the containers of `target` (compiled steps hold them)."""
+    items = source.items() if isinstance(source, dict) else enumerate(source)
+    for key, value in items:
+        if isinstance(value, (dict, list)) and isinstance(target[key], (dict, list)):
+            _assign_in_place(target[key], value)
+        else:
+            target[key] = value
+
+
+class TrainingLoop:
+    """The loop: batches -> compiled step -> metrics; checkpoints, adapters and eval per epoch.
+
+    Everything needed to continue exactly lives on the instance and goes into a checkpoint
+    between two steps: the epoch, the batch plan and the position in it, the queue of
+    sequences, both RNGs, the optimizer and the source's own state.
+    """
+
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        recipe: Recipe,
+        source: SequenceSource,
+        run_dir: Path,
+        console: Console,
+        test_problems: list[Problem],
+        metrics: MetricsLog,
+        timings: Counter,
+        stop_after: int | None = None,
+    ):
+        self.loaded, self.recipe, self.source = loaded, recipe, source
+        self.run_dir, self.console = run_dir, console
+        self.test_problems, self.metrics, self.timings = test_problems, metrics, timings
+        self.stop_after = stop_after
+        self.training = recipe.training
+        self.rng = np.random.default_rng(self.training.seed)
+        self.step = 0
+        self.epoch = 0
+        self.position = 0
+        self.groups: list | None = None
+        self.sequences: list[TrainingSequence] | None = None
+        self.trained_tokens = 0
+        self.loss = float("nan")
+        self.planned = 0
+        self.completed = False
+        self.eval_summary: EvalSummary | None = None
+        self.last_checkpoint: Path | None = None
+        self.step_fn: CompiledTrainStep | None = None
+        self.optimizer = None
+        self.schedule = None
+
+    # -- setup -----------------------------------------------------------------------------
+
+    def start_fresh(self) -> None:
+        self.sequences = self.source.epoch_sequences(0)
+        self.planned = planned_steps(len(self.sequences), self.recipe)
+        self.groups = step_groups(self.sequences, self.training, self.rng)
+        self._build_step()
+        self.console.print(
+            f"{len(self.sequences)} training sequences in epoch 1, "
+            f"{len(self.test_problems)} test problems, "
+            f"about {self.planned} optimizer steps ({self.training.mode})"
+        )
+
+    def _build_step(self) -> None:
+        self.schedule = build_lr_schedule(self.training, self.planned)
+        self.optimizer = optim.AdamW(
+            learning_rate=self.schedule, weight_decay=self.training.weight_decay
+        )
+        self.step_fn = CompiledTrainStep(
+            self.loaded.model, self.optimizer, loss_settings(self.recipe), self.training.grad_clip
+        )
+
+    def restore(self, checkpoint: Checkpoint) -> None:
+        state = checkpoint.state
+        self.step, self.epoch = int(state["step"]), int(state["epoch"])
+        self.position, self.groups = int(state["position"]), state["groups"]
+        self.trained_tokens, self.loss = int(state["trained_tokens"]), float(state["loss"])
+        self.planned = int(state["planned"])
+        # Recomputed rather than read, so a forced resume with more epochs or steps goes on.
+        max_steps = self.training.max_steps
+        self.completed = self.groups is None and (
+            self.epoch >= self.training.epochs or (max_steps is not None and self.step >= max_steps)
+        )
+        if state.get("eval") is not None:
+            self.eval_summary = EvalSummary(**state["eval"])
+        self._restore_weights(checkpoint)
+        self._build_step()
+        flat = checkpoint.optimizer_state()
+        _assign_in_place(self.optimizer.state, tree_unflatten(list(flat.items())))
+        mx.eval(self.optimizer.state)
+        self.rng.bit_generator.state = state["batch_rng"]
+        restore_mlx_random_state(state["mlx_random"])
+        if state.get("source") is not None:
+            self.source.load_state_dict(state["source"])
+        if self.groups is not None:
+            queue = checkpoint.queue()
+            self.sequences = queue if queue is not None else self.source.epoch_sequences(self.epoch)
+        self.last_checkpoint = checkpoint.path
+        self.console.print(
+            f"resumed from {checkpoint.path} (step {self.step}, epoch {self.epoch + 1}, "
+            f"about {self.planned} optimizer steps)"
+        )
+
+    def _restore_weights(self, checkpoint: Checkpoint) -> None:
+        weights = checkpoint.adapter_weights()
+        expected = dict(tree_flatten(self.loaded.model.trainable_parameters()))
+        problems = sorted(set(weights) ^ set(expected))
+        problems += [
+            f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(expected[k].shape)}"
+            for k, v in weights.items()
+            if k in expected and v.shape != expected[k].shape
+        ]
+        if problems:
+            raise TrainingError(
+                f"checkpoint {checkpoint.path} does not fit this model and lora settings: "
+                + "; ".join(problems[:5])
+            )
+        self.loaded.model.update(tree_unflatten(list(weights.items())))
+        mx.eval(self.loaded.model.parameters())
+
+    # -- checkpoints -----------------------------------------------------------------------
+
+    def checkpoint(self) -> Path:
+        model = self.loaded.model
+        source_state = self.source.state_dict() if hasattr(self.source, "state_dict") else None
+        metrics_path = self.metrics.path
+        state = {
+            "step": self.step,
+            "epoch": self.epoch,
+            "position": self.position,
+            "groups": self.groups,
+            "planned": self.planned,
+            "trained_tokens": self.trained_tokens,
+            "loss": self.loss,
+            "completed": self.completed,
+            "learning_rate_next": float(self.schedule(self.step)),
+            "eval": self.eval_summary.as_dict() if self.eval_summary else None,
+            "batch_rng": self.rng.bit_generator.state,
+            "mlx_random": mlx_random_state(),
+            "source": source_state,
+            "metrics_bytes": metrics_path.stat().st_size if metrics_path.exists() else 0,
+        }
+        queue = self.sequences if source_state is not None and self.groups is not None else None
+        started = time.perf_counter()
+        try:
+            path = write_checkpoint(
+                self.run_dir,
+                state,
+                dict(tree_flatten(model.trainable_parameters())),
+                adapter_config_dict(model, self.recipe.lora, self.recipe.model.path),
+                dict(tree_flatten(self.optimizer.state)),
+                queue,
+                keep=self.recipe.output.keep_checkpoints,
+            )
+        except CheckpointError as error:
+            kept = f"; the last good checkpoint is {self.last_checkpoint}" * bool(
+                self.last_checkpoint
+            )
+            raise TrainingError(f"{error}{kept}") from error
+        self.timings["checkpoint"] += time.perf_counter() - started
+        self.last_checkpoint = path
+        return path
+
+    def _stop_if_requested(self, signals: StopSignals) -> None:
+        if signals.stop:
+            path = self.checkpoint()
+            raise signals.interruption(self.step, path)
+
+    # -- the loop --------------------------------------------------------------------------
+
+    def run(self, signals: StopSignals) -> TrainResult:
+        training = self.training
+        max_steps = training.max_steps if training.max_steps is not None else float("inf")
+        save_every = self.recipe.output.save_every
+        first_step = self.step
+        started = time.perf_counter()
+        if self.completed:
+            self.console.print(f"the run already finished at step {self.step}; nothing to do")
+        with TrainingDisplay(self.console, self.planned, training.log_every) as display:
+            while not self.completed:
+                if self.groups is None:  # a new epoch
+                    self.sequences = self.source.epoch_sequences(self.epoch)
+                    self.groups = step_groups(self.sequences, training, self.rng)
+                    self.position = 0
+                train_started = time.perf_counter()
+                while self.position < len(self.groups) and self.step < max_steps:
+                    self._stop_if_requested(signals)
+                    if not self._train_step(display, started, first_step):
+                        continue
+                    if self.stop_after is not None and self.step == self.stop_after:
+                        signals.test_reason = f"stop_after={self.stop_after}"
+                    if self.position == len(self.groups) or self.step >= max_steps:
+                        continue
+                    refresh_started = time.perf_counter()
+                    refreshed = self.source.refreshed_sequences(
+                        self.step, progress=self.step / self.planned
                     )
-                    for idx in group
-                ]
-                step_started = time.perf_counter()
-                learning_rate = float(schedule(step))
-                result = step_fn(micro)
-                loss, tokens, grad_norm = result.loss, result.tokens, result.grad_norm
-                step += 1
-                trained_tokens += tokens
-                if not math.isfinite(loss) or not math.isfinite(grad_norm):
-                    ids = sorted({pid for b in micro for pid in b.problem_ids})
-                    raise TrainingError(
-                        f"non-finite loss {loss} / grad norm {grad_norm} at step {step}; "
-                        f"batch problem ids: {', '.join(ids)}"
-                    )
-                elapsed = time.perf_counter() - step_started
-                input_tokens = sum(b.input_token_count for b in micro)
-                total_elapsed = time.perf_counter() - started
-                record = {
-                    "event": "step",
-                    "step": step,
-                    "epoch": epoch,
-                    "loss": loss,
-                    "learning_rate": learning_rate,
-                    "grad_norm": grad_norm,
-                    "ratio_at_min": result.ratio_at_min / max(result.sequences, 1),
-                    "ratio_at_max": result.ratio_at_max / max(result.sequences, 1),
-                    "trained_tokens": tokens,
-                    "tokens_per_second": input_tokens / elapsed if elapsed > 0 else 0.0,
-                    "peak_memory_gb": peak_memory_gb(),
-                    "elapsed_seconds": total_elapsed,
-                    "eta_seconds": total_elapsed / step * max(planned - step, 0),
+                    if refreshed is not None:
+                        self.sequences = refreshed
+                        remaining = len(self.groups) - self.position
+                        self.groups = step_groups(refreshed, training, self.rng)[:remaining]
+                        self.position = 0
+                        train_started += time.perf_counter() - refresh_started
+                    if save_every and self.step % save_every == 0 and not signals.stop:
+                        self.checkpoint()
+                self.timings["train"] += time.perf_counter() - train_started
+                self._stop_if_requested(signals)  # before the epoch's eval
+                self._finish_epoch(display, max_steps)
+                if signals.stop and not self.completed:
+                    raise signals.interruption(self.step, self.last_checkpoint)
+        return TrainResult(
+            self.run_dir,
+            self.step,
+            self.trained_tokens,
+            self.loss,
+            time.perf_counter() - started,
+            self.eval_summary,
+        )
+
+    def _finish_epoch(self, display: TrainingDisplay, max_steps) -> None:
+        """Adapters, eval, then an epoch-end checkpoint that starts the next epoch."""
+        loaded, epoch = self.loaded, self.epoch
+        save_adapters(
+            loaded.model, self.recipe.lora, self.recipe.model.path, self.run_dir / "adapters"
+        )
+        last_epoch = epoch == self.training.epochs - 1 or self.step >= max_steps
+        if self.test_problems and (self.training.eval_every_epoch or last_epoch):
+            eval_started = time.perf_counter()
+            self.eval_summary = evaluate_and_record(
+                loaded, self.recipe, self.test_problems, self.run_dir, epoch, self.metrics
+            )
+            self.timings["eval"] += time.perf_counter() - eval_started
+            display.message(
+                f"epoch {epoch + 1}: eval pass@1 {self.eval_summary.pass_at_1:.3f} "
+                f"on {self.eval_summary.problems} problems"
+            )
+        self.epoch, self.groups, self.sequences, self.position = epoch + 1, None, None, 0
+        self.completed = last_epoch
+        self.checkpoint()
+
+    def _train_step(self, display: TrainingDisplay, started: float, first_step: int) -> bool:
+        """One optimizer step on the next group; False when a non-finite batch was skipped."""
+        training, model = self.training, self.loaded.model
+        group = self.groups[self.position]
+        self.position += 1
+        micro = [
+            collate([self.sequences[i] for i in idx], training.batch_size, training.bucket_multiple)
+            for idx in group
+        ]
+        # MLX arrays are immutable: holding the current leaves is a free snapshot to roll back to.
+        params_before = tree_flatten(model.trainable_parameters())
+        optimizer_before = tree_map(lambda x: x, self.optimizer.state)
+        step_started = time.perf_counter()
+        learning_rate = float(self.schedule(self.step))
+        result = self.step_fn(micro)
+        if not math.isfinite(result.loss) or not math.isfinite(result.grad_norm):
+            model.update(tree_unflatten(params_before))
+            _assign_in_place(self.optimizer.state, optimizer_before)
+            self._non_finite(result, micro, display)
+            return False
+        self.step += 1
+        self.loss = result.loss
+        self.trained_tokens += result.tokens
+        elapsed = time.perf_counter() - step_started
+        input_tokens = sum(b.input_token_count for b in micro)
+        total_elapsed = time.perf_counter() - started
+        done_here = max(self.step - first_step, 1)
+        record = {
+            "event": "step",
+            "step": self.step,
+            "epoch": self.epoch,
+            "loss": result.loss,
+            "learning_rate": learning_rate,
+            "grad_norm": result.grad_norm,
+            "ratio_at_min": result.ratio_at_min / max(result.sequences, 1),
+            "ratio_at_max": result.ratio_at_max / max(result.sequences, 1),
+            "trained_tokens": result.tokens,
+            "tokens_per_second": input_tokens / elapsed if elapsed > 0 else 0.0,
+            "peak_memory_gb": peak_memory_gb(),
+            "elapsed_seconds": total_elapsed,
+            "eta_seconds": total_elapsed / done_here * max(self.planned - self.step, 0),
+        }
+        self.metrics.write(record)
+        display.step(self.step, record)
+        return True
+
+    def _non_finite(self, result, micro, display: TrainingDisplay) -> None:
+        ids = sorted({pid for b in micro for pid in b.problem_ids})
+        what = f"non-finite loss {result.loss} / grad norm {result.grad_norm}"
+        where = f"at step {self.step + 1} (epoch {self.epoch + 1})"
+        if self.training.on_nan == "skip_batch":
+            self.metrics.write(
+                {
+                    "event": "skipped_batch",
+                    "step": self.step + 1,
+                    "epoch": self.epoch,
+                    "loss": result.loss,
+                    "grad_norm": result.grad_norm,
+                    "problem_ids": ids,
                 }
-                metrics.write(record)
-                display.step(step, record)
-                if position == len(groups) or step >= max_steps:
-                    continue
-                refresh_started = time.perf_counter()
-                refreshed = source.refreshed_sequences(step, progress=step / planned)
-                if refreshed is not None:
-                    sequences = refreshed
-                    groups = step_groups(sequences, training, rng)[: len(groups) - position]
-                    position = 0
-                    train_started += time.perf_counter() - refresh_started
-            timings["train"] += time.perf_counter() - train_started
-            save_adapters(loaded.model, recipe.lora, recipe.model.path, run_dir / "adapters")
-            last_epoch = epoch == training.epochs - 1 or step >= max_steps
-            if test_problems and (training.eval_every_epoch or last_epoch):
-                eval_started = time.perf_counter()
-                summary = evaluate_and_record(
-                    loaded, recipe, test_problems, run_dir, epoch, metrics
-                )
-                timings["eval"] += time.perf_counter() - eval_started
-                display.message(
-                    f"epoch {epoch + 1}: eval pass@1 {summary.pass_at_1:.3f} "
-                    f"on {summary.problems} problems"
-                )
-            if step >= max_steps:
-                break
-    return TrainResult(run_dir, step, trained_tokens, loss, time.perf_counter() - started, summary)
+            )
+            display.message(f"{what} {where}: batch skipped ({', '.join(ids)})")
+            return
+        kept = (
+            f"the last good checkpoint is {self.last_checkpoint}"
+            if self.last_checkpoint
+            else "no checkpoint was written yet"
+        )
+        raise TrainingError(
+            f"{what} {where}; batch problem ids: {', '.join(ids)}. The update was not applied; "
+            f"{kept}. Set training.on_nan: skip_batch to drop such batches and go on."
+        )
 
 
 def evaluate_and_record(
@@ -266,12 +611,31 @@ def evaluate_and_record(
     return summary
 
 
-def run_training(recipe: Recipe, run_dir: Path, console: Console | None = None) -> TrainResult:
-    """Everything `rasft-mlx train` does, callable from tests."""
+def run_training(
+    recipe: Recipe,
+    run_dir: Path,
+    console: Console | None = None,
+    *,
+    resume: bool = False,
+    force: bool = False,
+    stop_after: int | None = None,
+) -> TrainResult:
+    """Everything `rasft-mlx train` does, callable from tests.
+
+    resume: continue from the run dir's newest loadable checkpoint (refused when the saved recipe
+    differs, unless force). force: resume despite a changed recipe, or start over in a run dir
+    that has checkpoints. stop_after: a test hook that interrupts the run after that step.
+    SIGINT/SIGTERM finish the current step, write a checkpoint and raise TrainingInterrupted.
+    """
     console = console or Console()
+    with StopSignals(console) as signals:
+        return _run_training(recipe, run_dir, console, resume, force, stop_after, signals)
+
+
+def _run_training(recipe, run_dir, console, resume, force, stop_after, signals) -> TrainResult:
     mx.random.seed(recipe.training.seed)
     train_problems, test_problems = load_run_data(recipe)
-    prepare_run_dir(run_dir, recipe)
+    checkpoint = prepare_run_dir(run_dir, recipe, console, resume=resume, force=force)
     loaded = load_model(recipe.model)
     apply_adapters(loaded.model, recipe.lora)
     console.print(
@@ -291,6 +655,7 @@ def run_training(recipe: Recipe, run_dir: Path, console: Console | None = None) 
             f"skipped {report.skipped_too_long} rows longer than {recipe.data.max_seq_len} tokens"
         )
     metrics = MetricsLog(run_dir / "metrics.jsonl")
+    metrics.truncate(checkpoint.state["metrics_bytes"] if checkpoint is not None else None)
     run_started = time.perf_counter()
     timings: Counter = Counter()
     source: SequenceSource = ExpertSource(sequences)
@@ -299,7 +664,14 @@ def run_training(recipe: Recipe, run_dir: Path, console: Console | None = None) 
 
         source = RasftSource(loaded, recipe, train_problems, sequences, run_dir, console, metrics)
         timings = source.timings
-    result = train_epochs(loaded, recipe, source, run_dir, console, test_problems, metrics, timings)
+    loop = TrainingLoop(
+        loaded, recipe, source, run_dir, console, test_problems, metrics, timings, stop_after
+    )
+    if checkpoint is not None:
+        loop.restore(checkpoint)
+    else:
+        loop.start_fresh()
+    result = loop.run(signals)
     total_seconds = time.perf_counter() - run_started
     timings["other"] = max(total_seconds - sum(timings.values()), 0.0)
     summary = {
