@@ -53,6 +53,11 @@ class TrainingDisplay:
             self._progress.__exit__(*exc)
             self._progress = None
 
+    def set_total(self, total_steps: int) -> None:
+        self.total_steps = total_steps
+        if self._progress is not None:
+            self._progress.update(self._task, total=total_steps)
+
     def step(self, step: int, stats: dict) -> None:
         if self._progress is not None:
             self._progress.update(self._task, completed=step, stats=format_stats(stats))

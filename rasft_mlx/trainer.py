@@ -341,8 +341,10 @@ class TrainingLoop:
 
     def _build_step(self) -> None:
         self.schedule = build_lr_schedule(self.training, self.planned)
+        # A plain learning rate set before each step (not an mlx schedule baked into the compiled
+        # update), so the plan can grow when RASFT refreshes add rollouts to later epochs.
         self.optimizer = optim.AdamW(
-            learning_rate=self.schedule, weight_decay=self.training.weight_decay
+            learning_rate=float(self.schedule(0)), weight_decay=self.training.weight_decay
         )
         self.step_fn = CompiledTrainStep(
             self.loaded.model, self.optimizer, loss_settings(self.recipe), self.training.grad_clip
@@ -460,6 +462,7 @@ class TrainingLoop:
                     self.sequences = self.source.epoch_sequences(self.epoch)
                     self.groups = step_groups(self.sequences, training, self.rng)
                     self.position = 0
+                    self._extend_plan(len(self.groups), display)
                 train_started = time.perf_counter()
                 while self.position < len(self.groups) and self.step < max_steps:
                     self._stop_if_requested(signals)
@@ -478,6 +481,7 @@ class TrainingLoop:
                         remaining = len(self.groups) - self.position
                         self.groups = step_groups(refreshed, training, self.rng)[:remaining]
                         self.position = 0
+                        self._extend_plan(len(step_groups(refreshed, training, self.rng)), display)
                         train_started += time.perf_counter() - refresh_started
                     if save_every and self.step % save_every == 0 and not signals.stop:
                         self.checkpoint()
@@ -494,6 +498,21 @@ class TrainingLoop:
             time.perf_counter() - started,
             self.eval_summary,
         )
+
+    def _extend_plan(self, steps_per_epoch_now: int, display: TrainingDisplay) -> None:
+        """Grow the LR plan when epochs got longer (RASFT adds correct rollouts), never shrink it.
+
+        Without this, steps past the first epoch's estimate would run at the schedule's end value.
+        """
+        remaining = len(self.groups) - self.position
+        remaining += (self.training.epochs - self.epoch - 1) * steps_per_epoch_now
+        wanted = self.step + remaining
+        if self.training.max_steps is not None:
+            wanted = min(wanted, self.training.max_steps)
+        if wanted > self.planned:
+            self.planned = wanted
+            self.schedule = build_lr_schedule(self.training, self.planned)
+            display.set_total(self.planned)
 
     def _finish_epoch(self, display: TrainingDisplay, max_steps) -> None:
         """Adapters, eval, then an epoch-end checkpoint that starts the next epoch."""
@@ -530,6 +549,7 @@ class TrainingLoop:
         optimizer_before = tree_map(lambda x: x, self.optimizer.state)
         step_started = time.perf_counter()
         learning_rate = float(self.schedule(self.step))
+        self.optimizer.learning_rate = learning_rate
         result = self.step_fn(micro)
         if not math.isfinite(result.loss) or not math.isfinite(result.grad_norm):
             model.update(tree_unflatten(params_before))
