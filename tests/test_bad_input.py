@@ -19,7 +19,7 @@ from mlx_lm import load
 from rich.console import Console
 from typer.testing import CliRunner
 
-import rasft_mlx.trainer as trainer
+import rasft_mlx.training_loop as training_loop
 from rasft_mlx.checkpoint import TEMP_PREFIX, list_checkpoints, load_latest
 from rasft_mlx.cli import app
 from rasft_mlx.config import LoraConfig, load_recipe
@@ -116,7 +116,7 @@ def test_checkpoint_that_does_not_fit_the_model_on_resume(tiny_llama_dir, tmp_pa
 
 def poison(monkeypatch, problem_id):
     """Batches holding `problem_id` get NaN sequence weights (rasft mode): NaN loss and grads."""
-    real_collate = trainer.collate
+    real_collate = training_loop.collate
 
     def collate(sequences, *args):
         batch = real_collate(sequences, *args)
@@ -124,7 +124,7 @@ def poison(monkeypatch, problem_id):
             batch.sequence_weights = mx.full(batch.sequence_weights.shape, float("nan"))
         return batch
 
-    monkeypatch.setattr(trainer, "collate", collate)
+    monkeypatch.setattr(training_loop, "collate", collate)
 
 
 def steps_logged(run_dir):

@@ -1,0 +1,65 @@
+"""SIGINT/SIGTERM during training: finish the step, checkpoint, then stop with a resume hint."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from pathlib import Path
+
+from rich.console import Console
+
+
+class TrainingInterrupted(Exception):
+    """SIGINT/SIGTERM (or the test hook) stopped the run after a checkpoint was written."""
+
+    def __init__(self, reason: str, step: int, checkpoint: Path, exit_code: int):
+        super().__init__(f"{reason}: stopped after step {step}; checkpoint {checkpoint}")
+        self.reason = reason
+        self.step = step
+        self.checkpoint = checkpoint
+        self.exit_code = exit_code
+
+
+class StopSignals:
+    """First SIGINT/SIGTERM asks the loop to stop after the current step; a second one aborts."""
+
+    CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
+
+    def __init__(self, console: Console):
+        self.console = console
+        self.requested: signal.Signals | None = None
+        self.test_reason: str | None = None
+        self._previous: dict = {}
+
+    def __enter__(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.CODES:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+    def _handle(self, signum, frame) -> None:
+        sig = signal.Signals(signum)
+        if self.requested is not None:  # asked twice: stop now (the last checkpoint stays)
+            signal.signal(sig, self._previous.get(sig, signal.SIG_DFL))
+            raise KeyboardInterrupt
+        self.requested = sig
+        self.console.print(
+            f"[bold yellow]{sig.name}[/bold yellow]: finishing the current step, then writing a "
+            "checkpoint (send it again to stop at once)"
+        )
+
+    @property
+    def stop(self) -> bool:
+        return self.requested is not None or self.test_reason is not None
+
+    def interruption(self, step: int, checkpoint: Path) -> TrainingInterrupted:
+        if self.requested is not None:
+            name, code = self.requested.name, self.CODES[self.requested]
+        else:
+            name, code = self.test_reason or "stop requested", 0
+        return TrainingInterrupted(name, step, checkpoint, code)
