@@ -167,6 +167,9 @@ class EvalConfig:
     top_p: float = field(default=1.0, metadata=_range(0.0, 1.0, lo_open=True))
     max_new_tokens: int = field(default=512, metadata=_range(1))
     batch_size: int = field(default=32, metadata=_range(1))
+    before_training: bool = field(
+        default=False, metadata=_range(help="also evaluate the starting model (eval-epoch-0)")
+    )
 
 
 @dataclass(frozen=True)

@@ -113,6 +113,9 @@ def _run_training(recipe, run_dir, console, resume, force, stop_after, signals) 
         "eval": result.eval_summary.as_dict() if result.eval_summary else None,
         "wall_time_split_seconds": {k: round(v, 2) for k, v in timings.items()},
     }
+    before = run_dir / "eval-epoch-0-summary.json"
+    if before.is_file():
+        summary["eval_before_training"] = json.loads(before.read_text())
     atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     return result
 

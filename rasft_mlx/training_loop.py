@@ -167,6 +167,15 @@ class TrainingLoop:
     # -- setup -----------------------------------------------------------------------------
 
     def start_fresh(self) -> None:
+        if self.recipe.eval.before_training and self.test_problems:
+            started = time.perf_counter()
+            before = evaluate_and_record(
+                self.loaded, self.recipe, self.test_problems, self.run_dir, -1, self.metrics
+            )
+            self.timings["eval"] += time.perf_counter() - started
+            self.console.print(
+                f"before training: eval pass@1 {before.pass_at_1:.3f} on {before.problems} problems"
+            )
         self.sequences = self.source.epoch_sequences(0)
         self.planned = planned_steps(len(self.sequences), self.recipe)
         self.groups = step_groups(self.sequences, self.training, self.rng)

@@ -34,17 +34,22 @@ def write_recipe(path, model_dir, mode="sft", **training):
 
 def test_train_then_eval_end_to_end(tiny_llama_dir, tmp_path):
     recipe = write_recipe(tmp_path / "recipe.yaml", tiny_llama_dir, warmup_steps=1)
-    result = runner.invoke(app, ["train", str(recipe), "--set", "training.epochs=2"])
+    overrides = ["--set", "training.epochs=2", "--set", "eval.before_training=true"]
+    result = runner.invoke(app, ["train", str(recipe), *overrides])
     assert result.exit_code == 0, result.output
     run_dir = tmp_path / "runs" / "cli-test"
     saved = yaml.safe_load((run_dir / "recipe.yaml").read_text())
     assert saved["training"]["epochs"] == 2  # the override is in the saved recipe
     steps = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in steps if r["event"] == "step"] == list(range(1, 9))
-    assert {"loss", "learning_rate", "tokens_per_second", "peak_memory_gb"} <= set(steps[0])
+    first_step = next(r for r in steps if r["event"] == "step")
+    assert {"loss", "learning_rate", "tokens_per_second", "peak_memory_gb"} <= set(first_step)
     assert (run_dir / "eval-epoch-2.jsonl").is_file()
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["steps"] == 8 and summary["eval"]["problems"] == 8
+    assert (run_dir / "eval-epoch-0.jsonl").is_file()  # the starting model, before training
+    assert summary["eval_before_training"]["problems"] == 8
+    assert [r["epoch"] for r in steps if r["event"] == "eval"] == [-1, 0, 1]
 
     model, _ = load(str(tiny_llama_dir), adapter_path=str(run_dir / "adapters"))
     assert mx.isfinite(model(mx.array([[1, 2, 3]]))).all().item()
