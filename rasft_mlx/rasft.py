@@ -37,6 +37,7 @@ class RasftSource:
         self.run_dir = run_dir
         self.timings: Counter = Counter()
         self.refresh_count = 0
+        self.ratio_counts = [0, 0, 0]  # sequences at the ratio's min, at its max, all; per period
         self.rng = np.random.default_rng(recipe.training.seed + 17)
         self.problems = {p.id: p for p in problems}
         self.prompts = {
@@ -65,6 +66,7 @@ class RasftSource:
             }
         return {
             "refresh_count": self.refresh_count,
+            "ratio_counts": list(self.ratio_counts),
             "rng": self.rng.bit_generator.state,
             "hard_pool": sorted(self.hard_pool),
             "thresholds": thresholds,
@@ -72,6 +74,7 @@ class RasftSource:
 
     def load_state_dict(self, state: dict) -> None:
         self.refresh_count = int(state["refresh_count"])
+        self.ratio_counts = list(state.get("ratio_counts", [0, 0, 0]))
         self.rng.bit_generator.state = state["rng"]
         self.hard_pool = frozenset(state["hard_pool"])
         t = state["thresholds"]
@@ -88,6 +91,12 @@ class RasftSource:
     @property
     def _batching(self) -> tuple[int, int]:
         return self.recipe.training.batch_size, self.recipe.training.bucket_multiple
+
+    def observe_step(self, result) -> None:
+        """Count the clipped-ratio hits of a training step, for the next refresh's record."""
+        self.ratio_counts[0] += result.ratio_at_min
+        self.ratio_counts[1] += result.ratio_at_max
+        self.ratio_counts[2] += result.sequences
 
     def epoch_sequences(self, epoch: int) -> list[TrainingSequence]:
         return self.refresh(progress=epoch / max(self.recipe.training.epochs, 1))
@@ -238,7 +247,19 @@ class RasftSource:
             "expert_weight": _stats(expert),
             "rollout_weight": _stats(rollout) if trained else None,
             "dropped": dict(dropped),
+            "ratio_clip_since_last_refresh": self._ratio_shares(),
             "timings": dict(self.timings),
+        }
+
+    def _ratio_shares(self) -> dict | None:
+        at_min, at_max, sequences = self.ratio_counts
+        self.ratio_counts = [0, 0, 0]
+        if sequences == 0:
+            return None
+        return {
+            "at_min": round(at_min / sequences, 4),
+            "at_max": round(at_max / sequences, 4),
+            "sequences": sequences,
         }
 
     def _print(self, record: dict) -> None:
@@ -254,6 +275,7 @@ class RasftSource:
         table.add_row("expert weight", json.dumps(record["expert_weight"]))
         table.add_row("rollout weight", json.dumps(record["rollout_weight"]))
         table.add_row("dropped", json.dumps(record["dropped"]))
+        table.add_row("ratio on bounds", json.dumps(record["ratio_clip_since_last_refresh"]))
         self.console.print(table)
 
 

@@ -410,6 +410,8 @@ class TrainingLoop:
         input_tokens = sum(b.input_token_count for b in micro)
         total_elapsed = time.perf_counter() - started
         done_here = max(self.step - first_step, 1)
+        if hasattr(self.source, "observe_step"):
+            self.source.observe_step(result)
         record = {
             "event": "step",
             "step": self.step,

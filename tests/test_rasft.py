@@ -86,6 +86,9 @@ def test_rasft_run_writes_ledger_and_refresh_metrics(tiny_llama_dir, tmp_path):
     assert [r["refresh"] for r in refreshes] == [1, 2]
     assert refreshes[0]["problems_selected"] == 16 and refreshes[0]["rollouts_generated"] == 32
     assert sum(refreshes[0]["solvability_histogram"]) == 16
+    assert refreshes[0]["ratio_clip_since_last_refresh"] is None  # nothing trained yet
+    clip = refreshes[1]["ratio_clip_since_last_refresh"]
+    assert clip["sequences"] >= 16 and 0 <= clip["at_min"] <= 1 and 0 <= clip["at_max"] <= 1
     ledger = [
         json.loads(line)
         for line in (run_dir / "rollouts" / "refresh-001.jsonl").read_text().splitlines()
