@@ -1,4 +1,9 @@
-"""Batched sampling from the model in memory (live adapters included) through mlx-lm's batch generator."""
+"""Batched sampling from the model in memory (live adapters included).
+
+Models with plain KV caches go through the rollout engine (`rollout_engine.py`): repeated prompts
+share one prefill and all samples decode together. Other models fall back to mlx-lm's
+`batch_generate`. Both sample with mlx-lm's sampler and stop at the tokenizer's EOS ids.
+"""
 
 from __future__ import annotations
 
@@ -38,7 +43,56 @@ class GenerationStats:
 def generate_completions(
     model, tokenizer, prompts: list[list[int]], settings: SamplingSettings, seed: int | None = None
 ) -> tuple[list[Completion], GenerationStats]:
-    """One completion per prompt; a completion that hit max_new_tokens is marked truncated."""
+    """One completion per prompt; a completion that hit max_new_tokens is marked truncated.
+
+    Identical prompts (K samples of one problem) are prefilled once; `settings.batch_size` caps
+    the sequences decoded together.
+    """
+    from .rollout_engine import supports_model
+
+    if supports_model(model):
+        return _engine_completions(model, tokenizer, prompts, settings, seed)
+    return _batch_generate_completions(model, tokenizer, prompts, settings, seed)
+
+
+def eos_ids(tokenizer) -> list[int]:
+    ids = getattr(tokenizer, "eos_token_ids", None)
+    return sorted(ids) if ids else [tokenizer.eos_token_id]
+
+
+def _engine_completions(model, tokenizer, prompts, settings, seed):
+    from .rollout_engine import EngineSettings, generate_rows
+
+    started = time.perf_counter()
+    unique: dict[tuple[int, ...], int] = {}
+    slot = []  # (unique prompt, its n-th sample) of each input prompt
+    counts: list[int] = []
+    for prompt in prompts:
+        index = unique.setdefault(tuple(prompt), len(unique))
+        if index == len(counts):
+            counts.append(0)
+        slot.append((index, counts[index]))
+        counts[index] += 1
+    engine = EngineSettings(
+        max_new_tokens=settings.max_new_tokens,
+        temperature=settings.temperature,
+        top_p=settings.top_p,
+        repetition_penalty=settings.repetition_penalty,
+        max_rows=settings.batch_size,
+    )
+    samples, engine_stats = generate_rows(
+        model, [list(p) for p in unique], counts, engine, eos_ids(tokenizer), seed=seed
+    )
+    completions = []
+    for index, n in slot:
+        sample = samples[index][n]
+        text = tokenizer.decode(list(sample.token_ids))
+        completions.append(Completion(text, sample.token_ids, sample.truncated))
+    generated = engine_stats.generated_tokens
+    return completions, GenerationStats(len(prompts), generated, time.perf_counter() - started)
+
+
+def _batch_generate_completions(model, tokenizer, prompts, settings, seed):
     from mlx_lm.generate import batch_generate
     from mlx_lm.sample_utils import make_logits_processors, make_sampler
 

@@ -40,7 +40,11 @@ def generate_samples(
     config: RolloutConfig,
     seed: int,
 ) -> tuple[dict[str, list[Completion]], GenerationStats]:
-    """K samples per problem from the model as it is now (live adapters, no snapshot)."""
+    """K samples per problem from the model as it is now (live adapters, no snapshot).
+
+    The K copies of a prompt go to `generate_completions` together, so the rollout engine
+    prefills each prompt once and decodes its K samples from the shared cache.
+    """
     repeated = [problem for problem in problems for _ in range(config.k)]
     completions, stats = generate_completions(
         model, tokenizer, [prompts[p.id] for p in repeated], sampling_settings(config), seed=seed
