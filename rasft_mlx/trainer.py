@@ -60,10 +60,18 @@ def run_training(
         return _run_training(recipe, run_dir, console, resume, force, stop_after, signals)
 
 
+def refuse_if_too_big(recipe: Recipe, loaded) -> None:
+    """Stop before the run dir is touched when the memory estimate exceeds the machine's."""
+    from .plan import build_plan, check_memory
+
+    problem = check_memory(build_plan(recipe, loaded=loaded))
+    if problem is not None:
+        raise TrainingError(problem)
+
+
 def _run_training(recipe, run_dir, console, resume, force, stop_after, signals) -> TrainResult:
     mx.random.seed(recipe.training.seed)
     train_problems, test_problems = load_run_data(recipe)
-    checkpoint = prepare_run_dir(run_dir, recipe, console, resume=resume, force=force)
     loaded = load_model(recipe.model)
     apply_adapters(loaded.model, recipe.lora)
     console.print(
@@ -82,6 +90,9 @@ def _run_training(recipe, run_dir, console, resume, force, stop_after, signals) 
         console.print(
             f"skipped {report.skipped_too_long} rows longer than {recipe.data.max_seq_len} tokens"
         )
+    if not (resume or force):
+        refuse_if_too_big(recipe, loaded)
+    checkpoint = prepare_run_dir(run_dir, recipe, console, resume=resume, force=force)
     metrics = MetricsLog(run_dir / "metrics.jsonl")
     metrics.truncate(checkpoint.state["metrics_bytes"] if checkpoint is not None else None)
     run_started = time.perf_counter()

@@ -1,0 +1,466 @@
+"""Pre-flight plan: model and adapter sizes, tokens, rollout volume, estimated peak memory, wall time."""
+
+from __future__ import annotations
+
+import math
+import os
+import resource
+import statistics
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, replace
+
+import mlx.core as mx
+import mlx.optimizers as optim
+import numpy as np
+from mlx.utils import tree_flatten, tree_unflatten
+from rich.table import Table
+
+from .batching import collate, padded_length
+from .checkpoint import mlx_random_state, restore_mlx_random_state
+from .config import RasftConfig, Recipe
+from .encoding import encode_expert_sequences, encode_prompt
+from .generation import SamplingSettings, generate_completions
+from .models import (
+    adapted_layer_count,
+    adapter_modules,
+    apply_adapters,
+    is_cpu_device,
+    load_model,
+    total_parameter_count,
+    trainable_parameter_count,
+)
+from .rollouts import sampling_settings
+from .run_directory import TrainingError
+from .train_step import CompiledTrainStep
+from .training_loop import loss_settings, planned_steps, step_groups, steps_per_epoch
+
+# Fitted to mx.get_peak_memory() of compiled llama LoRA steps (hidden 64-512, 1-8 adapted layers,
+# seq 128-512, vocab 320-32768, CPU float32): within ~10 % of each measured step peak.
+ACTIVATION_FLOATS = (8.0, 6.0, 1.5)  # per token and layer: x hidden, x intermediate, x heads*seq
+LOGIT_COPIES = 3  # float32 logits, log-softmax and its gradient
+LOGIT_COPIES_WITH_REFERENCE = 8  # sft_kl / asft: a frozen forward's logits and the KL on top
+DORA_WEIGHT_COPIES = 4.5  # DoRA materialises each adapted weight (and its norm) for backward
+KV_STEP, KV_GROWTH = 256, 1.25  # mlx-lm grows caches 256 tokens at a time, copying the old one
+DECODE_LOGIT_COPIES = 4  # logits, log-probs, repetition penalty, top-p sort per decode step
+PREFILL_TOKENS = 8192  # the rollout engine's prompt tokens per prefill call
+FORWARD_SHARE = 1 / 3  # a forward-only pass (reference log-probs) against a training step
+MEMORY_LIMIT_SHARE = 0.9
+PROBE_MAX_ROWS, PROBE_NEW_TOKENS = 64, 32
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """Bytes of the largest training step and of the largest generation batch; peak = the max."""
+
+    weights: int  # frozen base weights
+    adapter_state: int  # adapter params, grads, AdamW moments (and accumulated grads)
+    activations: int  # saved for backward by the adapted layers, largest bucket
+    logits: int  # batch x seq x vocab x 4 bytes x copies
+    kv_cache: int  # the largest rollout or eval batch at full length
+    generation_temporaries: int  # decode logits and sampling, or prefill attention
+
+    @property
+    def training(self) -> int:
+        return self.weights + self.adapter_state + self.activations + self.logits
+
+    @property
+    def generation(self) -> int:
+        return self.weights + self.adapter_state + self.kv_cache + self.generation_temporaries
+
+    @property
+    def peak(self) -> int:
+        return max(self.training, self.generation)
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    """Measured: a few optimizer steps and a short generation; *_seconds are extrapolated."""
+
+    steps: int
+    first_step_seconds: float  # includes tracing and compiling the step
+    seconds_per_step: float  # median of the later steps (the first when only one ran)
+    generation_tokens_per_second: float
+    measured_training_peak: int  # mx.get_peak_memory() over the steps (reset before)
+    measured_generation_peak: int
+    rss_peak: int  # the process's peak RSS so far (ru_maxrss), whatever it held before
+    train_seconds: float  # max_planned_steps x seconds_per_step
+    reference_seconds: float  # RASFT reference log-prob forwards
+    rollout_seconds: float  # refreshes x rollout tokens per refresh / generation rate
+    eval_seconds: float
+
+    @property
+    def wall_seconds(self) -> float:
+        return (
+            self.train_seconds + self.reference_seconds + self.rollout_seconds + self.eval_seconds
+        )
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    model: str
+    mode: str
+    total_parameters: int
+    trainable_parameters: int
+    weight_bytes: int  # every parameter, adapters included
+    sequences_per_epoch: int  # encoded expert sequences (RASFT adds correct rollouts to these)
+    skipped_too_long: int
+    prompt_tokens_per_epoch: int
+    response_tokens_per_epoch: int
+    largest_bucket: int  # padded input length of the longest possible training row
+    steps_per_epoch: int
+    planned_steps: int  # the trainer's LR plan (expert sequences only)
+    max_planned_steps: int  # RASFT: as if every rollout were correct and trained
+    refreshes: int
+    rollout_problems_per_refresh: int
+    rollout_tokens_per_refresh: int  # upper bound: problems x k x max_new_tokens
+    eval_tokens: int  # upper bound over every planned eval
+    memory: MemoryEstimate
+    machine_memory: int
+    probe: ProbeResult | None = None
+
+    @property
+    def tokens_per_epoch(self) -> int:
+        return self.prompt_tokens_per_epoch + self.response_tokens_per_epoch
+
+
+def machine_memory_bytes() -> int:
+    """The GPU's memory as MLX reports it (Metal's recommended working set, CUDA's total), else
+    the RAM; on Linux a cgroup memory limit below the RAM wins."""
+    if not is_cpu_device() and hasattr(mx, "device_info"):
+        info = mx.device_info()
+        for key in ("max_recommended_working_set_size", "memory_size", "total_memory"):
+            if isinstance(info.get(key), int) and info[key] > 0:
+                return info[key]
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            with open(path) as file:
+                total = min(total, int(file.read().strip()))
+        except (OSError, ValueError):  # absent, or "max"
+            pass
+    return total
+
+
+def expected_rollout_problems(problems: int, config: RasftConfig) -> int:
+    """Problems given rollouts per refresh.
+
+    all: every problem. fraction: round(selection_fraction x problems), the expectation of the
+    selection's stochastic rounding. nll_band: selection_fraction x the widest mid window (in
+    quantiles) plus hard_probe_fraction x the widest hard band (hard_quantile minus the lowest top
+    of the window), the most the hard pool can hold; both shares of all problems.
+    """
+    if config.selection == "all":
+        return problems
+    if config.selection == "fraction":
+        return round(config.selection_fraction * problems)
+    (start_lo, start_hi), (end_lo, end_hi) = config.mid_window_start, config.mid_window_end
+    hard = max(config.hard_quantile - min(start_hi, end_hi), 0.0)
+    share = config.selection_fraction * max(start_hi - start_lo, end_hi - end_lo)
+    return min(problems, round((share + config.hard_probe_fraction * hard) * problems))
+
+
+def refresh_count(steps_in_epoch: int, recipe: Recipe) -> int:
+    """RASFT refreshes as the loop runs them: one per epoch, plus every refresh_every_steps steps
+    inside an epoch (not after its last step, nor once max_steps is reached)."""
+    training, every = recipe.training, recipe.rasft.refresh_every_steps
+    limit = training.max_steps if training.max_steps is not None else math.inf
+    count = step = 0
+    for _ in range(training.epochs):
+        if step >= limit:
+            break
+        count += 1
+        for position in range(1, steps_in_epoch + 1):
+            step += 1
+            if step >= limit:
+                break
+            count += bool(every and position < steps_in_epoch and step % every == 0)
+    return count
+
+
+def _arg(args, names: tuple[str, ...], default: int) -> int:
+    return next((getattr(args, n) for n in names if getattr(args, n, None)), default)
+
+
+def estimate_memory(loaded, recipe: Recipe, bucket: int, generation: list[tuple]) -> MemoryEstimate:
+    """A training batch of batch_size x `bucket`; `generation`: (rows, distinct prompts, prompt
+    length, new tokens) of each generation kind, the largest one counts."""
+    model, args = loaded.model, getattr(loaded.model, "args", None)
+    hidden = _arg(args, ("hidden_size", "dim", "n_embd"), 1024)
+    heads = _arg(args, ("num_attention_heads", "n_heads", "n_head"), max(hidden // 64, 1))
+    kv_heads = _arg(args, ("num_key_value_heads", "n_kv_heads"), heads)
+    head_dim = _arg(args, ("head_dim",), hidden // heads)
+    intermediate = _arg(args, ("intermediate_size", "hidden_dim"), 4 * hidden)
+    vocab = _arg(args, ("vocab_size",), 32000)
+    params = tree_flatten(model.parameters())
+    floats = Counter(v.dtype.size for _, v in params if mx.issubdtype(v.dtype, mx.floating))
+    act = floats.most_common(1)[0][0] if floats else 4  # the compute dtype's bytes
+    trainable = sum(v.nbytes for _, v in tree_flatten(model.trainable_parameters()))
+    rows = recipe.training.batch_size
+    a_hidden, a_inter, a_attn = ACTIVATION_FLOATS
+    per_token = a_hidden * hidden + a_inter * intermediate + a_attn * heads * bucket
+    layers = adapted_layer_count(model, recipe.lora) + 1  # + one layer's backward temporaries
+    activations = layers * rows * bucket * per_token * act
+    if recipe.lora.type == "dora":
+        sizes = [m.linear.weight.shape for _, m in adapter_modules(model)]
+        bits = [getattr(m.linear, "bits", 32) for _, m in adapter_modules(model)]
+        adapted = sum(o * i * 32 // b for (o, i), b in zip(sizes, bits, strict=True))
+        activations += DORA_WEIGHT_COPIES * adapted * act
+    copies = LOGIT_COPIES
+    if loss_settings(recipe).needs_reference_logits:
+        copies = LOGIT_COPIES_WITH_REFERENCE
+    kv_cache = temporaries = 0
+    for gen_rows, distinct, prompt, new in generation:
+        context = math.ceil((prompt + new) / KV_STEP) * KV_STEP
+        kv = KV_GROWTH * gen_rows * context * len(model.layers) * 2 * kv_heads * head_dim * act
+        chunk = min(PREFILL_TOKENS, distinct * prompt)
+        prefill = chunk * (2 * heads * prompt + 6 * hidden + 3 * intermediate) * act
+        temporary = max(DECODE_LOGIT_COPIES * gen_rows * vocab * 4, prefill)
+        if kv + temporary > kv_cache + temporaries:
+            kv_cache, temporaries = kv, temporary
+    return MemoryEstimate(
+        weights=sum(v.nbytes for _, v in params) - trainable,
+        adapter_state=trainable * (5 if recipe.training.grad_accumulation > 1 else 4),
+        activations=int(activations),
+        logits=int(rows * bucket * vocab * 4 * copies),
+        kv_cache=int(kv_cache),
+        generation_temporaries=int(temporaries),
+    )
+
+
+def build_plan(recipe: Recipe, *, loaded=None, probe_steps: int = 0) -> RunPlan:
+    """Everything `rasft-mlx plan` prints; `loaded`: the model with adapters already applied.
+
+    probe_steps > 0 runs that many real compiled optimizer steps (the first on the batch holding
+    the longest sequence) and one short generation, then puts the adapters and MLX's random state
+    back, so a caller's model is unchanged.
+    """
+    from .trainer import load_run_data
+
+    train_problems, test_problems = load_run_data(recipe)
+    if loaded is None:
+        loaded = load_model(recipe.model)
+        apply_adapters(loaded.model, recipe.lora)
+    data, training, rollout, evaluation = recipe.data, recipe.training, recipe.rollout, recipe.eval
+    tokenizer, system = loaded.tokenizer, data.system_prompt
+    sequences, report = encode_expert_sequences(tokenizer, train_problems, system, data.max_seq_len)
+    if not sequences:
+        raise TrainingError(
+            f"data.max_seq_len: all {report.skipped_too_long} training rows are longer than "
+            f"{data.max_seq_len} tokens"
+        )
+    test_problems = test_problems[: evaluation.limit]
+    test_prompts = [encode_prompt(tokenizer, p.question, system) for p in test_problems]
+    rasft = training.mode == "rasft"
+    per_epoch = steps_per_epoch(len(sequences), recipe)
+    planned = max_planned = planned_steps(len(sequences), recipe)
+    selected = expected_rollout_problems(len(sequences), recipe.rasft) if rasft else 0
+    longest_prompt = max(s.prompt_length for s in sequences)
+    longest = max(len(s.tokens) for s in sequences)
+    generation = []
+    if rasft:
+        max_planned = planned_steps(len(sequences) + selected * rollout.k, recipe)
+        longest = max(longest, min(longest_prompt + rollout.max_new_tokens + 1, data.max_seq_len))
+        rows = min(rollout.batch_size, selected * rollout.k)
+        generation.append((rows, -(-rows // rollout.k), longest_prompt, rollout.max_new_tokens))
+    samples = 1 + (evaluation.samples if evaluation.samples > 1 else 0)
+    evals = min(training.epochs, math.ceil(planned / per_epoch))
+    evals = (evals if training.eval_every_epoch else 1) + evaluation.before_training
+    if test_prompts:
+        rows = min(evaluation.batch_size, len(test_prompts) * samples)
+        prompt = max(len(p) for p in test_prompts)
+        generation.append((rows, rows, prompt, evaluation.max_new_tokens))
+    bucket = padded_length(longest, training.bucket_multiple)
+    plan = RunPlan(
+        model=recipe.model.path,
+        mode=training.mode,
+        total_parameters=total_parameter_count(loaded.model),
+        trainable_parameters=trainable_parameter_count(loaded.model),
+        weight_bytes=sum(v.nbytes for _, v in tree_flatten(loaded.model.parameters())),
+        sequences_per_epoch=len(sequences),
+        skipped_too_long=report.skipped_too_long,
+        prompt_tokens_per_epoch=sum(s.prompt_length for s in sequences),
+        response_tokens_per_epoch=sum(s.response_length for s in sequences),
+        largest_bucket=bucket,
+        steps_per_epoch=per_epoch,
+        planned_steps=planned,
+        max_planned_steps=max_planned,
+        refreshes=refresh_count(per_epoch, recipe) if rasft else 0,
+        rollout_problems_per_refresh=selected,
+        rollout_tokens_per_refresh=selected * rollout.k * rollout.max_new_tokens,
+        eval_tokens=len(test_prompts) * samples * evaluation.max_new_tokens * evals,
+        memory=estimate_memory(loaded, recipe, bucket, generation),
+        machine_memory=machine_memory_bytes(),
+    )
+    if probe_steps <= 0:
+        return plan
+    if rasft:
+        prompts = [encode_prompt(tokenizer, p.question, system) for p in train_problems]
+        rows = min(rollout.batch_size, max(selected * rollout.k, 1), PROBE_MAX_ROWS)
+        prompts = [p for p in prompts[: -(-rows // rollout.k)] for _ in range(rollout.k)][:rows]
+        settings = sampling_settings(rollout)
+    else:
+        prompts = test_prompts[: min(evaluation.batch_size, PROBE_MAX_ROWS)]
+        settings = SamplingSettings(evaluation.max_new_tokens, batch_size=evaluation.batch_size)
+    settings = replace(settings, max_new_tokens=min(settings.max_new_tokens, PROBE_NEW_TOKENS))
+    return replace(
+        plan, probe=run_probe(loaded, recipe, plan, sequences, prompts, settings, probe_steps)
+    )
+
+
+def run_probe(loaded, recipe, plan, sequences, prompts, settings, steps: int) -> ProbeResult:
+    """Time `steps` optimizer steps and one generation of `prompts`, then restore the adapters."""
+    from .reference import with_reference_logprobs
+
+    model, training = loaded.model, recipe.training
+    saved_params, saved_random = tree_flatten(model.trainable_parameters()), mlx_random_state()
+    groups = step_groups(sequences, training, np.random.default_rng(training.seed))
+    longest = max(range(len(sequences)), key=lambda i: len(sequences[i].tokens))
+    first = next(g for g in groups if any(longest in batch for batch in g))
+    order = [first] + [g for g in groups if g is not first]
+    chosen = [order[i % len(order)] for i in range(steps)]
+    if training.mode == "rasft":
+        used = sorted({i for group in chosen for batch in group for i in batch})
+        filled = with_reference_logprobs(
+            model, [sequences[i] for i in used], training.batch_size, training.bucket_multiple
+        )
+        sequences = list(sequences)
+        for i, sequence in zip(used, filled, strict=True):
+            sequences[i] = sequence
+    optimizer = optim.AdamW(
+        learning_rate=training.learning_rate, weight_decay=training.weight_decay
+    )
+    step = CompiledTrainStep(model, optimizer, loss_settings(recipe), training.grad_clip)
+    mx.clear_cache()
+    mx.reset_peak_memory()
+    times = []
+    for group in chosen:
+        size, multiple = training.batch_size, training.bucket_multiple
+        micro = [collate([sequences[i] for i in batch], size, multiple) for batch in group]
+        started = time.perf_counter()
+        step(micro)
+        times.append(time.perf_counter() - started)
+    training_peak = mx.get_peak_memory()
+    del step, optimizer
+    mx.clear_cache()
+    mx.reset_peak_memory()
+    rate = 0.0
+    if prompts:
+        _, stats = generate_completions(model, loaded.tokenizer, prompts, settings, training.seed)
+        rate = stats.tokens_per_second
+    generation_peak = mx.get_peak_memory()
+    model.update(tree_unflatten(saved_params))
+    mx.eval(model.parameters())
+    restore_mlx_random_state(saved_random)
+    per_step = statistics.median(times[1:]) if len(times) > 1 else times[0]
+    forwards = 0
+    if training.mode == "rasft":  # reference log-probs: demos once, new rollouts each refresh
+        rollouts = plan.rollout_problems_per_refresh * recipe.rollout.k
+        band = plan.sequences_per_epoch if recipe.rasft.selection == "nll_band" else 0
+        forwards = -(-plan.sequences_per_epoch // training.batch_size)
+        forwards += plan.refreshes * (-(-(rollouts + band) // training.batch_size))
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return ProbeResult(
+        steps=len(times),
+        first_step_seconds=times[0],
+        seconds_per_step=per_step,
+        generation_tokens_per_second=rate,
+        measured_training_peak=training_peak,
+        measured_generation_peak=generation_peak,
+        rss_peak=rss if sys.platform == "darwin" else rss * 1024,
+        train_seconds=plan.max_planned_steps * per_step,
+        reference_seconds=forwards * per_step * FORWARD_SHARE,
+        rollout_seconds=plan.refreshes * plan.rollout_tokens_per_refresh / rate if rate else 0.0,
+        eval_seconds=plan.eval_tokens / rate if rate else 0.0,
+    )
+
+
+_HINTS = {
+    "weights": "use a smaller model, or keep it quantized (model.dequantize: never)",
+    "activations": "lower training.batch_size or data.max_seq_len, or lora.num_layers",
+    "logits": "lower training.batch_size or data.max_seq_len",
+    "KV cache": "lower rollout.batch_size, eval.batch_size or their max_new_tokens",
+}
+
+
+def check_memory(plan: RunPlan, share: float = MEMORY_LIMIT_SHARE) -> str | None:
+    """An error message when the estimated peak exceeds `share` of the machine's memory."""
+    m = plan.memory
+    if m.peak <= share * plan.machine_memory:
+        return None
+    parts = {"weights": m.weights, "activations": m.activations, "logits": m.logits}
+    parts["KV cache"] = m.kv_cache
+    largest = max(parts, key=parts.get)
+    return (
+        f"estimated peak memory {_size(m.peak)} exceeds {share:.0%} of this machine's "
+        f"{_size(plan.machine_memory)} (largest part: {largest}, {_size(parts[largest])}); "
+        f"{_HINTS[largest]}, or pass --force to start anyway"
+    )
+
+
+def _size(n: float) -> str:
+    unit, scale = next(
+        ((u, s) for u, s in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)) if n >= s), ("B", 1)
+    )
+    return f"{n / scale:.2f} {unit}" if scale > 1 else f"{int(n)} B"
+
+
+def _time(s: float) -> str:
+    return f"{s / 3600:.1f} h" if s >= 3600 else f"{s / 60:.1f} min" if s >= 60 else f"{s:.1f} s"
+
+
+def plan_rows(plan: RunPlan) -> list[tuple[str, str]]:
+    """(label, value) rows in print order; render_plan puts them in a table."""
+    m, p, z = plan.memory, plan.probe, _size
+    steps = f"{plan.steps_per_epoch} / epoch, {plan.planned_steps} planned"
+    if plan.max_planned_steps > plan.planned_steps:
+        steps += f", at most {plan.max_planned_steps} with rollouts"
+    tokens = f"{plan.prompt_tokens_per_epoch:,} prompt, {plan.response_tokens_per_epoch:,} response"
+    rows = [
+        ("model", f"{plan.model} ({plan.mode})"),
+        ("parameters", f"{plan.total_parameters:,} total, {plan.trainable_parameters:,} adapter"),
+        ("weights", z(plan.weight_bytes)),
+        ("sequences / epoch", f"{plan.sequences_per_epoch} ({plan.skipped_too_long} too long)"),
+        ("tokens / epoch", f"{plan.tokens_per_epoch:,} ({tokens})"),
+        ("largest bucket", f"{plan.largest_bucket} tokens"),
+        ("optimizer steps", steps),
+    ]
+    if plan.mode == "rasft":
+        volume = f"<= {plan.rollout_tokens_per_refresh:,} tokens"
+        rows.append(
+            ("rollouts / refresh", f"{plan.rollout_problems_per_refresh} problems, {volume}")
+        )
+        rows.append(("refreshes", str(plan.refreshes)))
+    train = f"weights {z(m.weights)}, adapter state {z(m.adapter_state)}"
+    train += f", activations {z(m.activations)}, logits {z(m.logits)}"
+    generate = f"KV cache {z(m.kv_cache)}, temporaries {z(m.generation_temporaries)}"
+    rows += [
+        ("eval tokens", f"<= {plan.eval_tokens:,}"),
+        ("peak memory (estimate)", f"{z(m.peak)} of {z(plan.machine_memory)}"),
+        ("  training step", f"{z(m.training)}: {train}"),
+        ("  generation", f"{z(m.generation)}: {generate}"),
+    ]
+    if p is not None:
+        step = f"{p.seconds_per_step:.2f} s/step (first {p.first_step_seconds:.2f} s)"
+        measured = f"training {z(p.measured_training_peak)}, generation "
+        measured += f"{z(p.measured_generation_peak)}; process RSS {z(p.rss_peak)}"
+        parts = zip(("train", "reference", "rollouts", "eval"), _seconds_parts(p), strict=True)
+        wall = ", ".join(f"{name} {_time(t)}" for name, t in parts)
+        rows += [
+            ("probe", f"{p.steps} steps: {step}; {p.generation_tokens_per_second:.0f} tok/s"),
+            ("peak memory (measured)", measured),
+            ("wall time (estimate)", f"<= {_time(p.wall_seconds)}: {wall}"),
+        ]
+    return rows
+
+
+def _seconds_parts(p: ProbeResult) -> tuple[float, float, float, float]:
+    return p.train_seconds, p.reference_seconds, p.rollout_seconds, p.eval_seconds
+
+
+def render_plan(plan: RunPlan) -> Table:
+    table = Table(title="Run plan", show_header=False)
+    for label, value in plan_rows(plan):
+        table.add_row(label, value)
+    return table

@@ -1,0 +1,179 @@
+"""`rasft_mlx.plan`: counts, tokens, rollout volume, the memory estimate against a probe, the check."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import mlx.core as mx
+import pytest
+from mlx.utils import tree_flatten
+from tiny_models import make_tiny_model_dir
+
+from rasft_mlx import plan as plan_module
+from rasft_mlx.batching import padded_length
+from rasft_mlx.config import RasftConfig, recipe_from_dict
+from rasft_mlx.encoding import encode_expert_sequences
+from rasft_mlx.models import (
+    apply_adapters,
+    load_model,
+    total_parameter_count,
+    trainable_parameter_count,
+)
+from rasft_mlx.plan import (
+    build_plan,
+    check_memory,
+    expected_rollout_problems,
+    plan_rows,
+    refresh_count,
+    render_plan,
+)
+from rasft_mlx.trainer import load_run_data
+
+
+def make_recipe(model_dir, mode="sft", rasft=None, **training):
+    return recipe_from_dict(
+        {
+            "model": {"path": str(model_dir)},
+            "data": {
+                "synthetic": {"n_train": 32, "n_test": 8, "min_level": 0, "max_level": 1},
+                "max_seq_len": 256,
+            },
+            "lora": {"rank": 4},
+            "training": {"mode": mode, "batch_size": 8, **training},
+            "rollout": {"k": 3, "max_new_tokens": 40},
+            "rasft": rasft or {},
+            "eval": {"max_new_tokens": 16},
+        }
+    )
+
+
+@pytest.fixture(scope="module")
+def loaded(tiny_llama_dir):
+    loaded = load_model(make_recipe(tiny_llama_dir).model)
+    apply_adapters(loaded.model, make_recipe(tiny_llama_dir).lora)
+    return loaded
+
+
+@pytest.fixture(scope="module")
+def mid_model_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("mid-llama")
+    return make_tiny_model_dir(out, hidden_size=256, num_hidden_layers=4, intermediate_size=512)
+
+
+def test_counts_and_tokens_match_the_model_and_the_encoded_data(tiny_llama_dir, loaded):
+    recipe = make_recipe(tiny_llama_dir, epochs=2)
+    plan = build_plan(recipe)  # loads its own model
+    assert plan.total_parameters == total_parameter_count(loaded.model)
+    assert plan.trainable_parameters == trainable_parameter_count(loaded.model) > 0
+    weights = sum(v.nbytes for _, v in tree_flatten(loaded.model.parameters()))
+    assert plan.weight_bytes == weights
+    train, _ = load_run_data(recipe)
+    sequences, _ = encode_expert_sequences(
+        loaded.tokenizer, train, recipe.data.system_prompt, recipe.data.max_seq_len
+    )
+    assert plan.sequences_per_epoch == len(sequences) == 32
+    assert plan.tokens_per_epoch == sum(len(s.tokens) for s in sequences)
+    assert plan.response_tokens_per_epoch == sum(s.response_length for s in sequences)
+    assert plan.steps_per_epoch == 4 and plan.planned_steps == 8 == plan.max_planned_steps
+    assert plan.refreshes == 0 and plan.rollout_tokens_per_refresh == 0
+    assert plan.eval_tokens == 8 * 16 * 2  # greedy eval after each of the 2 epochs
+    longest = max(len(s.tokens) for s in sequences)
+    assert plan.largest_bucket == padded_length(longest, 32)
+    labels = [label for label, _ in plan_rows(plan)]
+    assert "peak memory (estimate)" in labels and "wall time (estimate)" not in labels
+    assert render_plan(plan).row_count == len(labels)
+
+
+def test_rollout_tokens_per_refresh(tiny_llama_dir, loaded):
+    every = build_plan(make_recipe(tiny_llama_dir, "rasft"), loaded=loaded)
+    assert every.rollout_problems_per_refresh == 32
+    assert every.rollout_tokens_per_refresh == 32 * 3 * 40
+    assert every.refreshes == 1
+    # every rollout correct: 32 demos + 96 rollouts per epoch -> 16 steps
+    assert every.max_planned_steps == 16 > every.planned_steps == 4
+    fraction = {"selection": "fraction", "selection_fraction": 0.3}
+    some = build_plan(make_recipe(tiny_llama_dir, "rasft", fraction), loaded=loaded)
+    assert some.rollout_tokens_per_refresh == round(0.3 * 32) * 3 * 40
+    # rollouts (prompt + 40 new tokens) may be longer than any demo
+    assert some.largest_bucket >= every.largest_bucket >= 64
+
+
+def test_selection_estimates_and_refresh_count(tiny_llama_dir):
+    band = RasftConfig(selection="nll_band")  # 0.35 x 0.25 mid window + 0.03 x (0.90 - 0.45)
+    assert expected_rollout_problems(1000, band) == round((0.35 * 0.25 + 0.03 * 0.45) * 1000)
+    assert expected_rollout_problems(10, RasftConfig(selection="fraction")) == round(3.5)
+    recipe = make_recipe(tiny_llama_dir, "rasft", {"refresh_every_steps": 2}, epochs=2)
+    assert refresh_count(4, recipe) == 4  # each epoch + after steps 2 and 6 (not 4, 8: epoch ends)
+    assert refresh_count(4, replace(recipe, training=replace(recipe.training, max_steps=5))) == 3
+
+
+def test_memory_estimate_grows_with_batch_and_length(tiny_llama_dir, loaded):
+    small = build_plan(make_recipe(tiny_llama_dir, batch_size=4), loaded=loaded).memory
+    large = build_plan(make_recipe(tiny_llama_dir, batch_size=8), loaded=loaded).memory
+    longer_recipe = make_recipe(tiny_llama_dir, batch_size=8, bucket_multiple=256)
+    longer = build_plan(longer_recipe, loaded=loaded)
+    assert longer.largest_bucket == 256
+    assert small.activations < large.activations < longer.memory.activations
+    assert small.logits < large.logits < longer.memory.logits
+    assert small.peak < large.peak < longer.memory.peak
+    assert small.weights == large.weights > 0
+
+
+def test_check_memory_names_the_estimate_and_force(tiny_llama_dir, loaded, monkeypatch):
+    plan = build_plan(make_recipe(tiny_llama_dir), loaded=loaded)
+    assert plan.machine_memory > plan.memory.peak
+    assert check_memory(plan) is None
+    monkeypatch.setattr(plan_module, "machine_memory_bytes", lambda: 1_000_000)
+    tiny = build_plan(make_recipe(tiny_llama_dir), loaded=loaded)
+    message = check_memory(tiny)
+    assert tiny.machine_memory == 1_000_000
+    assert "--force" in message and "1.00 MB" in message
+    assert plan_module._size(tiny.memory.peak) in message
+
+
+def test_probe_matches_the_estimate_and_leaves_the_model_unchanged(mid_model_dir):
+    recipe = make_recipe(mid_model_dir, "rasft", learning_rate=1e-2)
+    loaded = load_model(recipe.model)
+    apply_adapters(loaded.model, recipe.lora)
+    before = dict(tree_flatten(loaded.model.trainable_parameters()))
+    plan = build_plan(recipe, loaded=loaded, probe_steps=3)
+    after = dict(tree_flatten(loaded.model.trainable_parameters()))
+    assert all(mx.array_equal(before[k], after[k]).item() for k in before)
+    probe = plan.probe
+    assert probe.steps == 3 and probe.seconds_per_step > 0 and probe.first_step_seconds > 0
+    assert probe.generation_tokens_per_second > 0
+    assert probe.wall_seconds >= probe.train_seconds > 0 and probe.rollout_seconds > 0
+    # the probe's first step runs the longest demo's bucket; the estimate's bucket is the
+    # longest possible rollout, so compare at the measured step's length
+    demo_bucket = build_plan(make_recipe(mid_model_dir), loaded=loaded).memory
+    ratio = demo_bucket.training / probe.measured_training_peak
+    assert 1 / 3 < ratio < 3, ratio
+    generation_ratio = plan.memory.generation / probe.measured_generation_peak
+    assert 1 / 3 < generation_ratio < 3, generation_ratio
+    assert probe.rss_peak > 0
+    assert "wall time (estimate)" in [label for label, _ in plan_rows(plan)]
+
+
+def test_train_refuses_a_run_bigger_than_the_machine_unless_forced(
+    tiny_llama_dir, tmp_path, monkeypatch
+):
+    from rich.console import Console
+
+    from rasft_mlx.trainer import TrainingError, run_training
+
+    monkeypatch.setattr(plan_module, "machine_memory_bytes", lambda: 1_000_000)
+    recipe = recipe_from_dict(
+        {
+            "model": {"path": str(tiny_llama_dir)},
+            "data": {"synthetic": {"n_train": 8, "n_test": 2, "min_level": 0, "max_level": 0}},
+            "lora": {"rank": 4},
+            "training": {"mode": "sft", "batch_size": 4, "max_steps": 1},
+            "eval": {"max_new_tokens": 4},
+        }
+    )
+    run_dir = tmp_path / "run"
+    with pytest.raises(TrainingError, match="--force"):
+        run_training(recipe, run_dir, Console(quiet=True))
+    assert not run_dir.exists()  # refused before anything was written
+    result = run_training(recipe, run_dir, Console(quiet=True), force=True)
+    assert result.steps == 1
