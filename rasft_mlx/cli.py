@@ -231,6 +231,87 @@ def export(
         console.print(f"[bold]pushed[/bold] {len(pushed.files)} files to {pushed.url}")
 
 
+@app.command()
+def compare(
+    recipe: Annotated[
+        Path, typer.Argument(help="YAML recipe, e.g. recipes/compare-synthetic.yaml")
+    ],
+    modes: Annotated[
+        str, typer.Option(help="Comma-separated training modes; the first is the reference")
+    ] = "sft,dft,rasft",
+    seeds: Annotated[
+        int, typer.Option(min=1, help="Seeds per mode: training.seed, +1, ... (LoRA init, order)")
+    ] = 3,
+    out: Annotated[
+        Path | None, typer.Option(help="Compare directory (default: output.dir)")
+    ] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Override a recipe key for every run: --set eval.limit=24"),
+    ] = None,
+    quick: Annotated[
+        bool, typer.Option("--quick", help="Use the recipe's quick variant (NAME-quick.yaml)")
+    ] = False,
+    budget: Annotated[
+        str,
+        typer.Option(
+            help="steps: cap every mode at the expert-only epochs' step count; epochs: unmatched"
+        ),
+    ] = "steps",
+) -> None:
+    """Compare modes over seeds: same model, data, step budget and eval; a results table."""
+    from .compare import (
+        CompareError,
+        curves_table,
+        parse_modes,
+        quick_variant,
+        results_table,
+        run_compare,
+    )
+    from .config import load_recipe, resolve_run_dir
+    from .trainer import TrainingInterrupted
+
+    command = ["rasft-mlx", "compare", str(recipe), f"--modes={modes}", f"--seeds={seeds}"]
+    command += [f"--out={out}"] if out else []
+    command += [f"--set={item}" for item in set_ or []]
+    command += ["--quick"] if quick else []
+    command += [f"--budget={budget}"] if budget != "steps" else []
+    try:
+        recipe_file = quick_variant(recipe) if quick else recipe
+        mode_list = parse_modes(modes)
+        loaded = load_recipe(recipe_file, set_ or [])
+        out_dir = resolve_run_dir(loaded, str(out) if out else None)
+        console.print(
+            f"[bold]rasft-mlx compare[/bold] {recipe_file}: {', '.join(mode_list)} x {seeds} "
+            f"seeds -> {out_dir}"
+        )
+        results = run_compare(
+            loaded,
+            out_dir,
+            mode_list,
+            seeds,
+            console,
+            budget=budget,
+            recipe_source=str(recipe_file),
+            command=shlex.join(command),
+        )
+    except TrainingInterrupted as stopped:
+        console.print(
+            f"[bold yellow]interrupted[/bold yellow] ({stopped.reason}) after step "
+            f"{stopped.step}; checkpoint {stopped.checkpoint}\ncontinue with: "
+            + shlex.join(command),
+            soft_wrap=True,
+        )
+        raise typer.Exit(code=stopped.exit_code) from None
+    except (CompareError, *_user_errors()) as error:
+        _fail(error)
+    console.print(curves_table(results))
+    console.print(results_table(results))
+    console.print(
+        f"results: {out_dir / 'results.json'}\n         {out_dir / 'results.md'}", soft_wrap=True
+    )
+
+
 def main() -> None:
     reexec_with_optimised_blas()
     app()

@@ -1,0 +1,215 @@
+"""`rasft-mlx compare` on a tiny model: one run per (mode, seed), statistics, reuse, the budget."""
+
+from __future__ import annotations
+
+import json
+import statistics
+
+import numpy as np
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from rasft_mlx.cli import app
+from rasft_mlx.compare import (
+    CompareError,
+    compare_to,
+    mode_curve,
+    parse_modes,
+    plan_budget,
+    quick_variant,
+    run_curve,
+    run_recipe,
+    summarize_mode,
+)
+from rasft_mlx.config import load_recipe
+
+runner = CliRunner()
+
+
+def write_recipe(path, model_dir):
+    recipe = {
+        "model": {"path": str(model_dir)},
+        "data": {
+            "train": "synthetic",
+            "test": "synthetic",
+            "synthetic": {"n_train": 16, "n_test": 6, "min_level": 0, "max_level": 1},
+            "max_seq_len": 256,
+        },
+        "lora": {"rank": 4, "scale": 2.0},
+        "training": {
+            "mode": "sft",
+            "epochs": 2,
+            "batch_size": 8,
+            "learning_rate": 1e-3,
+            "warmup_steps": 1,
+            "seed": 3,
+            "eval_every_epoch": True,
+        },
+        "eval": {"max_new_tokens": 8},
+        "output": {"dir": str(path.parent / "runs" / "{name}"), "name": "compare-test"},
+    }
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+def adapter_weights(run_dir):
+    import mlx.core as mx
+
+    return {
+        k: np.array(v)
+        for k, v in mx.load(str(run_dir / "adapters" / "adapters.safetensors")).items()
+    }
+
+
+def test_compare_two_modes_two_seeds_then_reuse(tiny_llama_dir, tmp_path):
+    recipe = write_recipe(tmp_path / "recipe.yaml", tiny_llama_dir)
+    args = ["compare", str(recipe), "--modes", "sft,dft", "--seeds", "2"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    out = tmp_path / "runs" / "compare-test"
+    results = json.loads((out / "results.json").read_text())
+    assert results["complete"] and results["seeds"] == [3, 4]
+    assert sorted((r["mode"], r["seed"]) for r in results["runs"]) == [
+        ("dft", 3),
+        ("dft", 4),
+        ("sft", 3),
+        ("sft", 4),
+    ]
+    # Budget: 16 demos at batch 8 = 2 steps per epoch, 2 epochs -> 4 steps for every mode.
+    assert results["budget"]["max_steps"] == 4 and results["budget"]["rule"] == "steps"
+    for run in results["runs"]:
+        run_dir = out / f"{run['mode']}-seed{run['seed']}"
+        summary = json.loads((run_dir / "summary.json").read_text())
+        saved = yaml.safe_load((run_dir / "recipe.yaml").read_text())["training"]
+        assert (saved["mode"], saved["seed"], saved["max_steps"]) == (run["mode"], run["seed"], 4)
+        assert run["pass_at_1"] == summary["eval"]["pass_at_1"]
+        assert run["trained_tokens"] == summary["trained_tokens"] and run["steps"] == 4
+        assert [p["epoch"] for p in run["curve"]] == [1, 2]
+        assert [p["step"] for p in run["curve"]] == [2, 4]
+        epoch_two = json.loads((run_dir / "eval-epoch-2-summary.json").read_text())
+        assert run["curve"][-1]["pass_at_1"] == epoch_two["pass_at_1"]
+    for mode in ("sft", "dft"):
+        scores = [
+            json.loads((out / f"{mode}-seed{s}" / "summary.json").read_text())["eval"]["pass_at_1"]
+            for s in (3, 4)
+        ]
+        summary = results["summary"][mode]
+        assert summary["pass_at_1_mean"] == pytest.approx(statistics.mean(scores))
+        assert summary["pass_at_1_std"] == pytest.approx(statistics.stdev(scores))
+        assert (summary["pass_at_1_min"], summary["pass_at_1_max"]) == (min(scores), max(scores))
+        assert results["curves"][mode][0]["epoch"] == 0  # the base model
+    base = json.loads((out / "base" / "eval-summary.json").read_text())
+    assert results["base"]["pass_at_1"] == base["pass_at_1"] and base["problems"] == 6
+    markdown = (out / "results.md").read_text()
+    assert "| sft | 2 |" in markdown and "| dft | 2 |" in markdown and "Budget" in markdown
+    assert "Held-out pass@1 over training" in markdown
+    assert "pass@1" in result.output and "dft" in result.output
+    assert results["command"].startswith("rasft-mlx compare") and "Command:" in markdown
+
+    # Seeds differ: different LoRA init and batch order give different adapters.
+    first, second = adapter_weights(out / "sft-seed3"), adapter_weights(out / "sft-seed4")
+    assert any(not np.allclose(first[k], second[k]) for k in first)
+
+    # Running it again reuses every finished run: nothing is retrained.
+    adapters = {p: p.stat().st_mtime_ns for p in out.glob("*-seed*/adapters/*.safetensors")}
+    base_mtime = (out / "base" / "eval-summary.json").stat().st_mtime_ns
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert {p: p.stat().st_mtime_ns for p in adapters} == adapters
+    assert (out / "base" / "eval-summary.json").stat().st_mtime_ns == base_mtime
+    again = json.loads((out / "results.json").read_text())
+    assert {r["status"] for r in again["runs"]} == {"reused"}
+    assert again["summary"] == results["summary"]
+
+    # Another recipe in the same compare dir is refused, not silently mixed in.
+    result = runner.invoke(app, [*args, "--set", "training.learning_rate=5e-4"])
+    assert result.exit_code == 2 and "different recipe" in result.output
+
+
+def test_compare_continues_an_interrupted_run(tiny_llama_dir, tmp_path):
+    from rasft_mlx.compare import run_compare
+    from rasft_mlx.trainer import run_training
+
+    recipe = load_recipe(write_recipe(tmp_path / "recipe.yaml", tiny_llama_dir))
+    out = tmp_path / "cmp"
+    # An sft run that stopped after step 1 (e.g. Ctrl-C), with the compare's own recipe.
+    from rasft_mlx.trainer import TrainingInterrupted
+
+    with pytest.raises(TrainingInterrupted):
+        run_training(run_recipe(recipe, "sft", 3, 4), out / "sft-seed3", stop_after=1)
+    results = run_compare(recipe, out, ("sft",), 1)
+    (run,) = results["runs"]
+    assert run["status"] == "trained" and run["steps"] == 4
+    steps = [
+        json.loads(line)["step"]
+        for line in (out / "sft-seed3" / "metrics.jsonl").read_text().splitlines()
+        if json.loads(line)["event"] == "step"
+    ]
+    assert steps == [1, 2, 3, 4]  # resumed, not restarted or duplicated
+
+
+def test_budget_rules_and_helpers(tiny_llama_dir, tmp_path):
+    recipe = load_recipe(write_recipe(tmp_path / "recipe.yaml", tiny_llama_dir))
+    assert plan_budget(recipe, 17, "steps").max_steps == 3 * 2  # ceil(17 / 8) x 2 epochs
+    capped = load_recipe(tmp_path / "recipe.yaml", ["training.max_steps=5"])
+    assert plan_budget(capped, 17, "steps").max_steps == 5
+    assert plan_budget(recipe, 17, "epochs").max_steps is None
+    assert "max_steps = 6" in plan_budget(recipe, 17, "steps").describe(recipe)
+    with pytest.raises(CompareError):
+        plan_budget(recipe, 17, "tokens")
+    assert parse_modes(" sft, rasft ") == ("sft", "rasft")
+    for bad in ("", "sft,sft", "sft,nope"):
+        with pytest.raises(CompareError):
+            parse_modes(bad)
+    with pytest.raises(CompareError, match="quick"):
+        quick_variant(tmp_path / "recipe.yaml")
+    records = [
+        {"event": "step", "step": 1, "trained_tokens": 10},
+        {"event": "step", "step": 2, "trained_tokens": 12},
+        {"event": "eval", "epoch": 0, "pass_at_1": 0.5},
+        {"event": "refresh"},
+        {"event": "step", "step": 3, "trained_tokens": 5},
+        {"event": "eval", "epoch": 1, "pass_at_1": 0.75},
+    ]
+    assert run_curve(records) == [
+        {"epoch": 1, "step": 2, "trained_tokens": 22, "pass_at_1": 0.5},
+        {"epoch": 2, "step": 3, "trained_tokens": 27, "pass_at_1": 0.75},
+    ]
+    a = {"pass_at_1_mean": 0.5, "pass_at_1_std": 0.01, "seeds": [0, 1, 2]}
+    b = {"pass_at_1_mean": 0.6, "pass_at_1_std": 0.01, "seeds": [0, 1, 2]}
+    assert compare_to(a, b)["beyond_spread"] is True
+    wide = {**b, "pass_at_1_std": 0.2}
+    assert compare_to(a, wide)["beyond_spread"] is False
+
+
+def test_mode_statistics_over_seeds():
+    def run(seed, score, curve):
+        points = [
+            {"epoch": e, "step": 10 * e, "trained_tokens": 100 * e, "pass_at_1": s}
+            for e, s in enumerate(curve, start=1)
+        ]
+        return {
+            "seed": seed,
+            "pass_at_1": score,
+            "avg_at_k": None,
+            "trained_tokens": 1000 + seed,
+            "steps": 20,
+            "total_seconds": 60.0 * (seed + 1),
+            "curve": points,
+        }
+
+    runs = [run(0, 0.25, [0.1, 0.25]), run(1, 0.5, [0.2, 0.5]), run(2, 0.75, [0.3, 0.75])]
+    summary = summarize_mode(runs)
+    assert summary["pass_at_1_mean"] == pytest.approx(0.5)
+    assert summary["pass_at_1_std"] == pytest.approx(0.25)  # sample std (n - 1)
+    assert (summary["pass_at_1_min"], summary["pass_at_1_max"]) == (0.25, 0.75)
+    assert summary["trained_tokens_mean"] == 1001 and summary["total_seconds_sum"] == 360.0
+    curve = mode_curve(runs, base_pass=0.05)
+    assert [p["epoch"] for p in curve] == [0, 1, 2]
+    assert curve[0]["pass_at_1_mean"] == 0.05 and curve[0]["step_mean"] == 0
+    assert curve[1]["pass_at_1_mean"] == pytest.approx(0.2)
+    assert curve[1]["pass_at_1_std"] == pytest.approx(0.1)
+    assert curve[2]["step_mean"] == 20 and curve[2]["runs"] == 3
+    single = summarize_mode(runs[:1])
+    assert single["pass_at_1_std"] == 0.0
