@@ -312,6 +312,31 @@ def compare(
     )
 
 
+@app.command()
+def plan(
+    recipe: Annotated[Path, typer.Argument(help="YAML recipe")],
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Override a recipe key, as for train"),
+    ] = None,
+    probe_steps: Annotated[
+        int, typer.Option(min=0, help="Real optimizer steps to time (0: estimates only)")
+    ] = 10,
+) -> None:
+    """Pre-flight: parameters, tokens per epoch, rollout tokens, peak memory and wall time."""
+    from .config import load_recipe
+    from .plan import build_plan, check_memory, render_plan
+
+    try:
+        run_plan = build_plan(load_recipe(recipe, set_ or []), probe_steps=probe_steps)
+    except _user_errors() as error:
+        _fail(error)
+    console.print(render_plan(run_plan))
+    warning = check_memory(run_plan)
+    if warning:
+        error_console.print(Text.assemble(("warning: ", "bold yellow"), warning), soft_wrap=True)
+
+
 def main() -> None:
     reexec_with_optimised_blas()
     app()

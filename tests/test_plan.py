@@ -177,3 +177,26 @@ def test_train_refuses_a_run_bigger_than_the_machine_unless_forced(
     assert not run_dir.exists()  # refused before anything was written
     result = run_training(recipe, run_dir, Console(quiet=True), force=True)
     assert result.steps == 1
+
+
+def test_plan_command_prints_the_plan(tiny_llama_dir, tmp_path):
+    import yaml
+    from typer.testing import CliRunner
+
+    from rasft_mlx.cli import app
+
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(
+        yaml.safe_dump(
+            {
+                "model": {"path": str(tiny_llama_dir)},
+                "data": {"synthetic": {"n_train": 8, "n_test": 2, "min_level": 0, "max_level": 0}},
+                "lora": {"rank": 4},
+                "training": {"mode": "sft", "batch_size": 4},
+                "eval": {"max_new_tokens": 4},
+            }
+        )
+    )
+    result = CliRunner().invoke(app, ["plan", str(recipe), "--probe-steps", "2"])
+    assert result.exit_code == 0, result.output
+    assert "memory" in result.output.lower() and "tokens" in result.output.lower()
