@@ -260,14 +260,8 @@ def compare(
     ] = "steps",
 ) -> None:
     """Compare modes over seeds: same model, data, step budget and eval; a results table."""
-    from .compare import (
-        CompareError,
-        curves_table,
-        parse_modes,
-        quick_variant,
-        results_table,
-        run_compare,
-    )
+    from .compare import CompareError, parse_modes, quick_variant, run_compare
+    from .compare_report import curves_table, results_table
     from .config import load_recipe, resolve_run_dir
     from .trainer import TrainingInterrupted
 

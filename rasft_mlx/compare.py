@@ -2,7 +2,7 @@
 
 `run_compare` trains one run per (mode, seed) in `OUT/<mode>-seed<seed>/` with the trainer, evaluates
 the base model once (`OUT/base/`), and writes `OUT/results.json` and `OUT/results.md` after every
-run, so partial results are readable while a comparison goes on. A run dir that already holds a
+run (`compare_results` aggregates, `compare_report` renders), so partial results are readable while a comparison goes on. A run dir that already holds a
 finished run (its `summary.json`) is reused; one with checkpoints but no summary is resumed; so
 running the same command again continues an interrupted comparison.
 
@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import gc
 import json
-import math
-import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -29,18 +27,18 @@ from pathlib import Path
 import mlx.core as mx
 import yaml
 from rich.console import Console
-from rich.table import Table
 
 from .checkpoint import list_checkpoints, recipe_differences
+from .compare_report import write_results
+from .compare_results import build_results, collect_run
 from .config import MODES, Recipe, recipe_to_dict, save_recipe
 from .fileio import atomic_write_text
+from .training_loop import steps_per_epoch
 
 BUDGETS = ("steps", "epochs")
 RECIPE_FILE = "compare-recipe.yaml"
 BASE_DIR = "base"
 BASE_FILE = "base.json"
-RESULTS_JSON = "results.json"
-RESULTS_MD = "results.md"
 
 
 class CompareError(ValueError):
@@ -204,12 +202,6 @@ def base_model_results(recipe: Recipe, out_dir: Path, console: Console) -> dict:
     return result
 
 
-def steps_per_epoch(sequence_count: int, recipe: Recipe) -> int:
-    """Optimizer steps in one epoch of `sequence_count` sequences (as the trainer batches them)."""
-    batches = math.ceil(sequence_count / recipe.training.batch_size)
-    return math.ceil(batches / recipe.training.grad_accumulation)
-
-
 def plan_budget(recipe: Recipe, expert_sequences: int, rule: str) -> Budget:
     if rule not in BUDGETS:
         raise CompareError(f"--budget: must be one of {', '.join(BUDGETS)}, got {rule!r}")
@@ -224,88 +216,8 @@ def plan_budget(recipe: Recipe, expert_sequences: int, rule: str) -> Budget:
 
 
 # ---------------------------------------------------------------------------------------------
-# One run: reuse, resume or train; then read its summary and metrics.
+# One run: reuse, resume or train.
 # ---------------------------------------------------------------------------------------------
-
-
-def _read_metrics(run_dir: Path) -> list[dict]:
-    path = run_dir / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    records = []
-    for line in path.read_text().splitlines():
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue  # a torn last line of a killed run
-    return records
-
-
-def run_curve(records: list[dict]) -> list[dict]:
-    """Held-out pass@1 after each epoch (1-based), with the step and tokens trained by then."""
-    step, tokens, curve = 0, 0, []
-    for record in records:
-        if record.get("event") == "step":
-            step = record["step"]
-            tokens += record.get("trained_tokens", 0)
-        elif record.get("event") == "eval" and record["epoch"] >= 0:  # -1: before training
-            curve.append(
-                {
-                    "epoch": record["epoch"] + 1,
-                    "step": step,
-                    "trained_tokens": tokens,
-                    "pass_at_1": record["pass_at_1"],
-                }
-            )
-    return curve
-
-
-def _refresh_rows(records: list[dict]) -> list[dict]:
-    keys = (
-        "refresh",
-        "problems_selected",
-        "rollouts_generated",
-        "rollouts_trained",
-        "solvability_histogram",
-        "weight_routes",
-        "expert_weight",
-        "rollout_weight",
-        "dropped",
-        "ratio_clip_since_last_refresh",
-    )
-    return [{k: r.get(k) for k in keys} for r in records if r.get("event") == "refresh"]
-
-
-def _mean_of(records: list[dict], key: str) -> float | None:
-    values = [r[key] for r in records if r.get("event") == "step" and key in r]
-    return statistics.fmean(values) if values else None
-
-
-def collect_run(run_dir: Path, mode: str, seed: int, status: str) -> dict:
-    """One finished run as a results.json entry."""
-    summary = json.loads((run_dir / "summary.json").read_text())
-    records = _read_metrics(run_dir)
-    evaluation = summary.get("eval")
-    entry = {
-        "mode": mode,
-        "seed": seed,
-        "status": status,
-        "run_dir": str(run_dir),
-        "pass_at_1": evaluation["pass_at_1"] if evaluation else None,
-        "avg_at_k": evaluation.get("avg_at_k") if evaluation else None,
-        "steps": summary["steps"],
-        "trained_tokens": summary["trained_tokens"],
-        "final_loss": summary["final_loss"],
-        "train_seconds": summary["train_seconds"],
-        "total_seconds": summary["total_seconds"],
-        "wall_time_split_seconds": summary.get("wall_time_split_seconds", {}),
-        "curve": run_curve(records),
-    }
-    if mode == "rasft":
-        entry["ratio_at_min_mean"] = _mean_of(records, "ratio_at_min")
-        entry["ratio_at_max_mean"] = _mean_of(records, "ratio_at_max")
-        entry["refreshes"] = _refresh_rows(records)
-    return entry
 
 
 def _run_one(recipe: Recipe, run_dir: Path, console: Console) -> str:
@@ -325,371 +237,6 @@ def _run_one(recipe: Recipe, run_dir: Path, console: Console) -> str:
     run_training(recipe, run_dir, console, resume=started)
     _free_memory()
     return "trained"
-
-
-# ---------------------------------------------------------------------------------------------
-# Aggregation.
-# ---------------------------------------------------------------------------------------------
-
-
-def mean_std(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (n - 1; 0 for a single value)."""
-    mean = statistics.fmean(values)
-    return mean, statistics.stdev(values) if len(values) > 1 else 0.0
-
-
-def summarize_mode(runs: list[dict]) -> dict:
-    scored = [r["pass_at_1"] for r in runs if r["pass_at_1"] is not None]
-    result: dict = {"runs": len(runs), "seeds": [r["seed"] for r in runs]}
-    if scored:
-        mean, std = mean_std(scored)
-        result.update(
-            pass_at_1_mean=mean,
-            pass_at_1_std=std,
-            pass_at_1_min=min(scored),
-            pass_at_1_max=max(scored),
-        )
-    else:
-        result.update(
-            pass_at_1_mean=None, pass_at_1_std=None, pass_at_1_min=None, pass_at_1_max=None
-        )
-    avg = [r["avg_at_k"] for r in runs if r.get("avg_at_k") is not None]
-    result["avg_at_k_mean"] = statistics.fmean(avg) if avg else None
-    for key in ("trained_tokens", "steps", "total_seconds"):
-        result[f"{key}_mean"] = statistics.fmean(r[key] for r in runs)
-    result["total_seconds_sum"] = sum(r["total_seconds"] for r in runs)
-    return result
-
-
-def compare_to(reference: dict, other: dict) -> dict | None:
-    """Difference of means and a rough rule: beyond the spread when |diff| > 2 x its std error."""
-    if reference["pass_at_1_mean"] is None or other["pass_at_1_mean"] is None:
-        return None
-    diff = other["pass_at_1_mean"] - reference["pass_at_1_mean"]
-    n_ref, n_other = len(reference["seeds"]), len(other["seeds"])
-    if n_ref < 2 or n_other < 2:
-        return {"difference": diff, "std_error": None, "beyond_spread": None}
-    se = math.sqrt(reference["pass_at_1_std"] ** 2 / n_ref + other["pass_at_1_std"] ** 2 / n_other)
-    return {"difference": diff, "std_error": se, "beyond_spread": abs(diff) > 2 * se}
-
-
-def mode_curve(runs: list[dict], base_pass: float | None) -> list[dict]:
-    """Mean pass@1 per epoch over the seeds (epoch 0: the base model, step 0)."""
-    points = []
-    if base_pass is not None:
-        points.append(
-            {
-                "epoch": 0,
-                "runs": 1,
-                "step_mean": 0.0,
-                "trained_tokens_mean": 0.0,
-                "pass_at_1_mean": base_pass,
-                "pass_at_1_std": 0.0,
-            }
-        )
-    by_epoch: dict[int, list[dict]] = {}
-    for run in runs:
-        for point in run["curve"]:
-            by_epoch.setdefault(point["epoch"], []).append(point)
-    for epoch in sorted(by_epoch):
-        group = by_epoch[epoch]
-        mean, std = mean_std([p["pass_at_1"] for p in group])
-        points.append(
-            {
-                "epoch": epoch,
-                "runs": len(group),
-                "step_mean": statistics.fmean(p["step"] for p in group),
-                "trained_tokens_mean": statistics.fmean(p["trained_tokens"] for p in group),
-                "pass_at_1_mean": mean,
-                "pass_at_1_std": std,
-            }
-        )
-    return points
-
-
-def key_settings(recipe: Recipe) -> dict:
-    """The settings a reader of the results needs to judge the modes (all in compare-recipe.yaml)."""
-    t, r = recipe.training, recipe.rasft
-    selection = r.selection + (f" {r.selection_fraction}" if r.selection == "fraction" else "")
-    return {
-        "training.learning_rate": t.learning_rate,
-        "training.batch_size": t.batch_size
-        if t.grad_accumulation == 1
-        else f"{t.batch_size} x {t.grad_accumulation} accumulation",
-        "lora.rank": recipe.lora.rank,
-        "training.dft_factor": t.dft_factor,
-        "rasft.weighting": r.weighting,
-        "rasft.selection": selection,
-        "rollout.k": recipe.rollout.k,
-        "rollout.max_new_tokens": recipe.rollout.max_new_tokens,
-    }
-
-
-def build_results(
-    recipe: Recipe,
-    recipe_source: str,
-    out_dir: Path,
-    modes: Sequence[str],
-    seeds: Sequence[int],
-    budget: Budget,
-    base: dict,
-    runs: list[dict],
-) -> dict:
-    base_eval = base.get("eval")
-    base_pass = base_eval["pass_at_1"] if base_eval else None
-    summaries, curves = {}, {}
-    for mode in modes:
-        mode_runs = [r for r in runs if r["mode"] == mode]
-        if mode_runs:
-            summaries[mode] = summarize_mode(mode_runs)
-            curves[mode] = mode_curve(mode_runs, base_pass)
-    reference = modes[0]
-    if reference in summaries:
-        for mode, summary in summaries.items():
-            if mode != reference:
-                summary[f"vs_{reference}"] = compare_to(summaries[reference], summary)
-    test_problems = base_eval["problems"] if base_eval else 0
-    return {
-        "recipe": recipe_source,
-        "compare_dir": str(out_dir),
-        "model": recipe.model.path,
-        "data": {"train": recipe.data.train, "test": recipe.data.test},
-        "train_problems": base["train_problems"],
-        "test_problems": test_problems,
-        "eval": {"greedy": True, "max_new_tokens": recipe.eval.max_new_tokens},
-        "settings": key_settings(recipe),
-        "modes": list(modes),
-        "seeds": list(seeds),
-        "budget": {
-            "rule": budget.rule,
-            "max_steps": budget.max_steps,
-            "expert_sequences": budget.expert_sequences,
-            "steps_per_epoch": budget.steps_per_epoch,
-            "epochs": budget.epochs,
-            "description": budget.describe(recipe),
-        },
-        "complete": len(runs) == len(modes) * len(seeds),
-        "base": base_eval,
-        "summary": summaries,
-        "curves": curves,
-        "runs": runs,
-    }
-
-
-# ---------------------------------------------------------------------------------------------
-# Output: Markdown, a rich table, and the files.
-# ---------------------------------------------------------------------------------------------
-
-
-def _pct(value: float | None) -> str:
-    return "-" if value is None else f"{value:.3f}"
-
-
-def _duration(seconds: float) -> str:
-    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
-
-
-def _spread(summary: dict) -> str:
-    if summary["pass_at_1_mean"] is None:
-        return "-"
-    return f"{summary['pass_at_1_mean']:.3f} ± {summary['pass_at_1_std']:.3f}"
-
-
-def _versus(summary: dict, reference: str) -> str:
-    comparison = summary.get(f"vs_{reference}")
-    if not comparison:
-        return "-"
-    text = f"{comparison['difference']:+.3f}"
-    if comparison["beyond_spread"] is None:
-        return text
-    return text + (" (beyond spread)" if comparison["beyond_spread"] else " (within spread)")
-
-
-def results_markdown(results: dict) -> str:
-    modes, reference = results["modes"], results["modes"][0]
-    base, summaries = results["base"], results["summary"]
-    lines = [
-        f"# rasft-mlx compare: `{results['recipe']}`",
-        "",
-        f"Model `{results['model']}`; train `{results['data']['train']}` "
-        f"({results['train_problems']} problems), test `{results['data']['test']}` "
-        f"({results['test_problems']} problems, greedy pass@1, "
-        f"max_new_tokens {results['eval']['max_new_tokens']}); seeds "
-        f"{', '.join(map(str, results['seeds']))}."
-        + ("" if results["complete"] else " **Partial: some runs have not finished yet.**"),
-        "",
-        f"**Budget** ({results['budget']['rule']}): {results['budget']['description']}.",
-        "",
-        *([f"Command: `{results['command']}`", ""] if results.get("command") else []),
-        "Settings: "
-        + ", ".join(f"{k} {v}" for k, v in results.get("settings", {}).items())
-        + " (everything else: compare-recipe.yaml).",
-        "",
-        f"| mode | runs | pass@1 mean ± std | min | max | vs {reference} | tokens trained "
-        "| steps | wall time / run |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    if base is not None:
-        lines.append(
-            f"| base model | 1 | {base['pass_at_1']:.3f} | | | | 0 | 0 "
-            f"| {_duration(base['seconds'])} (eval) |"
-        )
-    for mode in modes:
-        if mode not in summaries:
-            continue
-        s = summaries[mode]
-        lines.append(
-            f"| {mode} | {s['runs']} | {_spread(s)} | {_pct(s['pass_at_1_min'])} "
-            f"| {_pct(s['pass_at_1_max'])} | {_versus(s, reference) if mode != reference else ''} "
-            f"| {s['trained_tokens_mean']:,.0f} | {s['steps_mean']:.0f} "
-            f"| {_duration(s['total_seconds_mean'])} |"
-        )
-    lines += [
-        "",
-        'std is the sample standard deviation over seeds. "Beyond spread" is a rough rule: the '
-        "difference of means exceeds twice its standard error, sqrt(s1²/n1 + s2²/n2); with 3 "
-        "seeds, read it as a hint, not a test.",
-        "",
-        "## Held-out pass@1 over training (mean ± std over seeds; @ mean step)",
-        "",
-    ]
-    curves = results["curves"]
-    epochs = sorted({p["epoch"] for points in curves.values() for p in points})
-    lines += [
-        "| epoch | " + " | ".join(m for m in modes if m in curves) + " |",
-        "|---|" + "---|" * len(curves),
-    ]
-    for epoch in epochs:
-        cells = []
-        for mode in modes:
-            if mode not in curves:
-                continue
-            point = next((p for p in curves[mode] if p["epoch"] == epoch), None)
-            cells.append(
-                "-"
-                if point is None
-                else f"{point['pass_at_1_mean']:.3f} ± {point['pass_at_1_std']:.3f} "
-                f"@ {point['step_mean']:.0f}"
-            )
-        lines.append(f"| {epoch} | " + " | ".join(cells) + " |")
-    lines += [
-        "",
-        "Epoch 0 is the base model. Under the step budget RASFT's epochs are longer (demos plus "
-        "rollouts), so its later points sit at other steps; its last point is at the cap.",
-        "",
-        "## Runs",
-        "",
-        "| mode | seed | pass@1 | final loss | steps | tokens trained | wall time | run dir |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for run in results["runs"]:
-        lines.append(
-            f"| {run['mode']} | {run['seed']} | {_pct(run['pass_at_1'])} "
-            f"| {run['final_loss']:.4f} | {run['steps']} | {run['trained_tokens']:,} "
-            f"| {_duration(run['total_seconds'])} | `{run['run_dir']}` |"
-        )
-    refresh_lines = []
-    for run in results["runs"]:
-        for row in run.get("refreshes", []):
-            rollout_weight = row["rollout_weight"] or {}
-            expert_weight = row["expert_weight"] or {}
-            refresh_lines.append(
-                f"| {run['seed']} | {row['refresh']} | {row['problems_selected']} "
-                f"| {row['rollouts_generated']} | {row['rollouts_trained']} "
-                f"| {row['solvability_histogram']} | {_pct(expert_weight.get('mean'))} "
-                f"| {_pct(rollout_weight.get('mean'))} | {row['dropped']} |"
-            )
-    if refresh_lines:
-        lines += [
-            "",
-            "## RASFT refreshes",
-            "",
-            "Solvability histogram: problems with 0..k correct rollouts. Weights are means over "
-            "problems (expert) and trained rollouts (rollout).",
-            "",
-            "| seed | refresh | selected | generated | trained | solvability | expert weight "
-            "| rollout weight | dropped |",
-            "|---|---|---|---|---|---|---|---|---|",
-            *refresh_lines,
-        ]
-        clipping = [
-            f"seed {r['seed']}: {r['ratio_at_min_mean']:.3f} at ratio_min, "
-            f"{r['ratio_at_max_mean']:.3f} at ratio_max"
-            for r in results["runs"]
-            if r["mode"] == "rasft" and r.get("ratio_at_min_mean") is not None
-        ]
-        if clipping:
-            lines += ["", "Mean fraction of sequences on the ratio clip bounds per step: "]
-            lines[-1] += "; ".join(clipping) + "."
-    return "\n".join(lines) + "\n"
-
-
-def results_table(results: dict) -> Table:
-    """The console table: one row per mode (and the base model), means over seeds."""
-    reference = results["modes"][0]
-    title = f"compare: {results['model']} ({results['test_problems']} test problems, greedy)"
-    table = Table(
-        title=title if results["complete"] else title + " [partial]",
-        caption=f"budget: {results['budget']['rule']}, max_steps {results['budget']['max_steps']}",
-    )
-    table.add_column("mode", no_wrap=True)
-    table.add_column("runs", justify="right")
-    table.add_column("pass@1 mean ± std", justify="right", no_wrap=True)
-    table.add_column("min", justify="right")
-    table.add_column("max", justify="right")
-    table.add_column(f"vs {reference}", justify="right")
-    table.add_column("tokens trained", justify="right", no_wrap=True)
-    table.add_column("steps", justify="right")
-    table.add_column("wall / run", justify="right", no_wrap=True)
-    base = results["base"]
-    if base is not None:
-        row = ("base model", "1", f"{base['pass_at_1']:.3f}", "", "", "", "0", "0")
-        table.add_row(*row, _duration(base["seconds"]))
-    for mode in results["modes"]:
-        s = results["summary"].get(mode)
-        if s is None:
-            continue
-        table.add_row(
-            f"[bold]{mode}[/bold]",
-            str(s["runs"]),
-            _spread(s),
-            _pct(s["pass_at_1_min"]),
-            _pct(s["pass_at_1_max"]),
-            _versus(s, reference) if mode != reference else "",
-            f"{s['trained_tokens_mean']:,.0f}",
-            f"{s['steps_mean']:.0f}",
-            _duration(s["total_seconds_mean"]),
-        )
-    return table
-
-
-def curves_table(results: dict) -> Table:
-    """Held-out pass@1 per epoch, mean over seeds, with the mean step of each point."""
-    curves = results["curves"]
-    table = Table(title="held-out pass@1 by epoch (mean over seeds @ step)")
-    table.add_column("epoch", justify="right")
-    modes = [m for m in results["modes"] if m in curves]
-    for mode in modes:
-        table.add_column(mode, justify="right", no_wrap=True)
-    epochs = sorted({p["epoch"] for points in curves.values() for p in points})
-    for epoch in epochs:
-        cells = []
-        for mode in modes:
-            point = next((p for p in curves[mode] if p["epoch"] == epoch), None)
-            cells.append(
-                "-"
-                if point is None
-                else f"{point['pass_at_1_mean']:.3f} @ {point['step_mean']:.0f}"
-            )
-        table.add_row(str(epoch), *cells)
-    return table
-
-
-def write_results(out_dir: Path, results: dict) -> tuple[Path, Path]:
-    json_path, md_path = out_dir / RESULTS_JSON, out_dir / RESULTS_MD
-    atomic_write_text(json_path, json.dumps(results, indent=2) + "\n")
-    atomic_write_text(md_path, results_markdown(results))
-    return json_path, md_path
 
 
 # ---------------------------------------------------------------------------------------------

@@ -11,17 +11,8 @@ import yaml
 from typer.testing import CliRunner
 
 from rasft_mlx.cli import app
-from rasft_mlx.compare import (
-    CompareError,
-    compare_to,
-    mode_curve,
-    parse_modes,
-    plan_budget,
-    quick_variant,
-    run_curve,
-    run_recipe,
-    summarize_mode,
-)
+from rasft_mlx.compare import CompareError, parse_modes, plan_budget, quick_variant, run_recipe
+from rasft_mlx.compare_results import compare_to, mode_curve, run_curve, summarize_mode
 from rasft_mlx.config import load_recipe
 
 runner = CliRunner()
