@@ -3,13 +3,13 @@
 Each distinct prompt is prefilled once (all prompts of a chunk together, right-padded and then
 rolled into a left-padded `BatchKVCache`, as mlx-lm's batch generator does), the cache rows are
 replicated once per sample, and all samples then decode together: model call, batched
-repetition penalty, mlx-lm's own sampler, `mx.async_eval` pipelining, and a done-mask check every
+repetition penalty, mlx-lm's sampling rule, `mx.async_eval` pipelining, and a done-mask check every
 few steps (one step behind, so the device never waits on Python). Rows that finished are dropped
 from the batch when enough of them have, so long tails do not pay for finished samples.
 
 Sampling matches mlx-lm exactly: log-probabilities are `logits - logsumexp(logits)`, the sampler
-is `mlx_lm.sample_utils.make_sampler(temp, top_p)` drawing from MLX's global random state (seed
-it with `seed`), and the repetition penalty is `make_repetition_penalty`'s rule (sign-aware
+draws as `mlx_lm.sample_utils.make_sampler(temp, top_p)` does from MLX's global random state (seed
+it with `seed`; on the CPU its top-p sorts only the top candidates, same draws: `nucleus.py`), and the repetition penalty is `make_repetition_penalty`'s rule (sign-aware
 multiplicative, over the last 20 tokens of prompt + completion) applied to all rows at once.
 Generated ids exclude the stop token; a sample with no stop token within `max_new_tokens` is
 truncated.
@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 
 import mlx.core as mx
 import numpy as np
+
+from .nucleus import default_candidates, make_rollout_sampler
 
 REPETITION_CONTEXT = 20  # mlx-lm's default repetition_context_size
 
@@ -36,6 +38,7 @@ class EngineSettings:
     prefill_tokens: int = 8192  # prompt tokens per prefill call (all rows of a chunk together)
     check_every: int = 4  # decode steps between done-mask checks
     compact_fraction: float = 0.25  # drop finished rows once this share of the batch is done
+    top_p_candidates: int | None = None  # nucleus.py; None: on for the CPU, off for a GPU
 
 
 @dataclass(frozen=True)
@@ -240,15 +243,15 @@ def generate_rows(
 ) -> tuple[list[list[Sample]], EngineStats]:
     """`counts[i]` samples of prompt i (its prefill computed once per chunk); returns the samples
     of each prompt, in prompt order."""
-    from mlx_lm.sample_utils import make_sampler
-
     if isinstance(counts, int):
         counts = [counts] * len(prompts)
     if any(len(p) == 0 for p in prompts):
         raise ValueError("empty prompt")
     if seed is not None:
         mx.random.seed(seed)
-    sampler = make_sampler(temp=settings.temperature, top_p=settings.top_p)
+    candidates = settings.top_p_candidates
+    candidates = default_candidates() if candidates is None else candidates
+    sampler = make_rollout_sampler(settings.temperature, settings.top_p, candidates)
     eos = mx.array(sorted(set(eos_token_ids)), dtype=mx.uint32)
     stats = EngineStats(prompts=len(prompts), rows=sum(counts))
     results: list[list[Sample]] = [[] for _ in prompts]

@@ -242,3 +242,14 @@ def test_generate_completions_keeps_prompt_order_and_matches_batch_generate(tiny
     expected, _ = _batch_generate_completions(model, tokenizer, prompts, settings, None)
     assert completions == expected
     assert stats.prompts == 6 and stats.generated_tokens == sum(len(x.token_ids) for x in expected)
+
+
+def test_candidate_top_p_draws_what_the_full_sort_draws(tiny):
+    """The engine's candidate top-p (nucleus.py) and mlx-lm's full-vocabulary sort: same tokens."""
+    model, tokenizer = tiny
+    prompts = prompts_of(tokenizer)
+    runs = []
+    for candidates in (0, 16, 256):
+        settings = EngineSettings(24, 1.0, 0.9, 1.1, top_p_candidates=candidates)
+        runs.append(generate_rows(model, prompts, 3, settings, NO_EOS, seed=4)[0])
+    assert runs[0] == runs[1] == runs[2]

@@ -1,0 +1,75 @@
+"""Top-p (nucleus) sampling without sorting the whole vocabulary, same draws as mlx-lm's sampler.
+
+mlx-lm's `apply_top_p` sorts every row's full vocabulary at every decode step; on a CPU that sort
+costs more than the model's own decode step (measured: 96 rows x 49,152 tokens, 445 ms to sort,
+36 ms for a top-256). The nucleus usually sits inside a row's few most likely tokens, so this
+sampler takes the top `candidates` log-probs (`mx.topk`), sorts only those, and finds the same
+cut-off value mlx-lm would: with ascending order, the kept tokens are those at or above the first
+position whose mass above it falls below `top_p x total`. That is exact whenever the candidates
+hold at least `top_p` of the mass, because every position below them is dropped either way; rows
+where they do not fall back to mlx-lm's full sort. The masked log-probs, hence the draws from
+MLX's random state, are then the same as `make_sampler(temp, top_p)`'s.
+"""
+
+from __future__ import annotations
+
+import mlx.core as mx
+import numpy as np
+
+NUCLEUS_CANDIDATES = 256
+
+
+def top_p_cutoff(logprobs: mx.array, top_p: float, candidates: int) -> tuple[mx.array, mx.array]:
+    """Per-row cut-off log-prob from the top `candidates` tokens, and whether it is exact.
+
+    Returns (cutoff [rows, 1], exact [rows]); tokens with log-prob below the cut-off are dropped.
+    """
+    top = mx.sort(mx.topk(logprobs, candidates, axis=-1), axis=-1)
+    probs = mx.exp(top.astype(mx.float32))
+    mass_above = mx.cumsum(probs, axis=-1, reverse=True, inclusive=False)
+    needed = top_p * mx.exp(logprobs.astype(mx.float32)).sum(axis=-1, keepdims=True)
+    exact = (mass_above[:, :1] + probs[:, :1] >= needed)[:, 0]
+    dropped = (mass_above >= needed).sum(axis=-1, keepdims=True)
+    return mx.take_along_axis(top, dropped, axis=-1), exact
+
+
+def full_top_p_cutoff(logprobs: mx.array, top_p: float) -> mx.array:
+    """mlx-lm's cut-off, from a sort of the whole vocabulary (the fallback)."""
+    ordered = mx.sort(logprobs, axis=-1)
+    probs = mx.exp(ordered.astype(mx.float32))
+    mass_above = mx.cumsum(probs, axis=-1, reverse=True, inclusive=False)
+    total = mass_above[:, :1] + probs[:, :1]
+    dropped = (mass_above >= top_p * total).sum(axis=-1, keepdims=True)
+    return mx.take_along_axis(ordered, dropped, axis=-1)
+
+
+def apply_top_p_fast(logprobs: mx.array, top_p: float, candidates: int) -> mx.array:
+    """`mlx_lm.sample_utils.apply_top_p` for a [rows, vocab] batch, sorting only candidates."""
+    if logprobs.shape[-1] <= candidates:
+        cutoff = full_top_p_cutoff(logprobs, top_p)
+    else:
+        cutoff, exact = top_p_cutoff(logprobs, top_p, candidates)
+        exact = np.array(exact)
+        if not exact.all():
+            rows = mx.array(np.flatnonzero(~exact))
+            cutoff[rows] = full_top_p_cutoff(logprobs[rows], top_p)
+    return mx.where(logprobs < cutoff, -float("inf"), logprobs)
+
+
+def make_rollout_sampler(temperature: float, top_p: float, candidates: int):
+    """mlx-lm's `make_sampler(temperature, top_p)`, with the candidate top-p when candidates > 0."""
+    from mlx_lm.sample_utils import categorical_sampling, make_sampler
+
+    if temperature == 0 or not 0 < top_p < 1 or candidates <= 0:
+        return make_sampler(temp=temperature, top_p=top_p)
+
+    def sampler(logprobs: mx.array) -> mx.array:
+        return categorical_sampling(apply_top_p_fast(logprobs, top_p, candidates), temperature)
+
+    return sampler
+
+
+def default_candidates() -> int:
+    """On by default on the CPU, where the full sort dominates decoding; off on a GPU, where its
+    per-step host check (which rows fall back) would stall the pipelined decode loop, unmeasured."""
+    return NUCLEUS_CANDIDATES if mx.default_device() == mx.cpu else 0
