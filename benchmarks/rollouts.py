@@ -1,13 +1,17 @@
 """Rollout throughput: rasft-mlx's rollout engine vs `mlx_lm.batch_generate`, side by side.
 
 K samples of each prompt, same sampler settings, on a random Qwen2.5-shaped model (tiny shapes
-with --quick). batch_generate is run with its defaults (completion batch 32, prefill batch 8) and
+with --quick) or, with --model, a real one on synthetic-task prompts in its chat template (a real
+model's peaked next-token distributions are what the engine's candidate top-p is for; random
+weights give nearly flat ones, where it falls back to the full sort). "engine (full sort)" is the
+engine with mlx-lm's full-vocabulary top-p, to show that part on its own. batch_generate is run with its defaults (completion batch 32, prefill batch 8) and
 at its best settings for the batch (completion batch = all sequences, large prefill batch). No
 sample stops early (the stop token is outside the vocabulary), so every method generates the same
 number of tokens; tok/s is generated tokens over wall time, prefill included.
 
     python benchmarks/rollouts.py --quick                  # CPU, < 5 minutes
     python benchmarks/rollouts.py --device gpu             # Qwen2.5-0.5B shapes
+    python benchmarks/rollouts.py --quick --model builtin:smollm2-135m --prompts 8 24
 """
 
 from __future__ import annotations
@@ -42,13 +46,24 @@ def random_prompts(count: int, length: int, vocab: int, seed: int) -> list[list[
     return [rng.integers(0, vocab, size=int(n)).tolist() for n in lengths]
 
 
-def run_engine(model, prompts, k, args, stop):
+def chat_prompts(tokenizer, count: int, seed: int) -> list[list[int]]:
+    """Synthetic word problems in the model's chat template, as the rollouts of a run see them."""
+    from rasft_mlx.config import DEFAULT_SYSTEM_PROMPT
+    from rasft_mlx.encoding import encode_prompt
+    from rasft_mlx.synthetic import generate_problems
+
+    problems = generate_problems(count, seed=seed, min_level=1, max_level=2)
+    return [encode_prompt(tokenizer, p.question, DEFAULT_SYSTEM_PROMPT) for p in problems]
+
+
+def run_engine(model, prompts, k, args, stop, candidates=None):
     settings = EngineSettings(
         max_new_tokens=args.new_tokens,
         temperature=args.temperature,
         top_p=args.top_p,
         repetition_penalty=args.repetition_penalty,
         max_rows=args.max_rows or len(prompts) * k,
+        top_p_candidates=candidates,
     )
     started = time.perf_counter()
     results, stats = generate_rows(model, prompts, k, settings, [stop], seed=0)
@@ -88,6 +103,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="tiny shapes for the CPU")
     parser.add_argument("--device", choices=("cpu", "gpu"), default=None)
     parser.add_argument("--shape", choices=sorted(SHAPES), default=None)
+    parser.add_argument("--model", default=None, help="a real model (path, Hub id, builtin:NAME)")
     parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=None)
     parser.add_argument("--prompts", type=int, nargs="+", default=None, help="batch sizes")
     parser.add_argument("--k", type=int, default=4)
@@ -112,9 +128,25 @@ def main() -> None:
     batch_sizes = args.prompts or ([4, 16] if args.quick else [16, 64, 256])
     defaults_up_to = args.defaults_up_to or (16 if args.quick else 64)
 
-    model, config = random_model(shape, getattr(mx, dtype))
-    stop = config["vocab_size"]  # never sampled
-    warm = random_prompts(2, args.prompt_len, config["vocab_size"], seed=99)
+    if args.model:
+        from rasft_mlx.config import ModelConfig
+        from rasft_mlx.models import load_model
+
+        loaded = load_model(ModelConfig(path=args.model, dtype=dtype))
+        model, tokenizer, shape = loaded.model, loaded.tokenizer, args.model
+        vocab = model.args.vocab_size
+
+        def make_prompts(count: int, seed: int) -> list[list[int]]:
+            return chat_prompts(tokenizer, count, seed)
+    else:
+        model, config = random_model(shape, getattr(mx, dtype))
+        vocab = config["vocab_size"]
+
+        def make_prompts(count: int, seed: int) -> list[list[int]]:
+            return random_prompts(count, args.prompt_len, vocab, seed)
+
+    stop = vocab  # never sampled: every method generates the same token count
+    warm = make_prompts(2, seed=99)
     run_engine(model, warm, 2, args, stop)
     run_batch_generate(model, warm, 2, args, stop, 4, 4)
 
@@ -127,9 +159,13 @@ def main() -> None:
     header = f"{'prompts':>7} {'seqs':>5} {'method':<28} {'tokens':>7} {'seconds':>8} {'tok/s':>9}"
     print(header + f" {'vs best':>8} {'vs dflt':>8}")
     for count in batch_sizes:
-        prompts = random_prompts(count, args.prompt_len, config["vocab_size"], seed=count)
+        prompts = make_prompts(count, seed=count)
         sequences = count * args.k
         methods = [("engine", partial(run_engine, model, prompts, args.k, args, stop))]
+        if 0 < args.top_p < 1 and args.temperature > 0:
+            methods.append(
+                ("engine (full sort)", partial(run_engine, model, prompts, args.k, args, stop, 0))
+            )
         best = sequences, min(sequences, 64)
         methods.append(
             (
@@ -159,7 +195,7 @@ def main() -> None:
                     **extra,
                 }
             )
-        best_rate = measured[methods[1][0]]
+        best_rate = measured[next(name for name, _ in methods if name.startswith("batch_g"))]
         default_rate = measured.get("batch_generate defaults")
         for row in rows[-len(methods) :]:
             rate = row["tokens_per_second"]

@@ -72,4 +72,4 @@ def make_rollout_sampler(temperature: float, top_p: float, candidates: int):
 def default_candidates() -> int:
     """On by default on the CPU, where the full sort dominates decoding; off on a GPU, where its
     per-step host check (which rows fall back) would stall the pipelined decode loop, unmeasured."""
-    return NUCLEUS_CANDIDATES if mx.default_device() == mx.cpu else 0
+    return NUCLEUS_CANDIDATES if mx.default_device().type == mx.DeviceType.cpu else 0
