@@ -33,7 +33,7 @@ from .compare_report import write_results
 from .compare_results import build_results, collect_run
 from .config import MODES, Recipe, recipe_to_dict, save_recipe
 from .fileio import atomic_write_text
-from .training_loop import steps_per_epoch
+from .step_plan import steps_per_epoch
 
 BUDGETS = ("steps", "epochs")
 RECIPE_FILE = "compare-recipe.yaml"

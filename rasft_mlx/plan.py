@@ -33,8 +33,8 @@ from .models import (
 )
 from .rollouts import sampling_settings
 from .run_directory import TrainingError
+from .step_plan import loss_settings, planned_steps, step_groups, steps_per_epoch
 from .train_step import CompiledTrainStep
-from .training_loop import loss_settings, planned_steps, step_groups, steps_per_epoch
 
 # Fitted to mx.get_peak_memory() of compiled llama LoRA steps (hidden 64-512, 1-8 adapted layers,
 # seq 128-512, vocab 320-32768, CPU float32): within ~10 % of each measured step peak.

@@ -23,8 +23,9 @@ from .models import (
 )
 from .problem import Problem
 from .run_directory import MetricsLog, TrainingError, prepare_run_dir
+from .step_plan import ExpertSource, SequenceSource
 from .stop_signals import StopSignals, TrainingInterrupted
-from .training_loop import ExpertSource, SequenceSource, TrainingLoop, TrainResult
+from .training_loop import TrainingLoop, TrainResult
 
 
 def load_run_data(recipe: Recipe) -> tuple[list[Problem], list[Problem]]:

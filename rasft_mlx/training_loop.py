@@ -9,7 +9,6 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
 import mlx.core as mx
 import mlx.optimizers as optim
@@ -17,7 +16,7 @@ import numpy as np
 from mlx.utils import tree_flatten, tree_map, tree_unflatten
 from rich.console import Console
 
-from .batching import collate, plan_batches
+from .batching import collate
 from .checkpoint import (
     Checkpoint,
     CheckpointError,
@@ -29,7 +28,6 @@ from .config import Recipe
 from .display import TrainingDisplay
 from .encoding import TrainingSequence
 from .evaluate import EvalSummary, evaluate_problems, write_eval_outputs
-from .losses import LossSettings
 from .models import (
     LoadedModel,
     adapter_config_dict,
@@ -37,6 +35,7 @@ from .models import (
 )
 from .problem import Problem
 from .run_directory import MetricsLog, TrainingError
+from .step_plan import SequenceSource, loss_settings, planned_steps, step_groups
 from .stop_signals import StopSignals
 from .train_step import CompiledTrainStep, build_lr_schedule
 
@@ -51,66 +50,12 @@ class TrainResult:
     eval_summary: EvalSummary | None
 
 
-class SequenceSource(Protocol):
-    """Supplies each epoch's training sequences (the RASFT refresh plugs in here)."""
-
-    def epoch_sequences(self, epoch: int) -> list[TrainingSequence]: ...
-
-    def refreshed_sequences(self, step: int, progress: float) -> list[TrainingSequence] | None:
-        """New sequences after optimizer step `step`, or None to keep the current queue."""
-        ...
-
-
-@dataclass
-class ExpertSource:
-    """SFT-family modes: the expert demos, weight 1, every epoch."""
-
-    sequences: list[TrainingSequence]
-
-    def epoch_sequences(self, epoch: int) -> list[TrainingSequence]:
-        return self.sequences
-
-    def refreshed_sequences(self, step: int, progress: float) -> list[TrainingSequence] | None:
-        return None
-
-
-def loss_settings(recipe: Recipe) -> LossSettings:
-    return LossSettings(
-        mode=recipe.training.mode,
-        kl_lambda=recipe.training.kl_lambda,
-        profit_threshold=recipe.training.profit_threshold,
-        dft_factor=recipe.training.dft_factor,
-        ratio_min=recipe.rasft.ratio_min,
-        ratio_max=recipe.rasft.ratio_max,
-    )
-
-
 def peak_memory_gb() -> float:
     """MLX's peak allocation, or the process's peak RSS where MLX does not track it (CPU)."""
     mlx_peak = mx.get_peak_memory()
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     rss_bytes = rss if sys.platform == "darwin" else rss * 1024
     return max(mlx_peak, rss_bytes) / 1e9
-
-
-def steps_per_epoch(sequence_count: int, recipe: Recipe) -> int:
-    batches = math.ceil(sequence_count / recipe.training.batch_size)
-    return math.ceil(batches / recipe.training.grad_accumulation)
-
-
-def planned_steps(first_epoch_sequences: int, recipe: Recipe) -> int:
-    """Steps for the LR schedule; RASFT epochs vary in size, so the first epoch is the estimate."""
-    planned = steps_per_epoch(first_epoch_sequences, recipe) * recipe.training.epochs
-    if recipe.training.max_steps is not None:
-        planned = min(planned, recipe.training.max_steps)
-    return max(planned, 1)
-
-
-def step_groups(sequences, training, rng) -> list[list[list[int]]]:
-    """Index batches grouped per optimizer step (grad_accumulation micro-batches each)."""
-    batches = plan_batches([len(s.tokens) for s in sequences], training.batch_size, rng)
-    size = training.grad_accumulation
-    return [batches[i : i + size] for i in range(0, len(batches), size)]
 
 
 def _assign_in_place(target, source) -> None:
