@@ -7,7 +7,8 @@ sampler takes the top `candidates` log-probs (`mx.topk`), sorts only those, and 
 cut-off value mlx-lm would: with ascending order, the kept tokens are those at or above the first
 position whose mass above it falls below `top_p x total`. That is exact whenever the candidates
 hold at least `top_p` of the mass, because every position below them is dropped either way; rows
-where they do not fall back to mlx-lm's full sort. The masked log-probs, hence the draws from
+where they do not fall back to mlx-lm's full sort (and when most rows of a step did, the next
+steps sort in full directly: nearly flat distributions gain nothing from candidates). The masked log-probs, hence the draws from
 MLX's random state, are then the same as `make_sampler(temp, top_p)`'s.
 """
 
@@ -43,30 +44,56 @@ def full_top_p_cutoff(logprobs: mx.array, top_p: float) -> mx.array:
     return mx.take_along_axis(ordered, dropped, axis=-1)
 
 
-def apply_top_p_fast(logprobs: mx.array, top_p: float, candidates: int) -> mx.array:
-    """`mlx_lm.sample_utils.apply_top_p` for a [rows, vocab] batch, sorting only candidates."""
+def apply_top_p_fast(logprobs: mx.array, top_p: float, candidates: int) -> tuple[mx.array, int]:
+    """`mlx_lm.sample_utils.apply_top_p` for a [rows, vocab] batch, sorting only candidates.
+
+    Returns the masked log-probs and how many rows needed the full sort.
+    """
     if logprobs.shape[-1] <= candidates:
-        cutoff = full_top_p_cutoff(logprobs, top_p)
-    else:
-        cutoff, exact = top_p_cutoff(logprobs, top_p, candidates)
-        exact = np.array(exact)
-        if not exact.all():
-            rows = mx.array(np.flatnonzero(~exact))
-            cutoff[rows] = full_top_p_cutoff(logprobs[rows], top_p)
+        return _mask(logprobs, full_top_p_cutoff(logprobs, top_p)), logprobs.shape[0]
+    cutoff, exact = top_p_cutoff(logprobs, top_p, candidates)
+    exact = np.array(exact)
+    if not exact.all():
+        rows = mx.array(np.flatnonzero(~exact))
+        cutoff[rows] = full_top_p_cutoff(logprobs[rows], top_p)
+    return _mask(logprobs, cutoff), int((~exact).sum())
+
+
+def _mask(logprobs: mx.array, cutoff: mx.array) -> mx.array:
     return mx.where(logprobs < cutoff, -float("inf"), logprobs)
+
+
+class CandidateTopPSampler:
+    """Draws as `make_sampler(temperature, top_p)`; after a step where most rows needed the full
+    sort (flat distributions: an untrained or random model), it sorts in full directly for
+    `RETRY_AFTER` steps rather than pay for both, then tries the candidates again."""
+
+    RETRY_AFTER = 16
+
+    def __init__(self, temperature: float, top_p: float, candidates: int):
+        self.temperature, self.top_p, self.candidates = temperature, top_p, candidates
+        self.full_sort_steps_left = 0
+
+    def __call__(self, logprobs: mx.array) -> mx.array:
+        from mlx_lm.sample_utils import categorical_sampling
+
+        if self.full_sort_steps_left > 0:
+            self.full_sort_steps_left -= 1
+            masked = _mask(logprobs, full_top_p_cutoff(logprobs, self.top_p))
+        else:
+            masked, fallbacks = apply_top_p_fast(logprobs, self.top_p, self.candidates)
+            if 2 * fallbacks > logprobs.shape[0]:
+                self.full_sort_steps_left = self.RETRY_AFTER
+        return categorical_sampling(masked, self.temperature)
 
 
 def make_rollout_sampler(temperature: float, top_p: float, candidates: int):
     """mlx-lm's `make_sampler(temperature, top_p)`, with the candidate top-p when candidates > 0."""
-    from mlx_lm.sample_utils import categorical_sampling, make_sampler
+    from mlx_lm.sample_utils import make_sampler
 
     if temperature == 0 or not 0 < top_p < 1 or candidates <= 0:
         return make_sampler(temp=temperature, top_p=top_p)
-
-    def sampler(logprobs: mx.array) -> mx.array:
-        return categorical_sampling(apply_top_p_fast(logprobs, top_p, candidates), temperature)
-
-    return sampler
+    return CandidateTopPSampler(temperature, top_p, candidates)
 
 
 def default_candidates() -> int:

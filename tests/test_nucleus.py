@@ -23,7 +23,9 @@ def test_masks_equal_mlx_lm_on_both_paths(top_p):
     exact = np.array(exact)
     assert 0 < exact.sum() < len(exact), "both the candidate path and the fallback run"
     expected = apply_top_p(logprobs, top_p)
-    assert mx.array_equal(apply_top_p_fast(logprobs, top_p, 64), expected).item()
+    masked, fallbacks = apply_top_p_fast(logprobs, top_p, 64)
+    assert fallbacks == int((~exact).sum())
+    assert mx.array_equal(masked, expected).item()
 
 
 def test_exact_flag_is_the_candidates_mass():
@@ -37,7 +39,7 @@ def test_a_peaked_row_keeps_its_hand_computed_nucleus():
     probs = np.full(400, 0.02 / 396)
     probs[[7, 3, 200, 50]] = [0.6, 0.25, 0.1, 0.03]
     logprobs = mx.array(np.log(probs)[None].astype(np.float32))
-    kept = np.flatnonzero(np.isfinite(np.array(apply_top_p_fast(logprobs, 0.9, 8))[0]))
+    kept = np.flatnonzero(np.isfinite(np.array(apply_top_p_fast(logprobs, 0.9, 8)[0])[0]))
     assert sorted(kept.tolist()) == [3, 7, 200]  # 0.6 + 0.25 < 0.9 <= 0.6 + 0.25 + 0.1
 
 
@@ -60,3 +62,15 @@ def test_greedy_and_plain_temperature_keep_mlx_lm_sampler():
     a = make_rollout_sampler(0.8, 1.0, 64)(logprobs)
     mx.random.seed(2)
     assert mx.array_equal(a, make_sampler(temp=0.8)(logprobs)).item()
+
+
+def test_flat_batches_switch_to_the_full_sort_and_draw_the_same():
+    flat = log_probs(rows=8, vocab=1024, seed=3) * 0.01
+    sampler = make_rollout_sampler(1.0, 0.9, 64)
+    reference = make_sampler(temp=1.0, top_p=0.9)
+    for step in range(3):
+        mx.random.seed(step)
+        a = sampler(flat)
+        mx.random.seed(step)
+        assert mx.array_equal(a, reference(flat)).item()
+        assert sampler.full_sort_steps_left == sampler.RETRY_AFTER - step
