@@ -24,6 +24,7 @@ from .typed_fields import (
 DEFAULT_SYSTEM_PROMPT = "Please reason step by step, and put your final answer within \\boxed{}."
 
 MODES = ("sft", "dft", "sft_kl", "asft", "profit", "rasft")
+AUTO_ROWS_HELP = "sequences decoded together; 0 = as many as half the free memory holds (<= 512)"
 
 
 def _range(lo=None, hi=None, *, lo_open=False, choices=None, help=""):
@@ -136,7 +137,7 @@ class RolloutConfig:
     top_p: float = field(default=0.95, metadata=_range(0.0, 1.0, lo_open=True))
     repetition_penalty: float = field(default=1.1, metadata=_range(0.0, lo_open=True))
     max_new_tokens: int = field(default=1024, metadata=_range(1))
-    batch_size: int = field(default=32, metadata=_range(1))
+    batch_size: int = field(default=0, metadata=_range(0, help=AUTO_ROWS_HELP))
 
 
 @dataclass(frozen=True)
@@ -172,7 +173,7 @@ class EvalConfig:
     temperature: float = field(default=1.0, metadata=_range(0.0))
     top_p: float = field(default=1.0, metadata=_range(0.0, 1.0, lo_open=True))
     max_new_tokens: int = field(default=512, metadata=_range(1))
-    batch_size: int = field(default=32, metadata=_range(1))
+    batch_size: int = field(default=0, metadata=_range(0, help=AUTO_ROWS_HELP))
     before_training: bool = field(
         default=False, metadata=_range(help="also evaluate the starting model (eval-epoch-0)")
     )

@@ -8,9 +8,11 @@ share one prefill and all samples decode together. Other models fall back to mlx
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import mlx.core as mx
+
+from .memory import auto_decode_rows
 
 
 @dataclass(frozen=True)
@@ -19,7 +21,7 @@ class SamplingSettings:
     temperature: float = 0.0
     top_p: float = 1.0
     repetition_penalty: float = 1.0
-    batch_size: int = 32
+    batch_size: int = 0  # sequences decoded together; 0 = sized from free memory (memory.py)
 
 
 @dataclass(frozen=True)
@@ -46,10 +48,13 @@ def generate_completions(
     """One completion per prompt; a completion that hit max_new_tokens is marked truncated.
 
     Identical prompts (K samples of one problem) are prefilled once; `settings.batch_size` caps
-    the sequences decoded together.
+    the sequences decoded together (0: as many as fit, `memory.auto_decode_rows`).
     """
     from .rollout_engine import supports_model
 
+    if not settings.batch_size and prompts:
+        context = max(len(p) for p in prompts) + settings.max_new_tokens
+        settings = replace(settings, batch_size=auto_decode_rows(model, context))
     if supports_model(model):
         return _engine_completions(model, tokenizer, prompts, settings, seed)
     return _batch_generate_completions(model, tokenizer, prompts, settings, seed)

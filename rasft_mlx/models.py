@@ -14,6 +14,7 @@ from mlx.utils import tree_flatten, tree_unflatten
 
 from .config import LoraConfig, ModelConfig
 from .fileio import atomic_write
+from .memory import is_cpu_device
 
 ADAPTER_WEIGHTS_FILE = "adapters.safetensors"
 ADAPTER_CONFIG_FILE = "adapter_config.json"
@@ -29,10 +30,6 @@ class LoadedModel:
     tokenizer: object
     source: str
     local_dir: Path | None
-
-
-def is_cpu_device() -> bool:
-    return mx.default_device().type == mx.DeviceType.cpu
 
 
 def _should_dequantize(config: ModelConfig) -> bool:

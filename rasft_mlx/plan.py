@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import math
-import os
 import resource
 import statistics
 import sys
 import time
-from collections import Counter
 from dataclasses import dataclass, replace
 
 import mlx.core as mx
@@ -22,11 +20,17 @@ from .checkpoint import mlx_random_state, restore_mlx_random_state
 from .config import RasftConfig, Recipe
 from .encoding import encode_expert_sequences, encode_prompt
 from .generation import SamplingSettings, generate_completions
+from .memory import (
+    DECODE_LOGIT_COPIES,
+    auto_decode_rows,
+    kv_bytes_per_row,
+    machine_memory_bytes,
+    model_dims,
+)
 from .models import (
     adapted_layer_count,
     adapter_modules,
     apply_adapters,
-    is_cpu_device,
     load_model,
     total_parameter_count,
     trainable_parameter_count,
@@ -42,8 +46,6 @@ ACTIVATION_FLOATS = (8.0, 6.0, 1.5)  # per token and layer: x hidden, x intermed
 LOGIT_COPIES = 3  # float32 logits, log-softmax and its gradient
 LOGIT_COPIES_WITH_REFERENCE = 8  # sft_kl / asft: a frozen forward's logits and the KL on top
 DORA_WEIGHT_COPIES = 4.5  # DoRA materialises each adapted weight (and its norm) for backward
-KV_STEP, KV_GROWTH = 256, 1.25  # mlx-lm grows caches 256 tokens at a time, copying the old one
-DECODE_LOGIT_COPIES = 4  # logits, log-probs, repetition penalty, top-p sort per decode step
 PREFILL_TOKENS = 8192  # the rollout engine's prompt tokens per prefill call
 FORWARD_SHARE = 1 / 3  # a forward-only pass (reference log-probs) against a training step
 MEMORY_LIMIT_SHARE = 0.9
@@ -119,28 +121,12 @@ class RunPlan:
     memory: MemoryEstimate
     machine_memory: int
     probe: ProbeResult | None = None
+    rollout_rows: int = 0  # sequences decoded together (rollout.batch_size, or auto when 0)
+    eval_rows: int = 0
 
     @property
     def tokens_per_epoch(self) -> int:
         return self.prompt_tokens_per_epoch + self.response_tokens_per_epoch
-
-
-def machine_memory_bytes() -> int:
-    """The GPU's memory as MLX reports it (Metal's recommended working set, CUDA's total), else
-    the RAM; on Linux a cgroup memory limit below the RAM wins."""
-    if not is_cpu_device() and hasattr(mx, "device_info"):
-        info = mx.device_info()
-        for key in ("max_recommended_working_set_size", "memory_size", "total_memory"):
-            if isinstance(info.get(key), int) and info[key] > 0:
-                return info[key]
-    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
-        try:
-            with open(path) as file:
-                total = min(total, int(file.read().strip()))
-        except (OSError, ValueError):  # absent, or "max"
-            pass
-    return total
 
 
 def expected_rollout_problems(problems: int, config: RasftConfig) -> int:
@@ -179,23 +165,13 @@ def refresh_count(steps_in_epoch: int, recipe: Recipe) -> int:
     return count
 
 
-def _arg(args, names: tuple[str, ...], default: int) -> int:
-    return next((getattr(args, n) for n in names if getattr(args, n, None)), default)
-
-
 def estimate_memory(loaded, recipe: Recipe, bucket: int, generation: list[tuple]) -> MemoryEstimate:
     """A training batch of batch_size x `bucket`; `generation`: (rows, distinct prompts, prompt
     length, new tokens) of each generation kind, the largest one counts."""
-    model, args = loaded.model, getattr(loaded.model, "args", None)
-    hidden = _arg(args, ("hidden_size", "dim", "n_embd"), 1024)
-    heads = _arg(args, ("num_attention_heads", "n_heads", "n_head"), max(hidden // 64, 1))
-    kv_heads = _arg(args, ("num_key_value_heads", "n_kv_heads"), heads)
-    head_dim = _arg(args, ("head_dim",), hidden // heads)
-    intermediate = _arg(args, ("intermediate_size", "hidden_dim"), 4 * hidden)
-    vocab = _arg(args, ("vocab_size",), 32000)
+    model, dims = loaded.model, model_dims(loaded.model)
+    hidden, heads, intermediate, vocab = dims.hidden, dims.heads, dims.intermediate, dims.vocab
     params = tree_flatten(model.parameters())
-    floats = Counter(v.dtype.size for _, v in params if mx.issubdtype(v.dtype, mx.floating))
-    act = floats.most_common(1)[0][0] if floats else 4  # the compute dtype's bytes
+    act = dims.act_bytes
     trainable = sum(v.nbytes for _, v in tree_flatten(model.trainable_parameters()))
     rows = recipe.training.batch_size
     a_hidden, a_inter, a_attn = ACTIVATION_FLOATS
@@ -212,8 +188,7 @@ def estimate_memory(loaded, recipe: Recipe, bucket: int, generation: list[tuple]
         copies = LOGIT_COPIES_WITH_REFERENCE
     kv_cache = temporaries = 0
     for gen_rows, distinct, prompt, new in generation:
-        context = math.ceil((prompt + new) / KV_STEP) * KV_STEP
-        kv = KV_GROWTH * gen_rows * context * len(model.layers) * 2 * kv_heads * head_dim * act
+        kv = gen_rows * kv_bytes_per_row(dims, prompt + new)
         chunk = min(PREFILL_TOKENS, distinct * prompt)
         prefill = chunk * (2 * heads * prompt + 6 * hidden + 3 * intermediate) * act
         temporary = max(DECODE_LOGIT_COPIES * gen_rows * vocab * 4, prefill)
@@ -258,26 +233,38 @@ def build_plan(recipe: Recipe, *, loaded=None, probe_steps: int = 0) -> RunPlan:
     selected = expected_rollout_problems(len(sequences), recipe.rasft) if rasft else 0
     longest_prompt = max(s.prompt_length for s in sequences)
     longest = max(len(s.tokens) for s in sequences)
+    weight_bytes = sum(v.nbytes for _, v in tree_flatten(loaded.model.parameters()))
+
+    def decode_rows(batch_size: int, wanted: int, context: int) -> int:
+        if batch_size:
+            return min(batch_size, wanted)
+        free = machine_memory_bytes() - weight_bytes  # what the run finds free (batch_size 0)
+        return min(wanted, auto_decode_rows(loaded.model, context, free_bytes=free))
+
     generation = []
+    rollout_rows = 0
     if rasft:
         max_planned = planned_steps(len(sequences) + selected * rollout.k, recipe)
         longest = max(longest, min(longest_prompt + rollout.max_new_tokens + 1, data.max_seq_len))
-        rows = min(rollout.batch_size, selected * rollout.k)
+        context = longest_prompt + rollout.max_new_tokens
+        rollout_rows = rows = decode_rows(rollout.batch_size, selected * rollout.k, context)
         generation.append((rows, -(-rows // rollout.k), longest_prompt, rollout.max_new_tokens))
     samples = 1 + (evaluation.samples if evaluation.samples > 1 else 0)
     evals = min(training.epochs, math.ceil(planned / per_epoch))
     evals = (evals if training.eval_every_epoch else 1) + evaluation.before_training
+    eval_rows = 0
     if test_prompts:
-        rows = min(evaluation.batch_size, len(test_prompts) * samples)
         prompt = max(len(p) for p in test_prompts)
-        generation.append((rows, rows, prompt, evaluation.max_new_tokens))
+        context = prompt + evaluation.max_new_tokens
+        eval_rows = decode_rows(evaluation.batch_size, len(test_prompts) * samples, context)
+        generation.append((eval_rows, eval_rows, prompt, evaluation.max_new_tokens))
     bucket = padded_length(longest, training.bucket_multiple)
     plan = RunPlan(
         model=recipe.model.path,
         mode=training.mode,
         total_parameters=total_parameter_count(loaded.model),
         trainable_parameters=trainable_parameter_count(loaded.model),
-        weight_bytes=sum(v.nbytes for _, v in tree_flatten(loaded.model.parameters())),
+        weight_bytes=weight_bytes,
         sequences_per_epoch=len(sequences),
         skipped_too_long=report.skipped_too_long,
         prompt_tokens_per_epoch=sum(s.prompt_length for s in sequences),
@@ -292,16 +279,18 @@ def build_plan(recipe: Recipe, *, loaded=None, probe_steps: int = 0) -> RunPlan:
         eval_tokens=len(test_prompts) * samples * evaluation.max_new_tokens * evals,
         memory=estimate_memory(loaded, recipe, bucket, generation),
         machine_memory=machine_memory_bytes(),
+        rollout_rows=rollout_rows,
+        eval_rows=eval_rows,
     )
     if probe_steps <= 0:
         return plan
     if rasft:
         prompts = [encode_prompt(tokenizer, p.question, system) for p in train_problems]
-        rows = min(rollout.batch_size, max(selected * rollout.k, 1), PROBE_MAX_ROWS)
+        rows = min(max(rollout_rows, 1), PROBE_MAX_ROWS)
         prompts = [p for p in prompts[: -(-rows // rollout.k)] for _ in range(rollout.k)][:rows]
         settings = sampling_settings(rollout)
     else:
-        prompts = test_prompts[: min(evaluation.batch_size, PROBE_MAX_ROWS)]
+        prompts = test_prompts[: min(max(eval_rows, 1), PROBE_MAX_ROWS)]
         settings = SamplingSettings(evaluation.max_new_tokens, batch_size=evaluation.batch_size)
     settings = replace(settings, max_new_tokens=min(settings.max_new_tokens, PROBE_NEW_TOKENS))
     return replace(
@@ -432,11 +421,15 @@ def plan_rows(plan: RunPlan) -> list[tuple[str, str]]:
             ("rollouts / refresh", f"{plan.rollout_problems_per_refresh} problems, {volume}")
         )
         rows.append(("refreshes", str(plan.refreshes)))
+    decode = f"eval {plan.eval_rows}" + (
+        f", rollouts {plan.rollout_rows}" if plan.rollout_rows else ""
+    )
     train = f"weights {z(m.weights)}, adapter state {z(m.adapter_state)}"
     train += f", activations {z(m.activations)}, logits {z(m.logits)}"
     generate = f"KV cache {z(m.kv_cache)}, temporaries {z(m.generation_temporaries)}"
     rows += [
         ("eval tokens", f"<= {plan.eval_tokens:,}"),
+        ("decode batch", f"{decode} sequences together"),
         ("peak memory (estimate)", f"{z(m.peak)} of {z(plan.machine_memory)}"),
         ("  training step", f"{z(m.training)}: {train}"),
         ("  generation", f"{z(m.generation)}: {generate}"),

@@ -200,3 +200,21 @@ def test_plan_command_prints_the_plan(tiny_llama_dir, tmp_path):
     result = CliRunner().invoke(app, ["plan", str(recipe), "--probe-steps", "2"])
     assert result.exit_code == 0, result.output
     assert "memory" in result.output.lower() and "tokens" in result.output.lower()
+
+
+def test_auto_decode_batch_is_sized_from_memory(tiny_llama_dir, loaded, monkeypatch):
+    recipe = make_recipe(tiny_llama_dir, "rasft")
+    assert recipe.rollout.batch_size == 0 and recipe.eval.batch_size == 0  # the defaults: auto
+    roomy = build_plan(recipe, loaded=loaded)
+    assert roomy.rollout_rows == 32 * 3 and roomy.eval_rows == 8  # everything fits at once
+    fixed = build_plan(
+        replace(recipe, rollout=replace(recipe.rollout, batch_size=5)), loaded=loaded
+    )
+    assert fixed.rollout_rows == 5
+    weights = roomy.weight_bytes
+    monkeypatch.setattr(plan_module, "machine_memory_bytes", lambda: weights + 10_000_000)
+    tight = build_plan(recipe, loaded=loaded)
+    assert 1 <= tight.rollout_rows < 96
+    assert ("decode batch", f"eval 8, rollouts {tight.rollout_rows} sequences together") in [
+        row for row in plan_rows(tight)
+    ]
