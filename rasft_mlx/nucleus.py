@@ -23,12 +23,16 @@ NUCLEUS_CANDIDATES = 256
 def top_p_cutoff(logprobs: mx.array, top_p: float, candidates: int) -> tuple[mx.array, mx.array]:
     """Per-row cut-off log-prob from the top `candidates` tokens, and whether it is exact.
 
+    `logprobs` must be normalised (log-softmax): the total mass is taken as 1 rather than summed
+    over the vocabulary (a full pass of `exp`, as costly here as the top-k). mlx-lm sums it in
+    float32, so a row whose nucleus boundary sits within float rounding (~1e-6) of top_p could
+    keep one token more or fewer; no such row has come up in the tests' comparisons.
     Returns (cutoff [rows, 1], exact [rows]); tokens with log-prob below the cut-off are dropped.
     """
     top = mx.sort(mx.topk(logprobs, candidates, axis=-1), axis=-1)
     probs = mx.exp(top.astype(mx.float32))
     mass_above = mx.cumsum(probs, axis=-1, reverse=True, inclusive=False)
-    needed = top_p * mx.exp(logprobs.astype(mx.float32)).sum(axis=-1, keepdims=True)
+    needed = top_p  # the total mass is 1: the rows are log-softmax outputs
     exact = (mass_above[:, :1] + probs[:, :1] >= needed)[:, 0]
     dropped = (mass_above >= needed).sum(axis=-1, keepdims=True)
     return mx.take_along_axis(top, dropped, axis=-1), exact
