@@ -161,21 +161,13 @@ def base_model_results(recipe: Recipe, out_dir: Path, console: Console) -> dict:
         cached = json.loads(path.read_text())
         console.print(f"base model: reusing {path}")
         return cached
-    from .encoding import encode_expert_sequences
     from .evaluate import evaluate_problems, write_eval_outputs
     from .models import load_model
-    from .trainer import TrainingError, load_run_data
+    from .trainer import encode_training_data, load_run_data
 
     train_problems, test_problems = load_run_data(recipe)
     loaded = load_model(recipe.model)
-    sequences, report = encode_expert_sequences(
-        loaded.tokenizer, train_problems, recipe.data.system_prompt, recipe.data.max_seq_len
-    )
-    if not sequences:
-        raise TrainingError(
-            f"data.max_seq_len: all {report.skipped_too_long} training rows are longer than "
-            f"{recipe.data.max_seq_len} tokens"
-        )
+    sequences, report = encode_training_data(loaded.tokenizer, train_problems, recipe)
     evaluation = None
     if test_problems:
         console.print(f"base model: evaluating {recipe.model.path} (greedy, no adapters)")

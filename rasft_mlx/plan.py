@@ -18,7 +18,7 @@ from rich.table import Table
 from .batching import collate, padded_length
 from .checkpoint import mlx_random_state, restore_mlx_random_state
 from .config import RasftConfig, Recipe
-from .encoding import encode_expert_sequences, encode_prompt
+from .encoding import encode_prompt
 from .generation import SamplingSettings, generate_completions
 from .memory import (
     DECODE_LOGIT_COPIES,
@@ -36,7 +36,6 @@ from .models import (
     trainable_parameter_count,
 )
 from .rollouts import sampling_settings
-from .run_directory import TrainingError
 from .step_plan import loss_settings, planned_steps, step_groups, steps_per_epoch
 from .train_step import CompiledTrainStep
 
@@ -211,7 +210,7 @@ def build_plan(recipe: Recipe, *, loaded=None, probe_steps: int = 0) -> RunPlan:
     the longest sequence) and one short generation, then puts the adapters and MLX's random state
     back, so a caller's model is unchanged.
     """
-    from .trainer import load_run_data
+    from .trainer import encode_training_data, load_run_data
 
     train_problems, test_problems = load_run_data(recipe)
     if loaded is None:
@@ -219,12 +218,7 @@ def build_plan(recipe: Recipe, *, loaded=None, probe_steps: int = 0) -> RunPlan:
         apply_adapters(loaded.model, recipe.lora)
     data, training, rollout, evaluation = recipe.data, recipe.training, recipe.rollout, recipe.eval
     tokenizer, system = loaded.tokenizer, data.system_prompt
-    sequences, report = encode_expert_sequences(tokenizer, train_problems, system, data.max_seq_len)
-    if not sequences:
-        raise TrainingError(
-            f"data.max_seq_len: all {report.skipped_too_long} training rows are longer than "
-            f"{data.max_seq_len} tokens"
-        )
+    sequences, report = encode_training_data(tokenizer, train_problems, recipe)
     test_problems = test_problems[: evaluation.limit]
     test_prompts = [encode_prompt(tokenizer, p.question, system) for p in test_problems]
     rasft = training.mode == "rasft"

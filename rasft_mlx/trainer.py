@@ -40,6 +40,20 @@ def load_run_data(recipe: Recipe) -> tuple[list[Problem], list[Problem]]:
     return train, test
 
 
+def encode_training_data(tokenizer, problems: list[Problem], recipe: Recipe):
+    """The expert sequences and the encoding report; refuses data where every row is too long."""
+    data = recipe.data
+    sequences, report = encode_expert_sequences(
+        tokenizer, problems, data.system_prompt, data.max_seq_len
+    )
+    if not sequences:
+        raise TrainingError(
+            f"data.max_seq_len: all {report.skipped_too_long} training rows are longer than "
+            f"{data.max_seq_len} tokens"
+        )
+    return sequences, report
+
+
 def run_training(
     recipe: Recipe,
     run_dir: Path,
@@ -79,14 +93,7 @@ def _run_training(recipe, run_dir, console, resume, force, stop_after, signals) 
         f"model {recipe.model.path}: {total_parameter_count(loaded.model) / 1e6:.1f}M parameters, "
         f"{trainable_parameter_count(loaded.model) / 1e6:.2f}M trainable ({recipe.lora.type})"
     )
-    sequences, report = encode_expert_sequences(
-        loaded.tokenizer, train_problems, recipe.data.system_prompt, recipe.data.max_seq_len
-    )
-    if not sequences:
-        raise TrainingError(
-            f"data.max_seq_len: all {report.skipped_too_long} training rows are longer than "
-            f"{recipe.data.max_seq_len} tokens"
-        )
+    sequences, report = encode_training_data(loaded.tokenizer, train_problems, recipe)
     if report.skipped_too_long:
         console.print(
             f"skipped {report.skipped_too_long} rows longer than {recipe.data.max_seq_len} tokens"
