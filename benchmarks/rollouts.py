@@ -113,6 +113,7 @@ def main() -> None:
     parser.add_argument("--top-p", type=float, default=0.95)
     parser.add_argument("--repetition-penalty", type=float, default=1.0)
     parser.add_argument("--max-rows", type=int, default=0, help="engine batch cap (0 = all)")
+    parser.add_argument("--repeats", type=int, default=1, help="interleaved rounds (median)")
     parser.add_argument(
         "--defaults-up-to", type=int, default=None, help="run batch_generate's defaults up to here"
     )
@@ -180,9 +181,13 @@ def main() -> None:
                     partial(run_batch_generate, model, prompts, args.k, args, stop, 32, 8),
                 )
             )
+        runs: dict[str, list] = {name: [] for name, _ in methods}
+        for _ in range(args.repeats):  # interleaved, so drifting load hits every method alike
+            for name, run in methods:
+                runs[name].append(run())
         measured = {}
-        for name, run in methods:
-            tokens, seconds, extra = run()
+        for name, _ in methods:
+            tokens, seconds, extra = sorted(runs[name], key=lambda r: r[1])[len(runs[name]) // 2]
             measured[name] = tokens / seconds
             rows.append(
                 {
