@@ -150,7 +150,10 @@ def results_markdown(results: dict) -> str:
             for r in results["runs"]
             if r["mode"] == "rasft" and r.get("ratio_at_min_mean") is not None
         ]
-        if clipping:
+        bounds = results.get("settings", {}).get("rasft.ratio clip")
+        if bounds and bounds[0] == bounds[1]:  # every sequence sits on both bounds: no signal
+            lines += ["", f"The inverse ratio is fixed at {bounds[0]} (ratio_min = ratio_max)."]
+        elif clipping:
             lines += ["", "Mean fraction of sequences on the ratio clip bounds per step: "]
             lines[-1] += "; ".join(clipping) + "."
     return "\n".join(lines) + "\n"

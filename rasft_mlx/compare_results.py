@@ -186,6 +186,7 @@ def key_settings(recipe: Recipe) -> dict:
         "lora.rank": recipe.lora.rank,
         "training.dft_factor": t.dft_factor,
         "rasft.weighting": r.weighting,
+        "rasft.ratio clip": [r.ratio_min, r.ratio_max],
         "rasft.selection": selection,
         "rollout.k": recipe.rollout.k,
         "rollout.max_new_tokens": recipe.rollout.max_new_tokens,

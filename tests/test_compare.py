@@ -204,3 +204,54 @@ def test_mode_statistics_over_seeds():
     assert curve[2]["step_mean"] == 20 and curve[2]["runs"] == 3
     single = summarize_mode(runs[:1])
     assert single["pass_at_1_std"] == 0.0
+
+
+def test_report_names_the_clip_fractions_or_a_fixed_ratio():
+    from rasft_mlx.compare_report import results_markdown
+
+    run = {
+        "mode": "rasft",
+        "seed": 0,
+        "pass_at_1": 0.5,
+        "final_loss": 0.1,
+        "steps": 4,
+        "trained_tokens": 100,
+        "total_seconds": 60.0,
+        "run_dir": "r",
+        "ratio_at_min_mean": 0.25,
+        "ratio_at_max_mean": 0.0,
+        "refreshes": [
+            {
+                "refresh": 1,
+                "problems_selected": 4,
+                "rollouts_generated": 8,
+                "rollouts_trained": 2,
+                "solvability_histogram": [2, 1, 1],
+                "expert_weight": {"mean": 0.5},
+                "rollout_weight": {"mean": 0.01},
+                "dropped": {},
+            }
+        ],
+    }
+    summary = summarize_mode([{**run, "avg_at_k": None, "curve": []}])
+    results = {
+        "recipe": "r.yaml",
+        "model": "m",
+        "data": {"train": "synthetic", "test": "synthetic"},
+        "train_problems": 4,
+        "test_problems": 2,
+        "eval": {"max_new_tokens": 8},
+        "seeds": [0],
+        "complete": True,
+        "budget": {"rule": "steps", "description": "d"},
+        "modes": ["rasft"],
+        "base": None,
+        "summary": {"rasft": summary},
+        "curves": {"rasft": []},
+        "runs": [run],
+        "settings": {"rasft.ratio clip": [0.4, 1.2]},
+    }
+    clipped = results_markdown(results)
+    assert "seed 0: 0.250 at ratio_min, 0.000 at ratio_max" in clipped
+    fixed = results_markdown({**results, "settings": {"rasft.ratio clip": [1.0, 1.0]}})
+    assert "fixed at 1.0" in fixed and "at ratio_min" not in fixed
