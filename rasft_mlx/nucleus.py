@@ -7,9 +7,9 @@ sampler takes the top `candidates` log-probs (`mx.topk`), sorts only those, and 
 cut-off value mlx-lm would: with ascending order, the kept tokens are those at or above the first
 position whose mass above it falls below `top_p x total`. That is exact whenever the candidates
 hold at least `top_p` of the mass, because every position below them is dropped either way; rows
-where they do not fall back to mlx-lm's full sort (and when most rows of a step did, the next
-steps sort in full directly: nearly flat distributions gain nothing from candidates). The masked log-probs, hence the draws from
-MLX's random state, are then the same as `make_sampler(temp, top_p)`'s.
+where they do not fall back to mlx-lm's own `apply_top_p` (and when most rows of a step did, the
+next steps use it directly: nearly flat distributions gain nothing from candidates). The masked
+log-probs, hence the draws from MLX's random state, are the same as `make_sampler(temp, top_p)`'s.
 """
 
 from __future__ import annotations
@@ -38,33 +38,22 @@ def top_p_cutoff(logprobs: mx.array, top_p: float, candidates: int) -> tuple[mx.
     return mx.take_along_axis(top, dropped, axis=-1), exact
 
 
-def full_top_p_cutoff(logprobs: mx.array, top_p: float) -> mx.array:
-    """mlx-lm's cut-off, from a sort of the whole vocabulary (the fallback)."""
-    ordered = mx.sort(logprobs, axis=-1)
-    probs = mx.exp(ordered.astype(mx.float32))
-    mass_above = mx.cumsum(probs, axis=-1, reverse=True, inclusive=False)
-    total = mass_above[:, :1] + probs[:, :1]
-    dropped = (mass_above >= top_p * total).sum(axis=-1, keepdims=True)
-    return mx.take_along_axis(ordered, dropped, axis=-1)
-
-
 def apply_top_p_fast(logprobs: mx.array, top_p: float, candidates: int) -> tuple[mx.array, int]:
     """`mlx_lm.sample_utils.apply_top_p` for a [rows, vocab] batch, sorting only candidates.
 
     Returns the masked log-probs and how many rows needed the full sort.
     """
+    from mlx_lm.sample_utils import apply_top_p
+
     if logprobs.shape[-1] <= candidates:
-        return _mask(logprobs, full_top_p_cutoff(logprobs, top_p)), logprobs.shape[0]
+        return apply_top_p(logprobs, top_p), logprobs.shape[0]
     cutoff, exact = top_p_cutoff(logprobs, top_p, candidates)
+    masked = mx.where(logprobs < cutoff, -float("inf"), logprobs)
     exact = np.array(exact)
-    if not exact.all():
+    if not exact.all():  # mlx-lm's own full sort for the rows the candidates do not cover
         rows = mx.array(np.flatnonzero(~exact))
-        cutoff[rows] = full_top_p_cutoff(logprobs[rows], top_p)
-    return _mask(logprobs, cutoff), int((~exact).sum())
-
-
-def _mask(logprobs: mx.array, cutoff: mx.array) -> mx.array:
-    return mx.where(logprobs < cutoff, -float("inf"), logprobs)
+        masked[rows] = apply_top_p(logprobs[rows], top_p)
+    return masked, int((~exact).sum())
 
 
 class CandidateTopPSampler:
@@ -79,11 +68,11 @@ class CandidateTopPSampler:
         self.full_sort_steps_left = 0
 
     def __call__(self, logprobs: mx.array) -> mx.array:
-        from mlx_lm.sample_utils import categorical_sampling
+        from mlx_lm.sample_utils import apply_top_p, categorical_sampling
 
         if self.full_sort_steps_left > 0:
             self.full_sort_steps_left -= 1
-            masked = _mask(logprobs, full_top_p_cutoff(logprobs, self.top_p))
+            masked = apply_top_p(logprobs, self.top_p)
         else:
             masked, fallbacks = apply_top_p_fast(logprobs, self.top_p, self.candidates)
             if 2 * fallbacks > logprobs.shape[0]:

@@ -13,6 +13,7 @@ from mlx_lm.sample_utils import make_logits_processors, make_repetition_penalty,
 
 from rasft_mlx.config import LoraConfig
 from rasft_mlx.models import adapter_modules, apply_adapters
+from rasft_mlx.nucleus import top_p_cutoff
 from rasft_mlx.rollout_engine import (
     EngineSettings,
     generate_rows,
@@ -244,12 +245,17 @@ def test_generate_completions_keeps_prompt_order_and_matches_batch_generate(tiny
     assert stats.prompts == 6 and stats.generated_tokens == sum(len(x.token_ids) for x in expected)
 
 
-def test_candidate_top_p_draws_what_the_full_sort_draws(tiny):
+@pytest.mark.parametrize("top_p", [0.9, 0.02])  # 0.02: 16 candidates hold the nucleus
+def test_candidate_top_p_draws_what_the_full_sort_draws(tiny, top_p):
     """The engine's candidate top-p (nucleus.py) and mlx-lm's full-vocabulary sort: same tokens."""
     model, tokenizer = tiny
     prompts = prompts_of(tokenizer)
+    if top_p < 0.5:
+        logits = model(mx.array([prompts[0]]))[:, -1, :]
+        _, exact = top_p_cutoff(logits - mx.logsumexp(logits, axis=-1, keepdims=True), top_p, 16)
+        assert exact.all().item(), "the candidate path itself runs"
     runs = []
     for candidates in (0, 16, 256):
-        settings = EngineSettings(24, 1.0, 0.9, 1.1, top_p_candidates=candidates)
+        settings = EngineSettings(24, 1.0, top_p, 1.1, top_p_candidates=candidates)
         runs.append(generate_rows(model, prompts, 3, settings, NO_EOS, seed=4)[0])
     assert runs[0] == runs[1] == runs[2]
