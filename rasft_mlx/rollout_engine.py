@@ -7,10 +7,12 @@ repetition penalty, mlx-lm's sampling rule, `mx.async_eval` pipelining, and a do
 few steps (one step behind, so the device never waits on Python). Rows that finished are dropped
 from the batch when enough of them have, so long tails do not pay for finished samples.
 
-Sampling matches mlx-lm exactly: log-probabilities are `logits - logsumexp(logits)`, the sampler
-draws as `mlx_lm.sample_utils.make_sampler(temp, top_p)` does from MLX's global random state (seed
-it with `seed`; on the CPU its top-p sorts only the top candidates, same draws: `nucleus.py`), and the repetition penalty is `make_repetition_penalty`'s rule (sign-aware
-multiplicative, over the last 20 tokens of prompt + completion) applied to all rows at once.
+Sampling follows mlx-lm's rule: the sampler sees `logits - logsumexp(logits)` and draws as
+`mlx_lm.sample_utils.make_sampler(temp, top_p)` does from MLX's global random state (seed it with
+`seed`); on the CPU its top-p draws among the top candidates instead of sorting the vocabulary,
+the same distribution, not the same draws (`nucleus.py`). The repetition penalty is
+`make_repetition_penalty`'s rule (sign-aware multiplicative, over the last 20 tokens of prompt +
+completion) applied to all rows at once.
 Generated ids exclude the stop token; a sample with no stop token within `max_new_tokens` is
 truncated.
 """
@@ -158,8 +160,7 @@ def _decode_chunk(
         logits = model(y[:, None], cache=cache)[:, -1, :]
         if context is not None:
             logits = penalize_repetition(logits, context, penalty)
-        logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
-        y = sampler(logprobs).astype(mx.uint32)
+        y = sampler(logits).astype(mx.uint32)
         if context is not None:
             context = mx.concatenate([context[:, 1:], y[:, None].astype(context.dtype)], axis=1)
         done = done | (y[:, None] == eos[None]).any(axis=-1)

@@ -1,77 +1,131 @@
-"""The candidate top-p sampler masks and draws exactly as mlx-lm's full-sort sampler."""
+"""The candidate top-p sampler keeps mlx-lm's nucleus exactly and draws from its distribution."""
+
+import math
 
 import mlx.core as mx
 import numpy as np
 import pytest
 from mlx_lm.sample_utils import apply_top_p, make_sampler
 
-from rasft_mlx.nucleus import apply_top_p_fast, make_rollout_sampler, top_p_cutoff
+from rasft_mlx.nucleus import candidate_nucleus, make_rollout_sampler, normalise
 
 
-def log_probs(rows: int = 48, vocab: int = 2048, seed: int = 0) -> mx.array:
+def peaked_to_flat_logits(rows: int = 48, vocab: int = 2048, seed: int = 0) -> mx.array:
     """Rows from nearly flat (the nucleus spans most of the vocabulary) to very peaked."""
     rng = np.random.default_rng(seed)
     sharpness = np.linspace(0.3, 15.0, rows)[:, None]
-    logits = mx.array((rng.normal(size=(rows, vocab)) * sharpness).astype(np.float32))
-    return logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+    return mx.array((rng.normal(size=(rows, vocab)) * sharpness).astype(np.float32))
+
+
+def kept_by_mlx_lm(logits: mx.array, top_p: float) -> np.ndarray:
+    return np.isfinite(np.array(apply_top_p(normalise(logits), top_p)))
 
 
 @pytest.mark.parametrize("top_p", [0.5, 0.9, 0.95])
-def test_masks_equal_mlx_lm_on_both_paths(top_p):
-    logprobs = log_probs()
-    _, exact = top_p_cutoff(logprobs, top_p, 64)
-    exact = np.array(exact)
-    assert 0 < exact.sum() < len(exact), "both the candidate path and the fallback run"
-    expected = apply_top_p(logprobs, top_p)
-    masked, fallbacks = apply_top_p_fast(logprobs, top_p, 64)
-    assert fallbacks == int((~exact).sum())
-    assert mx.array_equal(masked, expected).item()
+def test_covered_rows_keep_mlx_lm_nucleus_with_its_log_probs(top_p):
+    logits = peaked_to_flat_logits()
+    token_ids, masked, covered = candidate_nucleus(logits, top_p, 64)
+    covered = np.array(covered)
+    assert 0 < covered.sum() < len(covered), "rows on both sides of the candidates' reach"
+    expected_kept = kept_by_mlx_lm(logits, top_p)
+    expected_logprobs = np.array(normalise(logits))
+    token_ids, masked = np.array(token_ids), np.array(masked)
+    for row in np.flatnonzero(covered):
+        kept = token_ids[row][np.isfinite(masked[row])]
+        assert sorted(kept.tolist()) == np.flatnonzero(expected_kept[row]).tolist()
+        finite = np.isfinite(masked[row])
+        np.testing.assert_array_equal(
+            masked[row][finite], expected_logprobs[row][token_ids[row][finite]]
+        )
+        assert np.all(np.diff(expected_logprobs[row][token_ids[row]]) >= 0), "ascending"
 
 
-def test_exact_flag_is_the_candidates_mass():
-    logprobs = log_probs()
-    _, exact = top_p_cutoff(logprobs, 0.9, 64)
-    top_mass = np.sort(np.exp(np.array(logprobs)), axis=-1)[:, -64:].sum(axis=-1)
-    np.testing.assert_array_equal(np.array(exact), top_mass >= 0.9)
+def test_covered_is_the_candidates_mass():
+    logits = peaked_to_flat_logits()
+    _, _, covered = candidate_nucleus(logits, 0.9, 64)
+    top_mass = np.sort(np.exp(np.array(normalise(logits))), axis=-1)[:, -64:].sum(axis=-1)
+    np.testing.assert_array_equal(np.array(covered), top_mass >= 0.9)
 
 
 def test_a_peaked_row_keeps_its_hand_computed_nucleus():
     probs = np.full(400, 0.02 / 396)
     probs[[7, 3, 200, 50]] = [0.6, 0.25, 0.1, 0.03]
-    logprobs = mx.array(np.log(probs)[None].astype(np.float32))
-    kept = np.flatnonzero(np.isfinite(np.array(apply_top_p_fast(logprobs, 0.9, 8)[0])[0]))
+    logits = mx.array(np.log(probs)[None].astype(np.float32))
+    token_ids, masked, covered = candidate_nucleus(logits, 0.9, 8)
+    assert covered.item()
+    kept = np.array(token_ids)[0][np.isfinite(np.array(masked)[0])]
     assert sorted(kept.tolist()) == [3, 7, 200]  # 0.6 + 0.25 < 0.9 <= 0.6 + 0.25 + 0.1
 
 
-def test_seeded_draws_equal_mlx_lm_sampler():
-    logprobs = log_probs(seed=1)
-    mx.random.seed(9)
-    expected = [make_sampler(temp=0.9, top_p=0.95)(logprobs) for _ in range(4)]
-    mx.random.seed(9)
-    sampler = make_rollout_sampler(0.9, 0.95, 64)
-    drawn = [sampler(logprobs) for _ in range(4)]
-    for a, b in zip(expected, drawn, strict=True):
-        assert mx.array_equal(a, b).item()
+def test_a_cutoff_on_the_lowest_candidate_is_not_covered():
+    """With the nucleus needing every candidate, tokens tied with the last one could lie outside."""
+    probs = np.full(100, 0.01 / 97)
+    probs[[1, 2, 3]] = [0.5, 0.3, 0.19]
+    logits = mx.array(np.log(probs)[None].astype(np.float32))
+    assert candidate_nucleus(logits, 0.98, 4)[2].item()  # needs 3 of the 4
+    assert not candidate_nucleus(logits, 0.98, 3)[2].item()  # needs all 3: the boundary
 
 
-def test_greedy_and_plain_temperature_keep_mlx_lm_sampler():
-    logprobs = log_probs(rows=4)
+def chi_square_below_bound(counts: np.ndarray, probs: np.ndarray, z: float = 4.0) -> bool:
+    """Pearson chi-square of the counts against probs (cells < 5 expected pooled), below its
+    Wilson-Hilferty upper quantile at about z sigmas."""
+    n = counts.sum()
+    expected = probs * n
+    big = expected >= 5
+    observed = np.append(counts[big], counts[~big].sum())
+    expected = np.append(expected[big], expected[~big].sum())
+    keep = expected > 0
+    stat = float((((observed - expected) ** 2)[keep] / expected[keep]).sum())
+    df = int(keep.sum()) - 1
+    assert df > 5, "enough cells for the test to mean something"
+    h = 2.0 / (9.0 * df)
+    return stat < df * (1.0 - h + z * math.sqrt(h)) ** 3
+
+
+def test_draws_follow_the_nucleus_distribution_on_both_paths():
+    """A batch with a peaked row (drawn among the candidates) and a flat one (mlx-lm's full sort),
+    each repeated: token counts match softmax(logprobs / T) over mlx-lm's nucleus."""
+    logits = peaked_to_flat_logits(rows=48, vocab=600, seed=5)
+    peaked, flat = logits[8], logits[2]  # nucleus of 49 tokens; of 391
+    temperature, top_p, repeats = 0.7, 0.9, 3000
+    _, _, covered = candidate_nucleus(mx.stack([peaked, flat]), top_p, 64)
+    assert covered.tolist() == [True, False]
+    batch = mx.concatenate([mx.repeat(peaked[None], repeats, 0), mx.repeat(flat[None], 7, 0)])
+    mx.random.seed(11)
+    sampler = make_rollout_sampler(temperature, top_p, 64)
+    drawn = np.concatenate([np.array(sampler(batch)) for _ in range(3)])
+    assert sampler.full_sort_steps_left == 0 and sampler.rows_full_sort == 21
+    drawn = drawn.reshape(3, -1)
+    for row, draws in ((peaked, drawn[:, :repeats].ravel()), (flat, drawn[:, repeats:].ravel())):
+        logprobs = np.array(normalise(row[None]))[0]
+        kept = kept_by_mlx_lm(row[None], top_p)[0]
+        counts = np.bincount(draws, minlength=len(logprobs))
+        assert counts[~kept].sum() == 0, "nothing outside the nucleus"
+        if len(draws) > 100:
+            weights = np.where(kept, np.exp((logprobs - logprobs.max()) / temperature), 0.0)
+            assert chi_square_below_bound(counts, weights / weights.sum())
+
+
+def test_greedy_and_plain_temperature_draw_as_mlx_lm():
+    logits = peaked_to_flat_logits(rows=4)
     greedy = make_rollout_sampler(0.0, 0.95, 64)
-    assert mx.array_equal(greedy(logprobs), mx.argmax(logprobs, axis=-1)).item()
+    assert mx.array_equal(greedy(logits), mx.argmax(logits, axis=-1)).item()
     mx.random.seed(2)
-    a = make_rollout_sampler(0.8, 1.0, 64)(logprobs)
+    a = make_rollout_sampler(0.8, 1.0, 64)(logits)
     mx.random.seed(2)
-    assert mx.array_equal(a, make_sampler(temp=0.8)(logprobs)).item()
+    assert mx.array_equal(a, make_sampler(temp=0.8)(normalise(logits))).item()
 
 
-def test_flat_batches_switch_to_the_full_sort_and_draw_the_same():
-    flat = log_probs(rows=8, vocab=1024, seed=3) * 0.01
-    flat = flat - mx.logsumexp(flat, axis=-1, keepdims=True)
+def test_flat_batches_switch_to_the_full_sort_and_draw_as_mlx_lm():
+    flat = peaked_to_flat_logits(rows=8, vocab=1024, seed=3) * 0.01
     sampler = make_rollout_sampler(1.0, 0.9, 64)
     reference = make_sampler(temp=1.0, top_p=0.9)
-    for step in range(3):
+    mx.random.seed(0)
+    sampler(flat)  # the candidates miss every row: switch
+    assert sampler.full_sort_steps_left == sampler.RETRY_AFTER
+    for step in range(1, 3):
         mx.random.seed(step)
         a = sampler(flat)
         mx.random.seed(step)
-        assert mx.array_equal(a, reference(flat)).item()
+        assert mx.array_equal(a, reference(normalise(flat))).item()
         assert sampler.full_sort_steps_left == sampler.RETRY_AFTER - step

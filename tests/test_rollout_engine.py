@@ -1,4 +1,5 @@
-"""The rollout engine samples exactly as mlx-lm does: greedy and seeded draws, distributions, stops."""
+"""The rollout engine samples as mlx-lm does: greedy and seeded draws (exactly, with the candidate
+top-p off), distributions (with it on), stops."""
 
 from __future__ import annotations
 
@@ -9,11 +10,16 @@ import numpy as np
 import pytest
 from mlx_lm import load
 from mlx_lm.generate import batch_generate, generate_step
-from mlx_lm.sample_utils import make_logits_processors, make_repetition_penalty, make_sampler
+from mlx_lm.sample_utils import (
+    apply_top_p,
+    make_logits_processors,
+    make_repetition_penalty,
+    make_sampler,
+)
 
 from rasft_mlx.config import LoraConfig
 from rasft_mlx.models import adapter_modules, apply_adapters
-from rasft_mlx.nucleus import top_p_cutoff
+from rasft_mlx.nucleus import candidate_nucleus, normalise
 from rasft_mlx.rollout_engine import (
     EngineSettings,
     generate_rows,
@@ -84,7 +90,7 @@ def test_greedy_equals_mlx_lm_batch_generate(tiny):
     [(0.9, 1.0, 1.0), (0.9, 0.95, 1.0), (1.0, 0.9, 1.3), (0.0, 1.0, 1.5)],
 )
 def test_seeded_draws_equal_mlx_lm_generate_step(tiny, temperature, top_p, penalty):
-    """One row draws exactly what mlx-lm's loop draws from the same seed."""
+    """One row draws exactly what mlx-lm's loop draws from the same seed (full-sort top-p)."""
     model, tokenizer = tiny
     prompt = prompts_of(tokenizer)[0]
     processors = make_logits_processors(repetition_penalty=penalty) if penalty != 1.0 else None
@@ -92,7 +98,7 @@ def test_seeded_draws_equal_mlx_lm_generate_step(tiny, temperature, top_p, penal
     expected, _ = reference_generate(
         model, prompt, 40, NO_EOS, make_sampler(temperature, top_p), processors
     )
-    settings = EngineSettings(40, temperature, top_p, penalty)
+    settings = EngineSettings(40, temperature, top_p, penalty, top_p_candidates=0)
     results, _ = generate_rows(model, [prompt], 1, settings, NO_EOS, seed=5)
     assert list(results[0][0].token_ids) == expected
 
@@ -126,17 +132,33 @@ def chi_square(counts: np.ndarray, probs: np.ndarray, n: int) -> tuple[float, in
     return stat, int(keep.sum()) - 1
 
 
-@pytest.mark.parametrize(("temperature", "top_p"), [(0.8, 1.0), (1.0, 0.9)])
-def test_first_token_distribution_matches_the_model(tiny, temperature, top_p):
+@pytest.mark.parametrize(
+    ("temperature", "top_p", "candidates"),
+    [(0.8, 1.0, None), (1.0, 0.9, 0), (0.7, 0.9, "covering")],
+)
+def test_first_token_distribution_matches_the_model(tiny, temperature, top_p, candidates):
     """Rows of two prompts of different lengths (left padding) sample softmax(logits / T),
-    restricted to the nucleus under top-p."""
+    restricted to mlx-lm's nucleus under top-p: with the full sort, and drawn among candidates
+    that hold the nucleus."""
     model, tokenizer = tiny
     prompts = prompts_of(tokenizer)[1:]
+    last_logits = mx.concatenate([model(mx.array([p]))[:, -1, :] for p in prompts])
+    if candidates == "covering":
+        nucleus = np.isfinite(np.array(apply_top_p(normalise(last_logits), top_p))).sum(axis=-1)
+        candidates = int(nucleus.max()) + 4
+        assert candidates < last_logits.shape[-1]
+        assert candidate_nucleus(last_logits, top_p, candidates)[2].all().item()
     n = 3000
-    settings = EngineSettings(max_new_tokens=1, temperature=temperature, top_p=top_p, max_rows=n)
+    settings = EngineSettings(
+        max_new_tokens=1,
+        temperature=temperature,
+        top_p=top_p,
+        max_rows=n,
+        top_p_candidates=candidates,
+    )
     results, _ = generate_rows(model, prompts, n, settings, NO_EOS, seed=3)
-    for prompt, samples in zip(prompts, results, strict=True):
-        logits = model(mx.array([prompt]))[0, -1].astype(mx.float32)
+    for logits, samples in zip(last_logits, results, strict=True):
+        logits = logits.astype(mx.float32)
         probs = np.array(mx.softmax(logits / temperature))
         logp = np.array(logits - mx.logsumexp(logits))
         if top_p < 1.0:
@@ -243,19 +265,3 @@ def test_generate_completions_keeps_prompt_order_and_matches_batch_generate(tiny
     expected, _ = _batch_generate_completions(model, tokenizer, prompts, settings, None)
     assert completions == expected
     assert stats.prompts == 6 and stats.generated_tokens == sum(len(x.token_ids) for x in expected)
-
-
-@pytest.mark.parametrize("top_p", [0.9, 0.02])  # 0.02: 16 candidates hold the nucleus
-def test_candidate_top_p_draws_what_the_full_sort_draws(tiny, top_p):
-    """The engine's candidate top-p (nucleus.py) and mlx-lm's full-vocabulary sort: same tokens."""
-    model, tokenizer = tiny
-    prompts = prompts_of(tokenizer)
-    if top_p < 0.5:
-        logits = model(mx.array([prompts[0]]))[:, -1, :]
-        _, exact = top_p_cutoff(logits - mx.logsumexp(logits, axis=-1, keepdims=True), top_p, 16)
-        assert exact.all().item(), "the candidate path itself runs"
-    runs = []
-    for candidates in (0, 16, 256):
-        settings = EngineSettings(24, 1.0, top_p, 1.1, top_p_candidates=candidates)
-        runs.append(generate_rows(model, prompts, 3, settings, NO_EOS, seed=4)[0])
-    assert runs[0] == runs[1] == runs[2]
