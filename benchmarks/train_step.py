@@ -1,7 +1,9 @@
 """Training-step throughput: rasft vs sft vs dft steps vs mlx-lm's own tuner step, side by side.
 
 Same random Qwen2.5-shaped model with LoRA on every layer, same batch (B x L, the first quarter
-of each row is prompt), same AdamW. rasft uses cached reference log-probs (the design here);
+of each row is prompt), same AdamW. rasft-mlx's steps project only the response positions onto
+the vocabulary (`rasft_mlx/response_logits.py`; here 3/4 of each row); mlx-lm's projects every
+position and masks the prompt afterwards. rasft uses cached reference log-probs (the design here);
 `asft` runs a reference forward inside every step (the authors' design, for comparison).
 mlx-lm's step is its `tuner.trainer` compiled step with `default_loss`. Methods are timed in
 interleaved rounds and the median round is reported, so load from other processes hits all alike.
@@ -33,11 +35,12 @@ from rasft_mlx.models import apply_adapters
 from rasft_mlx.train_step import CompiledTrainStep
 
 MODES = ("sft", "dft", "rasft", "asft")
+BUCKET_MULTIPLE = 32  # the recipes' default
 
 
 def make_sequences(rows: int, length: int, vocab: int, seed: int = 0) -> list[TrainingSequence]:
     rng = np.random.default_rng(seed)
-    prompt = length // 4
+    prompt = length // 4 + 1  # the response's targets are the last 3/4 of the inputs
     sequences = []
     for row in range(rows):
         tokens = tuple(rng.integers(0, vocab, size=length + 1).tolist())
@@ -108,7 +111,7 @@ def main() -> None:
     apply_adapters(model, LoraConfig(rank=args.rank, scale=2.0))
     model.train()
     sequences = make_sequences(batch_size, length, config["vocab_size"])
-    batch = collate(sequences, batch_size, bucket_multiple=length)
+    batch = collate(sequences, batch_size, bucket_multiple=BUCKET_MULTIPLE)
     tokens = mx.array([list(s.tokens) for s in sequences])
     lengths = mx.array([[s.prompt_length, length] for s in sequences])
 

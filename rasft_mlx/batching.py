@@ -1,4 +1,12 @@
-"""Length-bucketed batches of fixed shape, so the compiled step traces once per bucket length."""
+"""Length-bucketed batches of fixed shape, so the compiled step traces once per bucket shape.
+
+A batch holds the padded inputs and, separately, the *response window*: the input positions whose
+next-token outputs are trained, with their targets, mask and reference log-probs. The loss needs
+vocabulary logits only there, so the model's hidden states are gathered at those positions before
+the vocabulary projection (prompt tokens and padding never reach the largest matmul and the
+log-softmax). The window length is bucketed in quarters of the input length, which bounds the
+shapes the compiled step sees to four per input bucket.
+"""
 
 from __future__ import annotations
 
@@ -15,11 +23,12 @@ SORT_WINDOW_BATCHES = 16
 
 @dataclass
 class Batch:
-    inputs: mx.array
-    targets: mx.array
-    mask: mx.array
+    inputs: mx.array  # (B, L) token ids, zero-padded
+    positions: mx.array  # (B, W) input positions whose next-token output is trained
+    targets: mx.array  # (B, W) the tokens those positions predict
+    mask: mx.array  # (B, W) 1 for response tokens, 0 for padding
     sequence_weights: mx.array
-    reference_logprobs: mx.array
+    reference_logprobs: mx.array  # (B, W)
     problem_ids: list[str]
     sources: list[str]
     token_count: int
@@ -46,25 +55,40 @@ def plan_batches(
     return batches
 
 
+def window_length(longest_response: int, length: int, bucket_multiple: int) -> int:
+    """Response-window length: the longest response's targets, rounded up to a quarter of the
+    input length (itself rounded up to the bucket multiple), at most the input length."""
+    quarter = max(bucket_multiple, math.ceil(length / 4 / bucket_multiple) * bucket_multiple)
+    return min(length, max(quarter, math.ceil(longest_response / quarter) * quarter))
+
+
 def collate(sequences: list[TrainingSequence], batch_size: int, bucket_multiple: int) -> Batch:
-    """Pad to (batch_size, bucket length); padding rows and prompt tokens get mask 0."""
+    """Pad to (batch_size, bucket length) inputs and a (batch_size, window) response window;
+    padding rows and window padding get mask 0."""
     length = padded_length(max(len(s.tokens) for s in sequences), bucket_multiple)
-    tokens = np.zeros((batch_size, length + 1), dtype=np.int32)
-    mask = np.zeros((batch_size, length), dtype=np.float32)
+    spans = [len(s.tokens) - s.prompt_length for s in sequences]
+    window = window_length(max(spans), length, bucket_multiple)
+    tokens = np.zeros((batch_size, length), dtype=np.int32)
+    positions = np.zeros((batch_size, window), dtype=np.int32)
+    targets = np.zeros((batch_size, window), dtype=np.int32)
+    mask = np.zeros((batch_size, window), dtype=np.float32)
     weights = np.zeros((batch_size,), dtype=np.float32)
-    reference = np.zeros((batch_size, length), dtype=np.float32)
-    for row, sequence in enumerate(sequences):
+    reference = np.zeros((batch_size, window), dtype=np.float32)
+    for row, (sequence, span) in enumerate(zip(sequences, spans, strict=True)):
         n = len(sequence.tokens)
-        tokens[row, :n] = sequence.tokens
-        # target position t predicts token t + 1: the response starts at target prompt_length - 1
-        first, last = sequence.prompt_length - 1, n - 1
-        mask[row, first:last] = 1.0
+        tokens[row, : n - 1] = sequence.tokens[:-1]
+        # input position t predicts token t + 1: the response starts at position prompt_length - 1
+        first = sequence.prompt_length - 1
+        positions[row, :span] = np.arange(first, first + span)
+        targets[row, :span] = sequence.tokens[first + 1 :]
+        mask[row, :span] = 1.0
         weights[row] = sequence.weight
         if sequence.reference_logprobs is not None:
-            reference[row, first:last] = sequence.reference_logprobs
+            reference[row, :span] = sequence.reference_logprobs
     return Batch(
-        inputs=mx.array(tokens[:, :-1]),
-        targets=mx.array(tokens[:, 1:]),
+        inputs=mx.array(tokens),
+        positions=mx.array(positions),
+        targets=mx.array(targets),
         mask=mx.array(mask),
         sequence_weights=mx.array(weights),
         reference_logprobs=mx.array(reference),

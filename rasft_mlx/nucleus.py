@@ -21,6 +21,16 @@ import mlx.core as mx
 import numpy as np
 
 NUCLEUS_CANDIDATES = 1024
+_side_streams: dict[str, mx.Stream] = {}
+
+
+def side_stream() -> mx.Stream:
+    """A second stream on the default device, made once (each CPU stream is a thread)."""
+    device = mx.default_device()
+    key = str(device)
+    if key not in _side_streams:
+        _side_streams[key] = mx.new_stream(device)
+    return _side_streams[key]
 
 
 def normalise(logits: mx.array) -> mx.array:
@@ -43,7 +53,7 @@ class MlxLmSampler:
 
 
 def candidate_nucleus(
-    logits: mx.array, top_p: float, candidates: int, side_stream=None
+    logits: mx.array, top_p: float, candidates: int, lse_stream=None
 ) -> tuple[mx.array, mx.array, mx.array]:
     """Each row's top `candidates` tokens in ascending log-prob order, their log-probs with those
     outside the nucleus set to -inf, and whether the candidates decide the nucleus exactly.
@@ -55,10 +65,10 @@ def candidate_nucleus(
     Returns (token_ids [rows, candidates], masked log-probs [rows, candidates], covered [rows]).
     """
     vocab = logits.shape[-1]
-    if side_stream is None:
+    if lse_stream is None:
         log_total = mx.logsumexp(logits, axis=-1, keepdims=True)
     else:
-        with mx.stream(side_stream):
+        with mx.stream(lse_stream):
             log_total = mx.logsumexp(logits, axis=-1, keepdims=True)
     top_ids = mx.argpartition(logits, vocab - candidates, axis=-1)[:, vocab - candidates :]
     top = mx.take_along_axis(logits, top_ids, axis=-1)
@@ -84,7 +94,7 @@ class CandidateTopPSampler:
     def __init__(self, temperature: float, top_p: float, candidates: int):
         self.temperature, self.top_p, self.candidates = temperature, top_p, candidates
         self.full_sort = MlxLmSampler(temperature, top_p)
-        self.side_stream = mx.new_stream(mx.default_device())
+        self.side_stream = side_stream()
         self.full_sort_steps_left = 0
         self.rows_drawn = 0
         self.rows_full_sort = 0

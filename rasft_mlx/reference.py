@@ -11,6 +11,7 @@ from .batching import collate
 from .encoding import TrainingSequence
 from .losses import token_logprobs
 from .models import adapters_disabled
+from .response_logits import ResponseLogits
 
 
 def response_logprobs(
@@ -18,16 +19,16 @@ def response_logprobs(
 ) -> list[np.ndarray]:
     """log pi(y_t) of each sequence's response tokens under the model as it is now."""
     order = sorted(range(len(sequences)), key=lambda i: len(sequences[i].tokens))
+    logits_at = ResponseLogits(model)
     by_index: dict[int, np.ndarray] = {}
     for start in range(0, len(order), batch_size):
         indices = order[start : start + batch_size]
         chunk = [sequences[i] for i in indices]
         batch = collate(chunk, len(chunk), bucket_multiple)
-        logprobs = np.array(token_logprobs(model(batch.inputs), batch.targets))
+        logits = logits_at(batch.inputs, batch.positions)
+        logprobs = np.array(token_logprobs(logits, batch.targets))
         for row, index in enumerate(indices):
-            sequence = sequences[index]
-            first, last = sequence.prompt_length - 1, len(sequence.tokens) - 1
-            by_index[index] = logprobs[row, first:last].copy()
+            by_index[index] = logprobs[row, : sequences[index].response_length].copy()
         mx.clear_cache()
     return [by_index[i] for i in range(len(sequences))]
 

@@ -14,6 +14,7 @@ from .batching import Batch
 from .config import TrainingConfig
 from .losses import LossSettings, loss_terms
 from .models import adapters_disabled
+from .response_logits import ResponseLogits
 
 
 def build_lr_schedule(config: TrainingConfig, total_steps: int):
@@ -55,19 +56,20 @@ class CompiledTrainStep:
         self.settings = settings
         self.grad_clip = grad_clip
         optimizer.init(model.trainable_parameters())
+        logits_at = ResponseLogits(model)
 
-        def batch_loss(model, inputs, targets, mask, sequence_weights, reference_logprobs):
-            logits = model(inputs)
+        def batch_loss(model, inputs, positions, targets, mask, weights, reference_logprobs):
+            logits = logits_at(inputs, positions)
             reference_logits = None
             if settings.needs_reference_logits:
                 with adapters_disabled(model):
-                    reference_logits = mx.stop_gradient(model(inputs))
+                    reference_logits = mx.stop_gradient(logits_at(inputs, positions))
             total, count, rho = loss_terms(
                 logits,
                 targets,
                 mask,
                 settings,
-                sequence_weights=sequence_weights,
+                sequence_weights=weights,
                 reference_logprobs=reference_logprobs,
                 reference_logits=reference_logits,
             )
@@ -80,9 +82,9 @@ class CompiledTrainStep:
         grad_state = [model.state, mx.random.state]
 
         @partial(mx.compile, inputs=grad_state, outputs=grad_state)
-        def gradients(inputs, targets, mask, sequence_weights, reference_logprobs):
+        def gradients(inputs, positions, targets, mask, sequence_weights, reference_logprobs):
             (total, count, clip_counts), grads = loss_and_grad(
-                model, inputs, targets, mask, sequence_weights, reference_logprobs
+                model, inputs, positions, targets, mask, sequence_weights, reference_logprobs
             )
             return total, count, clip_counts, grads
 
@@ -110,6 +112,7 @@ class CompiledTrainStep:
         for batch in batches:
             total, count, clip_counts, grads = self._gradients(
                 batch.inputs,
+                batch.positions,
                 batch.targets,
                 batch.mask,
                 batch.sequence_weights,
