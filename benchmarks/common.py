@@ -20,6 +20,14 @@ SHAPES = {
         num_key_value_heads=2,
         vocab_size=4096,
     ),
+    "smollm2-135m": dict(  # SmolLM2-135M's dimensions (its vocabulary is 49,152)
+        hidden_size=576,
+        num_hidden_layers=30,
+        intermediate_size=1536,
+        num_attention_heads=9,
+        num_key_value_heads=3,
+        vocab_size=49152,
+    ),
     "qwen2.5-0.5b": dict(
         hidden_size=896,
         num_hidden_layers=24,

@@ -3,7 +3,8 @@
 Same random Qwen2.5-shaped model with LoRA on every layer, same batch (B x L, the first quarter
 of each row is prompt), same AdamW. rasft-mlx's steps project only the response positions onto
 the vocabulary (`rasft_mlx/response_logits.py`; here 3/4 of each row); mlx-lm's projects every
-position and masks the prompt afterwards. rasft uses cached reference log-probs (the design here);
+position and masks the prompt afterwards, as does "sft, all positions projected" (the same
+step with a window as long as the inputs). rasft uses cached reference log-probs (the design here);
 `asft` runs a reference forward inside every step (the authors' design, for comparison).
 mlx-lm's step is its `tuner.trainer` compiled step with `default_loss`. Methods are timed in
 interleaved rounds and the median round is reported, so load from other processes hits all alike.
@@ -116,6 +117,9 @@ def main() -> None:
     lengths = mx.array([[s.prompt_length, length] for s in sequences])
 
     methods = {mode: RasftMlxStep(model, mode, batch) for mode in args.modes}
+    if "sft" in args.modes:  # the window as long as the inputs: every position projected
+        every_position = collate(sequences, batch_size, bucket_multiple=length)
+        methods["sft, all positions projected"] = RasftMlxStep(model, "sft", every_position)
     methods["mlx-lm tuner"] = MlxLmStep(model, tokens, lengths)
     for method in methods.values():  # compile and warm up
         method()
@@ -135,7 +139,7 @@ def main() -> None:
         f"{shape} {dtype} on {device}: LoRA r{args.rank} all layers, B{batch_size} x L{length}, "
         f"{steps} steps x {args.rounds} rounds (median round)"
     )
-    print(f"{'step':<14} {'ms/step':>9} {'tok/s':>10} {'vs sft':>7}")
+    print(f"{'step':<30} {'ms/step':>9} {'tok/s':>10} {'vs sft':>7}")
     rows = []
     for name, samples in times.items():
         seconds = statistics.median(samples)
@@ -150,7 +154,7 @@ def main() -> None:
             }
         )
         vs = f"{ratio:>6.3f}x" if ratio else f"{'-':>7}"
-        print(f"{name:<14} {seconds * 1000:>9.1f} {step_tokens / seconds:>10.1f} {vs}")
+        print(f"{name:<30} {seconds * 1000:>9.1f} {step_tokens / seconds:>10.1f} {vs}")
 
     if args.json:
         report = {

@@ -15,7 +15,7 @@ import numpy as np
 from mlx.utils import tree_flatten, tree_unflatten
 from rich.table import Table
 
-from .batching import collate, padded_length
+from .batching import collate, padded_length, window_length
 from .checkpoint import mlx_random_state, restore_mlx_random_state
 from .config import RasftConfig, Recipe
 from .encoding import encode_prompt
@@ -164,9 +164,12 @@ def refresh_count(steps_in_epoch: int, recipe: Recipe) -> int:
     return count
 
 
-def estimate_memory(loaded, recipe: Recipe, bucket: int, generation: list[tuple]) -> MemoryEstimate:
-    """A training batch of batch_size x `bucket`; `generation`: (rows, distinct prompts, prompt
-    length, new tokens) of each generation kind, the largest one counts."""
+def estimate_memory(
+    loaded, recipe: Recipe, bucket: int, window: int, generation: list[tuple]
+) -> MemoryEstimate:
+    """A training batch of batch_size x `bucket` inputs whose `window` response positions reach
+    the vocabulary; `generation`: (rows, distinct prompts, prompt length, new tokens) of each
+    generation kind, the largest one counts."""
     model, dims = loaded.model, model_dims(loaded.model)
     hidden, heads, intermediate, vocab = dims.hidden, dims.heads, dims.intermediate, dims.vocab
     params = tree_flatten(model.parameters())
@@ -197,7 +200,7 @@ def estimate_memory(loaded, recipe: Recipe, bucket: int, generation: list[tuple]
         weights=sum(v.nbytes for _, v in params) - trainable,
         adapter_state=trainable * (5 if recipe.training.grad_accumulation > 1 else 4),
         activations=int(activations),
-        logits=int(rows * bucket * vocab * 4 * copies),
+        logits=int(rows * window * vocab * 4 * copies),
         kv_cache=int(kv_cache),
         generation_temporaries=int(temporaries),
     )
@@ -227,6 +230,7 @@ def build_plan(recipe: Recipe, *, loaded=None, probe_steps: int = 0) -> RunPlan:
     selected = expected_rollout_problems(len(sequences), recipe.rasft) if rasft else 0
     longest_prompt = max(s.prompt_length for s in sequences)
     longest = max(len(s.tokens) for s in sequences)
+    longest_response = max(s.response_length for s in sequences)
     weight_bytes = sum(v.nbytes for _, v in tree_flatten(loaded.model.parameters()))
 
     def decode_rows(batch_size: int, wanted: int, context: int) -> int:
@@ -240,6 +244,7 @@ def build_plan(recipe: Recipe, *, loaded=None, probe_steps: int = 0) -> RunPlan:
     if rasft:
         max_planned = planned_steps(len(sequences) + selected * rollout.k, recipe)
         longest = max(longest, min(longest_prompt + rollout.max_new_tokens + 1, data.max_seq_len))
+        longest_response = max(longest_response, rollout.max_new_tokens + 1)
         context = longest_prompt + rollout.max_new_tokens
         rollout_rows = rows = decode_rows(rollout.batch_size, selected * rollout.k, context)
         generation.append((rows, -(-rows // rollout.k), longest_prompt, rollout.max_new_tokens))
@@ -253,6 +258,7 @@ def build_plan(recipe: Recipe, *, loaded=None, probe_steps: int = 0) -> RunPlan:
         eval_rows = decode_rows(evaluation.batch_size, len(test_prompts) * samples, context)
         generation.append((eval_rows, eval_rows, prompt, evaluation.max_new_tokens))
     bucket = padded_length(longest, training.bucket_multiple)
+    window = window_length(longest_response, bucket, training.bucket_multiple)
     plan = RunPlan(
         model=recipe.model.path,
         mode=training.mode,
@@ -271,7 +277,7 @@ def build_plan(recipe: Recipe, *, loaded=None, probe_steps: int = 0) -> RunPlan:
         rollout_problems_per_refresh=selected,
         rollout_tokens_per_refresh=selected * rollout.k * rollout.max_new_tokens,
         eval_tokens=len(test_prompts) * samples * evaluation.max_new_tokens * evals,
-        memory=estimate_memory(loaded, recipe, bucket, generation),
+        memory=estimate_memory(loaded, recipe, bucket, window, generation),
         machine_memory=machine_memory_bytes(),
         rollout_rows=rollout_rows,
         eval_rows=eval_rows,
