@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -97,6 +96,7 @@ def _child(recipe_path: str, run_dir: str, device: str) -> None:
     from rich.console import Console
 
     from rasft_mlx.config import load_recipe
+    from rasft_mlx.memory import peak_rss_bytes
     from rasft_mlx.trainer import run_training
 
     mx.set_default_device(mx.cpu if device == "cpu" else mx.gpu)
@@ -104,10 +104,9 @@ def _child(recipe_path: str, run_dir: str, device: str) -> None:
     run_training(load_recipe(recipe_path), Path(run_dir), Console(quiet=True), force=True)
     seconds = time.perf_counter() - started
     summary = json.loads((Path(run_dir) / "summary.json").read_text())
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     result = {
         "mlx_peak_bytes": mx.get_peak_memory(),
-        "rss_peak_bytes": rss if sys.platform == "darwin" else rss * 1024,
+        "rss_peak_bytes": peak_rss_bytes(),
         "run_seconds": seconds,
         "summary": summary,
     }

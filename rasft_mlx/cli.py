@@ -319,7 +319,8 @@ def plan(
 ) -> None:
     """Pre-flight: parameters, tokens per epoch, rollout tokens, peak memory and wall time."""
     from .config import load_recipe
-    from .plan import build_plan, check_memory, render_plan
+    from .plan import build_plan, check_memory
+    from .plan_report import render_plan
 
     try:
         run_plan = build_plan(load_recipe(recipe, set_ or []), probe_steps=probe_steps)

@@ -1,4 +1,4 @@
-"""Memory: the machine's, what is free now, and what decoding needs per sequence.
+"""Memory: the machine's, what is free now, the process's peak, and what decoding needs per sequence.
 
 `auto_decode_rows` sizes a generation batch (`rollout.batch_size: 0`, `eval.batch_size: 0`) from
 free memory: each decoded sequence holds its KV cache (mlx-lm grows caches in 256-token steps,
@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import math
 import os
+import resource
+import sys
 from collections import Counter
 from dataclasses import dataclass
 
@@ -20,6 +22,12 @@ KV_STEP, KV_GROWTH = 256, 1.25  # mlx-lm grows caches 256 tokens at a time, copy
 DECODE_LOGIT_COPIES = 4  # logits, log-probs, repetition penalty, top-p per decode step
 AUTO_MEMORY_SHARE = 0.5  # of the free memory, for one generation batch
 AUTO_MAX_ROWS = 512  # beyond this, per-step latency grows with no throughput left to gain
+
+
+def peak_rss_bytes() -> int:
+    """The process's peak resident set so far (ru_maxrss: bytes on macOS, KiB on Linux)."""
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss if sys.platform == "darwin" else rss * 1024
 
 
 def is_cpu_device() -> bool:

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import math
-import resource
 import statistics
-import sys
 import time
 from dataclasses import dataclass, replace
 
@@ -13,7 +11,6 @@ import mlx.core as mx
 import mlx.optimizers as optim
 import numpy as np
 from mlx.utils import tree_flatten, tree_unflatten
-from rich.table import Table
 
 from .batching import collate, padded_length, window_length
 from .checkpoint import mlx_random_state, restore_mlx_random_state
@@ -26,6 +23,7 @@ from .memory import (
     kv_bytes_per_row,
     machine_memory_bytes,
     model_dims,
+    peak_rss_bytes,
 )
 from .models import (
     adapted_layer_count,
@@ -35,6 +33,7 @@ from .models import (
     total_parameter_count,
     trainable_parameter_count,
 )
+from .plan_report import format_bytes
 from .rollouts import sampling_settings
 from .step_plan import loss_settings, planned_steps, step_groups, steps_per_epoch
 from .train_step import CompiledTrainStep
@@ -349,7 +348,6 @@ def run_probe(loaded, recipe, plan, sequences, prompts, settings, steps: int) ->
         band = plan.sequences_per_epoch if recipe.rasft.selection == "nll_band" else 0
         forwards = -(-plan.sequences_per_epoch // training.batch_size)
         forwards += plan.refreshes * (-(-(rollouts + band) // training.batch_size))
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return ProbeResult(
         steps=len(times),
         first_step_seconds=times[0],
@@ -357,7 +355,7 @@ def run_probe(loaded, recipe, plan, sequences, prompts, settings, steps: int) ->
         generation_tokens_per_second=rate,
         measured_training_peak=training_peak,
         measured_generation_peak=generation_peak,
-        rss_peak=rss if sys.platform == "darwin" else rss * 1024,
+        rss_peak=peak_rss_bytes(),
         train_seconds=plan.max_planned_steps * per_step,
         reference_seconds=forwards * per_step * FORWARD_SHARE,
         rollout_seconds=plan.refreshes * plan.rollout_tokens_per_refresh / rate if rate else 0.0,
@@ -382,78 +380,7 @@ def check_memory(plan: RunPlan, share: float = MEMORY_LIMIT_SHARE) -> str | None
     parts["KV cache"] = m.kv_cache
     largest = max(parts, key=parts.get)
     return (
-        f"estimated peak memory {_size(m.peak)} exceeds {share:.0%} of this machine's "
-        f"{_size(plan.machine_memory)} (largest part: {largest}, {_size(parts[largest])}); "
+        f"estimated peak memory {format_bytes(m.peak)} exceeds {share:.0%} of this machine's "
+        f"{format_bytes(plan.machine_memory)} (largest part: {largest}, {format_bytes(parts[largest])}); "
         f"{_HINTS[largest]}, or pass --force to start anyway"
     )
-
-
-def _size(n: float) -> str:
-    unit, scale = next(
-        ((u, s) for u, s in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)) if n >= s), ("B", 1)
-    )
-    return f"{n / scale:.2f} {unit}" if scale > 1 else f"{int(n)} B"
-
-
-def _time(s: float) -> str:
-    return f"{s / 3600:.1f} h" if s >= 3600 else f"{s / 60:.1f} min" if s >= 60 else f"{s:.1f} s"
-
-
-def plan_rows(plan: RunPlan) -> list[tuple[str, str]]:
-    """(label, value) rows in print order; render_plan puts them in a table."""
-    m, p, z = plan.memory, plan.probe, _size
-    steps = f"{plan.steps_per_epoch} / epoch, {plan.planned_steps} planned"
-    if plan.max_planned_steps > plan.planned_steps:
-        steps += f", at most {plan.max_planned_steps} with rollouts"
-    tokens = f"{plan.prompt_tokens_per_epoch:,} prompt, {plan.response_tokens_per_epoch:,} response"
-    rows = [
-        ("model", f"{plan.model} ({plan.mode})"),
-        ("parameters", f"{plan.total_parameters:,} total, {plan.trainable_parameters:,} adapter"),
-        ("weights", z(plan.weight_bytes)),
-        ("sequences / epoch", f"{plan.sequences_per_epoch} ({plan.skipped_too_long} too long)"),
-        ("tokens / epoch", f"{plan.tokens_per_epoch:,} ({tokens})"),
-        ("largest bucket", f"{plan.largest_bucket} tokens"),
-        ("optimizer steps", steps),
-    ]
-    if plan.mode == "rasft":
-        volume = f"<= {plan.rollout_tokens_per_refresh:,} tokens"
-        rows.append(
-            ("rollouts / refresh", f"{plan.rollout_problems_per_refresh} problems, {volume}")
-        )
-        rows.append(("refreshes", str(plan.refreshes)))
-    decode = f"eval {plan.eval_rows}" + (
-        f", rollouts {plan.rollout_rows}" if plan.rollout_rows else ""
-    )
-    train = f"weights {z(m.weights)}, adapter state {z(m.adapter_state)}"
-    train += f", activations {z(m.activations)}, logits {z(m.logits)}"
-    generate = f"KV cache {z(m.kv_cache)}, temporaries {z(m.generation_temporaries)}"
-    rows += [
-        ("eval tokens", f"<= {plan.eval_tokens:,}"),
-        ("decode batch", f"{decode} sequences together"),
-        ("peak memory (estimate)", f"{z(m.peak)} of {z(plan.machine_memory)}"),
-        ("  training step", f"{z(m.training)}: {train}"),
-        ("  generation", f"{z(m.generation)}: {generate}"),
-    ]
-    if p is not None:
-        step = f"{p.seconds_per_step:.2f} s/step (first {p.first_step_seconds:.2f} s)"
-        measured = f"training {z(p.measured_training_peak)}, generation "
-        measured += f"{z(p.measured_generation_peak)}; process RSS {z(p.rss_peak)}"
-        parts = zip(("train", "reference", "rollouts", "eval"), _seconds_parts(p), strict=True)
-        wall = ", ".join(f"{name} {_time(t)}" for name, t in parts)
-        rows += [
-            ("probe", f"{p.steps} steps: {step}; {p.generation_tokens_per_second:.0f} tok/s"),
-            ("peak memory (measured)", measured),
-            ("wall time (estimate)", f"<= {_time(p.wall_seconds)}: {wall}"),
-        ]
-    return rows
-
-
-def _seconds_parts(p: ProbeResult) -> tuple[float, float, float, float]:
-    return p.train_seconds, p.reference_seconds, p.rollout_seconds, p.eval_seconds
-
-
-def render_plan(plan: RunPlan) -> Table:
-    table = Table(title="Run plan", show_header=False)
-    for label, value in plan_rows(plan):
-        table.add_row(label, value)
-    return table

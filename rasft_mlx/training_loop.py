@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import math
-import resource
-import sys
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -28,6 +26,7 @@ from .config import Recipe
 from .display import TrainingDisplay
 from .encoding import TrainingSequence
 from .evaluate import EvalSummary, evaluate_problems, write_eval_outputs
+from .memory import peak_rss_bytes
 from .models import (
     LoadedModel,
     adapter_config_dict,
@@ -53,9 +52,7 @@ class TrainResult:
 def peak_memory_gb() -> float:
     """MLX's peak allocation, or the process's peak RSS where MLX does not track it (CPU)."""
     mlx_peak = mx.get_peak_memory()
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    rss_bytes = rss if sys.platform == "darwin" else rss * 1024
-    return max(mlx_peak, rss_bytes) / 1e9
+    return max(mlx_peak, peak_rss_bytes()) / 1e9
 
 
 def _assign_in_place(target, source) -> None:

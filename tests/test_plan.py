@@ -19,14 +19,8 @@ from rasft_mlx.models import (
     total_parameter_count,
     trainable_parameter_count,
 )
-from rasft_mlx.plan import (
-    build_plan,
-    check_memory,
-    expected_rollout_problems,
-    plan_rows,
-    refresh_count,
-    render_plan,
-)
+from rasft_mlx.plan import build_plan, check_memory, expected_rollout_problems, refresh_count
+from rasft_mlx.plan_report import format_bytes, plan_rows, render_plan
 from rasft_mlx.trainer import load_run_data
 
 
@@ -128,7 +122,7 @@ def test_check_memory_names_the_estimate_and_force(tiny_llama_dir, loaded, monke
     message = check_memory(tiny)
     assert tiny.machine_memory == 1_000_000
     assert "--force" in message and "1.00 MB" in message
-    assert plan_module._size(tiny.memory.peak) in message
+    assert format_bytes(tiny.memory.peak) in message
 
 
 def test_probe_matches_the_estimate_and_leaves_the_model_unchanged(mid_model_dir):
