@@ -1,10 +1,9 @@
 """The candidate top-p sampler keeps mlx-lm's nucleus exactly and draws from its distribution."""
 
-import math
-
 import mlx.core as mx
 import numpy as np
 import pytest
+from chi_square import assert_fits
 from mlx_lm.sample_utils import apply_top_p, make_sampler
 
 from rasft_mlx.nucleus import candidate_nucleus, make_rollout_sampler, normalise
@@ -66,22 +65,6 @@ def test_a_cutoff_on_the_lowest_candidate_is_not_covered():
     assert not candidate_nucleus(logits, 0.98, 3)[2].item()  # needs all 3: the boundary
 
 
-def chi_square_below_bound(counts: np.ndarray, probs: np.ndarray, z: float = 4.0) -> bool:
-    """Pearson chi-square of the counts against probs (cells < 5 expected pooled), below its
-    Wilson-Hilferty upper quantile at about z sigmas."""
-    n = counts.sum()
-    expected = probs * n
-    big = expected >= 5
-    observed = np.append(counts[big], counts[~big].sum())
-    expected = np.append(expected[big], expected[~big].sum())
-    keep = expected > 0
-    stat = float((((observed - expected) ** 2)[keep] / expected[keep]).sum())
-    df = int(keep.sum()) - 1
-    assert df > 5, "enough cells for the test to mean something"
-    h = 2.0 / (9.0 * df)
-    return stat < df * (1.0 - h + z * math.sqrt(h)) ** 3
-
-
 def test_draws_follow_the_nucleus_distribution_on_both_paths():
     """A batch with a peaked row (drawn among the candidates) and a flat one (mlx-lm's full sort),
     each repeated: token counts match softmax(logprobs / T) over mlx-lm's nucleus."""
@@ -103,7 +86,7 @@ def test_draws_follow_the_nucleus_distribution_on_both_paths():
         assert counts[~kept].sum() == 0, "nothing outside the nucleus"
         if len(draws) > 100:
             weights = np.where(kept, np.exp((logprobs - logprobs.max()) / temperature), 0.0)
-            assert chi_square_below_bound(counts, weights / weights.sum())
+            assert_fits(counts, weights / weights.sum())
 
 
 def test_greedy_and_plain_temperature_draw_as_mlx_lm():
