@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .config import EvalConfig
 from .encoding import encode_prompt
@@ -12,6 +13,11 @@ from .fileio import atomic_write_text
 from .generation import SamplingSettings, generate_completions
 from .problem import Problem
 from .verify import verify_completion
+
+if TYPE_CHECKING:
+    from .config import Recipe
+    from .models import LoadedModel
+    from .run_directory import MetricsLog
 
 
 @dataclass(frozen=True)
@@ -110,3 +116,25 @@ def write_eval_outputs(
     atomic_write_text(results_path, "".join(json.dumps(asdict(r)) + "\n" for r in records))
     atomic_write_text(summary_path, json.dumps(summary.as_dict(), indent=2) + "\n")
     return results_path, summary_path
+
+
+def evaluate_and_record(
+    loaded: LoadedModel,
+    recipe: Recipe,
+    problems: list[Problem],
+    run_dir: Path,
+    epoch: int,
+    metrics: MetricsLog,
+) -> EvalSummary:
+    """Evaluate on `problems`, write eval-epoch-N files to run_dir and an eval event to metrics."""
+    records, summary = evaluate_problems(
+        loaded.model,
+        loaded.tokenizer,
+        problems,
+        recipe.eval,
+        recipe.data.system_prompt,
+        seed=recipe.training.seed,
+    )
+    write_eval_outputs(records, summary, run_dir, name=f"eval-epoch-{epoch + 1}")
+    metrics.write({"event": "eval", "epoch": epoch, **summary.as_dict()})
+    return summary

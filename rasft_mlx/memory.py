@@ -30,6 +30,12 @@ def peak_rss_bytes() -> int:
     return rss if sys.platform == "darwin" else rss * 1024
 
 
+def peak_memory_gb() -> float:
+    """MLX's peak allocation, or the process's peak RSS where MLX does not track it (CPU)."""
+    mlx_peak = mx.get_peak_memory()
+    return max(mlx_peak, peak_rss_bytes()) / 1e9
+
+
 def is_cpu_device() -> bool:
     return mx.default_device().type == mx.DeviceType.cpu
 

@@ -25,8 +25,8 @@ from .checkpoint import (
 from .config import Recipe
 from .display import TrainingDisplay
 from .encoding import TrainingSequence
-from .evaluate import EvalSummary, evaluate_problems, write_eval_outputs
-from .memory import peak_rss_bytes
+from .evaluate import EvalSummary, evaluate_and_record
+from .memory import peak_memory_gb
 from .models import (
     LoadedModel,
     adapter_config_dict,
@@ -47,12 +47,6 @@ class TrainResult:
     final_loss: float
     seconds: float
     eval_summary: EvalSummary | None
-
-
-def peak_memory_gb() -> float:
-    """MLX's peak allocation, or the process's peak RSS where MLX does not track it (CPU)."""
-    mlx_peak = mx.get_peak_memory()
-    return max(mlx_peak, peak_rss_bytes()) / 1e9
 
 
 def _assign_in_place(target, source) -> None:
@@ -399,24 +393,3 @@ class TrainingLoop:
             f"{what} {where}; batch problem ids: {', '.join(ids)}. The update was not applied; "
             f"{kept}. Set training.on_nan: skip_batch to drop such batches and go on."
         )
-
-
-def evaluate_and_record(
-    loaded: LoadedModel,
-    recipe: Recipe,
-    problems: list[Problem],
-    run_dir: Path,
-    epoch: int,
-    metrics: MetricsLog,
-) -> EvalSummary:
-    records, summary = evaluate_problems(
-        loaded.model,
-        loaded.tokenizer,
-        problems,
-        recipe.eval,
-        recipe.data.system_prompt,
-        seed=recipe.training.seed,
-    )
-    write_eval_outputs(records, summary, run_dir, name=f"eval-epoch-{epoch + 1}")
-    metrics.write({"event": "eval", "epoch": epoch, **summary.as_dict()})
-    return summary
