@@ -34,7 +34,7 @@ def output_head(model: nn.Module) -> Callable[[mx.array], mx.array] | None:
     model.eval()  # adapter dropout off, so both forwards are deterministic
     try:
         same = mx.array_equal(head(body(probe)), model(probe)).item()
-    except (TypeError, ValueError, AttributeError):
+    except Exception:  # noqa: BLE001 - any family the split does not fit gets full logits
         same = False
     finally:
         model.train(training)
