@@ -97,3 +97,17 @@ def test_a_model_with_more_in_its_call_gets_full_logits_gathered():
     np.testing.assert_array_equal(
         np.array(logits_at(inputs, positions)), np.array(capped(inputs))[:, [4, 1]]
     )
+
+
+@pytest.mark.parametrize("tie", [True, False])
+def test_quantized_models_project_gathered_states_exactly(tie):
+    import mlx.nn as nn
+
+    mx.random.seed(3)
+    model = build_model(model_config("llama", 128, tie_word_embeddings=tie))
+    nn.quantize(model, group_size=32, bits=4)
+    logits_at = ResponseLogits(model)
+    assert logits_at.projects_gathered
+    inputs, positions = mx.array([[1, 5, 7, 9, 11, 3]]), mx.array([[5, 2, 0]])
+    expected = mx.take_along_axis(model(inputs), positions[..., None], axis=1)
+    assert mx.array_equal(logits_at(inputs, positions), expected).item()
