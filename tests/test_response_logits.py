@@ -9,7 +9,7 @@ from rasft_mlx.batching import collate, window_length
 from rasft_mlx.config import LoraConfig
 from rasft_mlx.encoding import TrainingSequence
 from rasft_mlx.losses import token_logprobs
-from rasft_mlx.models import apply_adapters
+from rasft_mlx.models import adapter_modules, apply_adapters
 from rasft_mlx.response_logits import ResponseLogits, output_head
 
 
@@ -51,6 +51,8 @@ def tiny(arch: str, tie: bool):
     mx.random.seed(0)
     model = build_model(model_config(arch, 96, tie_word_embeddings=tie))
     apply_adapters(model, LoraConfig(rank=4, scale=2.0, dropout=0.5))
+    for _, module in adapter_modules(model):  # non-zero B, so adapter dropout changes outputs
+        module.lora_b = 0.1 * mx.random.normal(module.lora_b.shape)
     model.train()  # dropout on: the head check must switch it off to compare
     return model
 
