@@ -26,7 +26,7 @@ import mlx.core as mx
 import numpy as np
 from common import SHAPES, machine_info, random_model, use_device
 
-from rasft_mlx.rollout_engine import EngineSettings, generate_rows
+from rasft_mlx.generation.engine import EngineSettings, generate_rows
 
 
 class NullTokenizer:
@@ -49,8 +49,8 @@ def random_prompts(count: int, length: int, vocab: int, seed: int) -> list[list[
 def chat_prompts(tokenizer, count: int, seed: int) -> list[list[int]]:
     """Synthetic word problems in the model's chat template, as the rollouts of a run see them."""
     from rasft_mlx.config import DEFAULT_SYSTEM_PROMPT
-    from rasft_mlx.encoding import encode_prompt
-    from rasft_mlx.synthetic import generate_problems
+    from rasft_mlx.data.encoding import encode_prompt
+    from rasft_mlx.data.synthetic import generate_problems
 
     problems = generate_problems(count, seed=seed, min_level=1, max_level=2)
     return [encode_prompt(tokenizer, p.question, DEFAULT_SYSTEM_PROMPT) for p in problems]
@@ -131,7 +131,7 @@ def main() -> None:
 
     if args.model:
         from rasft_mlx.config import ModelConfig
-        from rasft_mlx.models import load_model
+        from rasft_mlx.models.loading import load_model
 
         loaded = load_model(ModelConfig(path=args.model, dtype=dtype))
         model, tokenizer, shape = loaded.model, loaded.tokenizer, args.model

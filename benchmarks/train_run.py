@@ -2,7 +2,7 @@
 
 A run's peak memory only means something in a fresh process (MLX's peak counter and the RSS
 high-water mark never go down), so `measure_run` starts `python benchmarks/train_run.py RECIPE
-RUN_DIR`, which trains with `rasft_mlx.trainer.run_training` and prints one JSON line: MLX's peak
+RUN_DIR`, which trains with `rasft_mlx.commands.train.run_training` and prints one JSON line: MLX's peak
 allocation, the process's peak RSS, the wall-time split from the run's summary.json, and the load
 time the trainer's own split leaves out.
 """
@@ -95,9 +95,9 @@ def _child(recipe_path: str, run_dir: str, device: str) -> None:
     import mlx.core as mx
     from rich.console import Console
 
+    from rasft_mlx.commands.train import run_training
     from rasft_mlx.config import load_recipe
     from rasft_mlx.memory import peak_rss_bytes
-    from rasft_mlx.trainer import run_training
 
     mx.set_default_device(mx.cpu if device == "cpu" else mx.gpu)
     started = time.perf_counter()

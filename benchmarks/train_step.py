@@ -2,7 +2,7 @@
 
 Same random Qwen2.5-shaped model with LoRA on every layer, same batch (B x L, the first quarter
 of each row is prompt), same AdamW. rasft-mlx's steps project only the response positions onto
-the vocabulary (`rasft_mlx/response_logits.py`; here 3/4 of each row); mlx-lm's projects every
+the vocabulary (`rasft_mlx/models/response_logits.py`; here 3/4 of each row); mlx-lm's projects every
 position and masks the prompt afterwards, as does "sft, all positions projected" (the same
 step with a window as long as the inputs). rasft uses cached reference log-probs (the design here);
 `asft` runs a reference forward inside every step (the authors' design, for comparison).
@@ -28,12 +28,12 @@ import mlx.optimizers as optim
 import numpy as np
 from common import SHAPES, machine_info, random_model, use_device
 
-from rasft_mlx.batching import collate
 from rasft_mlx.config import LoraConfig
-from rasft_mlx.encoding import TrainingSequence
-from rasft_mlx.losses import LossSettings
-from rasft_mlx.models import apply_adapters
-from rasft_mlx.train_step import CompiledTrainStep
+from rasft_mlx.data.encoding import TrainingSequence
+from rasft_mlx.models.adapters import apply_adapters
+from rasft_mlx.training.batching import collate
+from rasft_mlx.training.losses import LossSettings
+from rasft_mlx.training.train_step import CompiledTrainStep
 
 MODES = ("sft", "dft", "rasft", "asft")
 BUCKET_MULTIPLE = 32  # the recipes' default

@@ -12,8 +12,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from . import __version__
-from .blas import reexec_with_optimised_blas
+from rasft_mlx.blas import reexec_with_optimised_blas
+from rasft_mlx.version import __version__
 
 app = typer.Typer(
     name="rasft-mlx",
@@ -33,13 +33,13 @@ def _fail(error: Exception) -> None:
 
 
 def _user_errors() -> tuple[type[Exception], ...]:
-    from .config import RecipeError
-    from .data import DataError
-    from .export import ExportError
-    from .gguf_import import GGUFImportError
-    from .hub import HubError
-    from .models import ModelError
-    from .trainer import TrainingError
+    from rasft_mlx.commands.train import TrainingError
+    from rasft_mlx.config import RecipeError
+    from rasft_mlx.data.readers import DataError
+    from rasft_mlx.export.formats import ExportError
+    from rasft_mlx.export.hub import HubError
+    from rasft_mlx.models.gguf_import import GGUFImportError
+    from rasft_mlx.models.loading import ModelError
 
     return (
         RecipeError,
@@ -89,8 +89,8 @@ def train(
     ] = False,
 ) -> None:
     """Train LoRA adapters with a recipe ([bold]sft, dft, sft_kl, asft, profit[/bold] modes)."""
-    from .config import load_recipe, resolve_run_dir
-    from .trainer import TrainingInterrupted, run_training
+    from rasft_mlx.commands.train import TrainingInterrupted, run_training
+    from rasft_mlx.config import load_recipe, resolve_run_dir
 
     recipe_file = recipe
     if recipe.is_dir():  # a run dir: its saved recipe, resumed in place
@@ -142,10 +142,8 @@ def evaluate(
     seed: int = 0,
 ) -> None:
     """Greedy pass@1 (and avg@K with --samples K) with verified final answers."""
-    from .config import DataConfig, EvalConfig, ModelConfig
-    from .data import load_problems
-    from .evaluate import evaluate_problems, write_eval_outputs
-    from .models import load_adapters_into, load_model
+    from rasft_mlx.commands.evaluate import run_evaluation
+    from rasft_mlx.config import EvalConfig
 
     out = out or Path("runs") / f"eval-{time.strftime('%Y%m%d-%H%M%S')}"
     try:
@@ -157,17 +155,9 @@ def evaluate(
             max_new_tokens=max_new_tokens,
             batch_size=batch_size,
         )
-        defaults = DataConfig()
-        problems = load_problems(
-            data, fmt=data_format, split="test", synthetic={"n_test": limit or 200}
+        summary, results_path, summary_path = run_evaluation(
+            model, data, out, config, adapter=adapter, data_format=data_format, seed=seed
         )
-        loaded = load_model(ModelConfig(path=model))
-        if adapter is not None:
-            load_adapters_into(loaded.model, adapter)
-        records, summary = evaluate_problems(
-            loaded.model, loaded.tokenizer, problems, config, defaults.system_prompt, seed=seed
-        )
-        results_path, summary_path = write_eval_outputs(records, summary, out)
     except _user_errors() as error:
         _fail(error)
     table = Table(title=f"eval: {model}" + (f" + {adapter}" if adapter else ""))
@@ -205,8 +195,8 @@ def export(
     ] = False,
 ) -> None:
     """Export a run's adapters (mlx-lm, PEFT or fused) with a model card, optionally to the Hub."""
-    from .export import ExportError, export_run
-    from .hub import push_folder
+    from rasft_mlx.export.formats import ExportError, export_run
+    from rasft_mlx.export.hub import push_folder
 
     try:
         if push_to_hub is None and (private or revision or dry_run):
@@ -260,10 +250,15 @@ def compare(
     ] = "steps",
 ) -> None:
     """Compare modes over seeds: same model, data, step budget and eval; a results table."""
-    from .compare import CompareError, parse_modes, quick_variant, run_compare
-    from .compare_report import curves_table, results_table
-    from .config import load_recipe, resolve_run_dir
-    from .trainer import TrainingInterrupted
+    from rasft_mlx.commands.train import TrainingInterrupted
+    from rasft_mlx.config import load_recipe, resolve_run_dir
+    from rasft_mlx.experiments.compare import (
+        CompareError,
+        parse_modes,
+        quick_variant,
+        run_compare,
+    )
+    from rasft_mlx.experiments.compare_report import curves_table, results_table
 
     command = ["rasft-mlx", "compare", str(recipe), f"--modes={modes}", f"--seeds={seeds}"]
     command += [f"--out={out}"] if out else []
@@ -318,9 +313,9 @@ def plan(
     ] = 10,
 ) -> None:
     """Pre-flight: parameters, tokens per epoch, rollout tokens, peak memory and wall time."""
-    from .config import load_recipe
-    from .plan import build_plan, check_memory
-    from .plan_report import render_plan
+    from rasft_mlx.config import load_recipe
+    from rasft_mlx.experiments.plan import build_plan, check_memory
+    from rasft_mlx.experiments.plan_report import render_plan
 
     try:
         run_plan = build_plan(load_recipe(recipe, set_ or []), probe_steps=probe_steps)

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import yaml
 
-from .fileio import atomic_write_text
-from .typed_fields import (
+from rasft_mlx.fileio import atomic_write_text
+from rasft_mlx.typed_fields import (
     RecipeError,
     apply_override,
     build_dataclass,

@@ -13,6 +13,13 @@ from rich.progress import (
 )
 
 
+def format_bytes(n: float) -> str:
+    unit, scale = next(
+        ((u, s) for u, s in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)) if n >= s), ("B", 1)
+    )
+    return f"{n / scale:.2f} {unit}" if scale > 1 else f"{int(n)} B"
+
+
 def format_stats(stats: dict) -> str:
     return (
         f"loss {stats['loss']:.4f}  lr {stats['learning_rate']:.2e}  "

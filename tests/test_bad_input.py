@@ -2,7 +2,7 @@
 
 The other cases of the bad-input matrix live beside the code they check: YAML syntax, unknown
 keys, wrong types and ranges in test_config.py; missing, empty and malformed data files and rows
-without an answer in test_data.py; rows all too long and a missing model in test_cli.py; GGUF
+without an answer in test_readers.py; rows all too long and a missing model in test_cli.py; GGUF
 architecture and quantisation in test_gguf_import.py.
 """
 
@@ -19,12 +19,13 @@ from mlx_lm import load
 from rich.console import Console
 from typer.testing import CliRunner
 
-import rasft_mlx.training_loop as training_loop
-from rasft_mlx.checkpoint import TEMP_PREFIX, list_checkpoints, load_latest
+import rasft_mlx.training.loop as training_loop
 from rasft_mlx.cli import app
+from rasft_mlx.commands.train import TrainingError, run_training
 from rasft_mlx.config import LoraConfig, load_recipe
-from rasft_mlx.models import apply_adapters, save_adapters
-from rasft_mlx.trainer import TrainingError, load_run_data, run_training
+from rasft_mlx.models.adapters import apply_adapters, save_adapters
+from rasft_mlx.training.checkpoint import TEMP_PREFIX, list_checkpoints, load_latest
+from rasft_mlx.training.run_data import load_run_data
 
 QUIET = Console(quiet=True)
 runner = CliRunner()

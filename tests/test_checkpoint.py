@@ -13,9 +13,9 @@ from pathlib import Path
 import yaml
 from rich.console import Console
 
-from rasft_mlx.checkpoint import SLEEP_ENV, TEMP_PREFIX, load_latest
+from rasft_mlx.commands.train import run_training
 from rasft_mlx.config import load_recipe
-from rasft_mlx.trainer import run_training
+from rasft_mlx.training.checkpoint import SLEEP_ENV, TEMP_PREFIX, load_latest
 
 TIMEOUT = 60
 

@@ -11,9 +11,20 @@ import yaml
 from typer.testing import CliRunner
 
 from rasft_mlx.cli import app
-from rasft_mlx.compare import CompareError, parse_modes, plan_budget, quick_variant, run_recipe
-from rasft_mlx.compare_results import compare_to, mode_curve, run_curve, summarize_mode
 from rasft_mlx.config import load_recipe
+from rasft_mlx.experiments.compare import (
+    CompareError,
+    parse_modes,
+    plan_budget,
+    quick_variant,
+    run_recipe,
+)
+from rasft_mlx.experiments.compare_results import (
+    compare_to,
+    mode_curve,
+    run_curve,
+    summarize_mode,
+)
 
 runner = CliRunner()
 
@@ -119,13 +130,13 @@ def test_compare_two_modes_two_seeds_then_reuse(tiny_llama_dir, tmp_path):
 
 
 def test_compare_continues_an_interrupted_run(tiny_llama_dir, tmp_path):
-    from rasft_mlx.compare import run_compare
-    from rasft_mlx.trainer import run_training
+    from rasft_mlx.commands.train import run_training
+    from rasft_mlx.experiments.compare import run_compare
 
     recipe = load_recipe(write_recipe(tmp_path / "recipe.yaml", tiny_llama_dir))
     out = tmp_path / "cmp"
     # An sft run that stopped after step 1 (e.g. Ctrl-C), with the compare's own recipe.
-    from rasft_mlx.trainer import TrainingInterrupted
+    from rasft_mlx.commands.train import TrainingInterrupted
 
     with pytest.raises(TrainingInterrupted):
         run_training(run_recipe(recipe, "sft", 3, 4), out / "sft-seed3", stop_after=1)
@@ -207,7 +218,7 @@ def test_mode_statistics_over_seeds():
 
 
 def test_report_names_the_clip_fractions_or_a_fixed_ratio():
-    from rasft_mlx.compare_report import results_markdown
+    from rasft_mlx.experiments.compare_report import results_markdown
 
     run = {
         "mode": "rasft",

@@ -17,12 +17,13 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from rasft_mlx.cli import app
+from rasft_mlx.commands.train import run_training
 from rasft_mlx.config import load_recipe, recipe_from_dict, save_recipe
-from rasft_mlx.export import ExportError, export_run
-from rasft_mlx.hub import HubError, push_folder
-from rasft_mlx.model_card import PAPER_CITATION
-from rasft_mlx.models import apply_adapters, load_adapters_into, load_model, save_adapters
-from rasft_mlx.trainer import run_training
+from rasft_mlx.export.formats import ExportError, export_run
+from rasft_mlx.export.hub import HubError, push_folder
+from rasft_mlx.export.model_card import PAPER_CITATION
+from rasft_mlx.models.adapters import apply_adapters, load_adapters_into, save_adapters
+from rasft_mlx.models.loading import load_model
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing:FutureWarning")
 TOKENS = [[1, 5, 9, 23, 42, 77, 100, 150, 200, 250, 31, 64]]
@@ -303,7 +304,7 @@ def test_export_errors_and_atomic_output(lora_run, tmp_path, monkeypatch):
         (dest / "adapter_model.safetensors").write_bytes(b"half")
         raise OSError("disk full")
 
-    monkeypatch.setattr("rasft_mlx.export.write_peft", broken)
+    monkeypatch.setattr("rasft_mlx.export.formats.write_peft", broken)
     with pytest.raises(OSError, match="disk full"):
         export_run(lora_run, "peft", tmp_path / "new")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mine", "out"]

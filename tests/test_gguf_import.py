@@ -23,9 +23,9 @@ from mlx_lm.models import llama, qwen2
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, trainers
 from tokenizers import pre_tokenizers as pre
 
-from rasft_mlx import builtin_models
-from rasft_mlx.builtin_models import BuiltinModel, BuiltinModelError, resolve_builtin
-from rasft_mlx.gguf_import import (
+from rasft_mlx.models import builtin as builtin_models
+from rasft_mlx.models.builtin import BuiltinModel, BuiltinModelError, resolve_builtin
+from rasft_mlx.models.gguf_import import (
     IMPORTER_VERSION,
     MARKER_FILE,
     QWEN2_SPLIT_PATTERN,

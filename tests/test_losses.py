@@ -8,7 +8,7 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
-from rasft_mlx.losses import (
+from rasft_mlx.training.losses import (
     LossSettings,
     clipped_inverse_ratio,
     loss_sum_and_tokens,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from mlx_lm import load
 
-from rasft_mlx.generation import SamplingSettings, generate_completions
+from rasft_mlx.generation.completions import SamplingSettings, generate_completions
 from rasft_mlx.memory import (
     AUTO_MAX_ROWS,
     ModelDims,

@@ -6,7 +6,7 @@ import pytest
 from chi_square import assert_fits
 from mlx_lm.sample_utils import apply_top_p, make_sampler
 
-from rasft_mlx.nucleus import candidate_nucleus, make_rollout_sampler, normalise
+from rasft_mlx.generation.nucleus import candidate_nucleus, make_rollout_sampler, normalise
 
 
 def peaked_to_flat_logits(rows: int = 48, vocab: int = 2048, seed: int = 0) -> mx.array:

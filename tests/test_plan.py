@@ -1,4 +1,4 @@
-"""`rasft_mlx.plan`: counts, tokens, rollout volume, the memory estimate against a probe, the check."""
+"""`rasft_mlx.experiments.plan`: counts, tokens, rollout volume, the memory estimate against a probe, the check."""
 
 from __future__ import annotations
 
@@ -9,19 +9,24 @@ import pytest
 from mlx.utils import tree_flatten
 from tiny_models import make_tiny_model_dir
 
-from rasft_mlx import plan as plan_module
-from rasft_mlx.batching import padded_length
 from rasft_mlx.config import RasftConfig, recipe_from_dict
-from rasft_mlx.encoding import encode_expert_sequences
-from rasft_mlx.models import (
+from rasft_mlx.data.encoding import encode_expert_sequences
+from rasft_mlx.experiments.plan import (
+    build_plan,
+    check_memory,
+    refresh_count,
+)
+from rasft_mlx.experiments.plan_report import format_bytes, plan_rows, render_plan
+from rasft_mlx.models.adapters import (
     apply_adapters,
-    load_model,
     total_parameter_count,
     trainable_parameter_count,
 )
-from rasft_mlx.plan import build_plan, check_memory, expected_rollout_problems, refresh_count
-from rasft_mlx.plan_report import format_bytes, plan_rows, render_plan
-from rasft_mlx.trainer import load_run_data
+from rasft_mlx.models.loading import load_model
+from rasft_mlx.rasft.routing import expected_rollout_problems
+from rasft_mlx.training import memory_estimate
+from rasft_mlx.training.batching import padded_length
+from rasft_mlx.training.run_data import load_run_data
 
 
 def make_recipe(model_dir, mode="sft", rasft=None, **training):
@@ -117,7 +122,7 @@ def test_check_memory_names_the_estimate_and_force(tiny_llama_dir, loaded, monke
     plan = build_plan(make_recipe(tiny_llama_dir), loaded=loaded)
     assert plan.machine_memory > plan.memory.peak
     assert check_memory(plan) is None
-    monkeypatch.setattr(plan_module, "machine_memory_bytes", lambda: 1_000_000)
+    monkeypatch.setattr(memory_estimate, "machine_memory_bytes", lambda: 1_000_000)
     tiny = build_plan(make_recipe(tiny_llama_dir), loaded=loaded)
     message = check_memory(tiny)
     assert tiny.machine_memory == 1_000_000
@@ -153,9 +158,9 @@ def test_train_refuses_a_run_bigger_than_the_machine_unless_forced(
 ):
     from rich.console import Console
 
-    from rasft_mlx.trainer import TrainingError, run_training
+    from rasft_mlx.commands.train import TrainingError, run_training
 
-    monkeypatch.setattr(plan_module, "machine_memory_bytes", lambda: 1_000_000)
+    monkeypatch.setattr(memory_estimate, "machine_memory_bytes", lambda: 1_000_000)
     recipe = recipe_from_dict(
         {
             "model": {"path": str(tiny_llama_dir)},
@@ -206,7 +211,7 @@ def test_auto_decode_batch_is_sized_from_memory(tiny_llama_dir, loaded, monkeypa
     )
     assert fixed.rollout_rows == 5
     weights = roomy.weight_bytes
-    monkeypatch.setattr(plan_module, "machine_memory_bytes", lambda: weights + 10_000_000)
+    monkeypatch.setattr(memory_estimate, "machine_memory_bytes", lambda: weights + 10_000_000)
     tight = build_plan(recipe, loaded=loaded)
     assert 1 <= tight.rollout_rows < 96
     assert ("decode batch", f"eval 8, rollouts {tight.rollout_rows} sequences together") in [

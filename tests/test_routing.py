@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from rasft_mlx.config import RasftConfig
-from rasft_mlx.routing import (
+from rasft_mlx.rasft.routing import (
     calibrate_thresholds,
     mid_window,
     route_by_nll,

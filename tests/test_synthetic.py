@@ -7,8 +7,8 @@ from collections import Counter
 
 import pytest
 
-from rasft_mlx.problem import Problem
-from rasft_mlx.synthetic import MAX_LEVEL, generate_problems, level_of
+from rasft_mlx.data.problem import Problem
+from rasft_mlx.data.synthetic import MAX_LEVEL, generate_problems, level_of
 
 EQUATION = re.compile(r"(\d+) ([-+*/]) (\d+) = (\d+)")
 NUMBER = re.compile(r"\d+")

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from rasft_mlx.verify import (
+from rasft_mlx.data.verify import (
     Verdict,
     answers_match,
     extract_answer,

@@ -9,7 +9,7 @@ import mlx.core as mx
 from mlx.utils import tree_flatten
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from rasft_mlx.synthetic import generate_problems
+from rasft_mlx.data.synthetic import generate_problems
 
 CHATML_TEMPLATE = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
@@ -201,9 +201,9 @@ def pretrain(
     import numpy as np
     from mlx_lm import load
 
-    from rasft_mlx.batching import plan_batches
     from rasft_mlx.config import DEFAULT_SYSTEM_PROMPT
-    from rasft_mlx.encoding import encode_expert_sequences
+    from rasft_mlx.data.encoding import encode_expert_sequences
+    from rasft_mlx.training.batching import plan_batches
 
     model, tokenizer = load(str(model_dir))
     model.set_dtype(mx.float32)

@@ -1,0 +1,1 @@
+"""Commands: the entry points the CLI and scripts call (train)."""

@@ -1,0 +1,130 @@
+"""The training run: load data and model, adapt, pick the sequence source, run the loop."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from pathlib import Path
+
+import mlx.core as mx
+from rich.console import Console
+
+from rasft_mlx.config import Recipe
+from rasft_mlx.data.encoding import encode_prompt
+from rasft_mlx.fileio import atomic_write_text
+from rasft_mlx.models.adapters import (
+    apply_adapters,
+    total_parameter_count,
+    trainable_parameter_count,
+)
+from rasft_mlx.models.loading import load_model
+from rasft_mlx.rasft.routing import expected_rollout_problems
+from rasft_mlx.training.loop import TrainingLoop, TrainResult
+from rasft_mlx.training.memory_estimate import check_memory, estimate_run_memory
+from rasft_mlx.training.run_data import encode_training_data, load_run_data
+from rasft_mlx.training.run_directory import MetricsLog, TrainingError, prepare_run_dir
+from rasft_mlx.training.step_plan import ExpertSource, SequenceSource
+from rasft_mlx.training.stop_signals import StopSignals, TrainingInterrupted
+
+
+def run_training(
+    recipe: Recipe,
+    run_dir: Path,
+    console: Console | None = None,
+    *,
+    resume: bool = False,
+    force: bool = False,
+    stop_after: int | None = None,
+) -> TrainResult:
+    """Everything `rasft-mlx train` does, callable from tests.
+
+    resume: continue from the run dir's newest loadable checkpoint (refused when the saved recipe
+    differs, unless force). force: resume despite a changed recipe, or start over in a run dir
+    that has checkpoints. stop_after: a test hook that interrupts the run after that step.
+    SIGINT/SIGTERM finish the current step, write a checkpoint and raise TrainingInterrupted.
+    """
+    console = console or Console()
+    with StopSignals(console) as signals:
+        return _run_training(recipe, run_dir, console, resume, force, stop_after, signals)
+
+
+def refuse_if_too_big(recipe: Recipe, loaded, sequences, test_problems) -> None:
+    """Stop before the run dir is touched when the memory estimate exceeds the machine's."""
+    system = recipe.data.system_prompt
+    prompts = [
+        encode_prompt(loaded.tokenizer, p.question, system)
+        for p in test_problems[: recipe.eval.limit]
+    ]
+    rollout_problems = 0
+    if recipe.training.mode == "rasft":
+        rollout_problems = expected_rollout_problems(len(sequences), recipe.rasft)
+    sizing = estimate_run_memory(recipe, loaded, sequences, prompts, rollout_problems)
+    problem = check_memory(sizing.memory, sizing.machine_memory)
+    if problem is not None:
+        raise TrainingError(problem)
+
+
+def _run_training(recipe, run_dir, console, resume, force, stop_after, signals) -> TrainResult:
+    mx.random.seed(recipe.training.seed)
+    train_problems, test_problems = load_run_data(recipe)
+    loaded = load_model(recipe.model)
+    apply_adapters(loaded.model, recipe.lora)
+    console.print(
+        f"model {recipe.model.path}: {total_parameter_count(loaded.model) / 1e6:.1f}M parameters, "
+        f"{trainable_parameter_count(loaded.model) / 1e6:.2f}M trainable ({recipe.lora.type})"
+    )
+    sequences, report = encode_training_data(loaded.tokenizer, train_problems, recipe)
+    if report.skipped_too_long:
+        console.print(
+            f"skipped {report.skipped_too_long} rows longer than {recipe.data.max_seq_len} tokens"
+        )
+    if not (resume or force):
+        refuse_if_too_big(recipe, loaded, sequences, test_problems)
+    checkpoint = prepare_run_dir(run_dir, recipe, console, resume=resume, force=force)
+    metrics = MetricsLog(run_dir / "metrics.jsonl")
+    metrics.truncate(checkpoint.state["metrics_bytes"] if checkpoint is not None else None)
+    run_started = time.perf_counter()
+    timings: Counter = Counter()
+    source: SequenceSource = ExpertSource(sequences)
+    if recipe.training.mode == "rasft":
+        from rasft_mlx.rasft.refresh import RasftSource
+
+        source = RasftSource(loaded, recipe, train_problems, sequences, run_dir, console, metrics)
+        timings = source.timings
+    loop = TrainingLoop(
+        loaded, recipe, source, run_dir, console, test_problems, metrics, timings, stop_after
+    )
+    if checkpoint is not None:
+        loop.restore(checkpoint)
+    else:
+        loop.start_fresh()
+    result = loop.run(signals)
+    total_seconds = time.perf_counter() - run_started
+    timings["other"] = max(total_seconds - sum(timings.values()), 0.0)
+    summary = {
+        "mode": recipe.training.mode,
+        "steps": result.steps,
+        "trained_tokens": result.trained_tokens,
+        "final_loss": result.final_loss,
+        "train_seconds": round(result.seconds, 2),
+        "total_seconds": round(total_seconds, 2),
+        "skipped_too_long": report.skipped_too_long,
+        "eval": result.eval_summary.as_dict() if result.eval_summary else None,
+        "wall_time_split_seconds": {k: round(v, 2) for k, v in timings.items()},
+    }
+    before = run_dir / "eval-epoch-0-summary.json"
+    if before.is_file():
+        summary["eval_before_training"] = json.loads(before.read_text())
+    atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+    return result
+
+
+__all__ = [
+    "ExpertSource",
+    "SequenceSource",
+    "TrainResult",
+    "TrainingError",
+    "TrainingInterrupted",
+    "run_training",
+]

@@ -1,0 +1,239 @@
+"""Seeded arithmetic word problems with step-by-step solutions, on a difficulty ladder.
+
+Levels (every answer is a non-negative integer; every solution ends with ``\\boxed{ANSWER}``):
+
+- 0: read-off. "Mia has 7 apples. How many apples does Mia have?" -> "Mia has 7 apples." Pure
+  copying, so even a tiny randomly initialised model learns it quickly.
+- 1: one addition or subtraction with numbers 1-20; the solution is the bare line "7 + 5 = 12".
+- 2: two steps with numbers up to 20: add/subtract twice, or "4 bags with 6 apples in each bag"
+  (a small product) followed by an addition or subtraction.
+- 3: three steps: a product start, then two events among add, subtract, double/triple and
+  keep half/a third/a quarter (division always comes out even).
+- 4: four steps, numbers up to 50.
+- 5: five steps, numbers up to 100.
+
+From level 2 on each solution line reads "After selling: 24 - 5 = 19 apples.".
+
+Problems are deterministic in (seed, split). A question belongs to the test split iff a hash of
+its text says so, so train and test never share a question, for any seed; within a split
+questions are unique. Ids encode the level: "synthetic-train-L2-17".
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import re
+from dataclasses import dataclass
+
+from rasft_mlx.data.problem import Problem
+
+MAX_LEVEL = 5
+SPLITS = ("train", "test")
+TEST_FRACTION_DENOMINATOR = 5  # one question in five (by hash) belongs to the test split
+MAX_ATTEMPTS_PER_PROBLEM = 2000
+
+NAMES = ("Mia", "Leo", "Ava", "Sam", "Zoe", "Max", "Ivy", "Ben", "Ana", "Tom")
+OBJECTS = (
+    "apples",
+    "marbles",
+    "stickers",
+    "cookies",
+    "pencils",
+    "cards",
+    "books",
+    "shells",
+    "coins",
+    "stamps",
+)
+PLACES = ("box", "bag", "basket", "jar", "drawer", "bowl")
+CONTAINERS = (("bag", "bags"), ("box", "boxes"), ("jar", "jars"), ("pack", "packs"))
+
+# (question sentence, solution label); {name}, {other}, {obj} and {b} are filled in.
+ADD_EVENTS = (
+    ("{name} buys {b} more.", "After buying"),
+    ("{other} gives {name} {b} more.", "After the gift"),
+    ("{name} finds {b} more.", "After finding more"),
+)
+SUB_EVENTS = (
+    ("{name} gives {b} to {other}.", "After giving some away"),
+    ("{name} sells {b} of them.", "After selling"),
+    ("{name} loses {b}.", "After losing some"),
+)
+MUL_EVENTS = (
+    ("The number of {obj} doubles.", 2, "After doubling"),
+    ("The number of {obj} triples.", 3, "After tripling"),
+)
+DIV_EVENTS = (
+    ("{name} keeps only half.", 2, "After keeping half"),
+    ("{name} keeps only a third.", 3, "After keeping a third"),
+    ("{name} keeps only a quarter.", 4, "After keeping a quarter"),
+)
+
+_ID_LEVEL = re.compile(r"^synthetic-[a-z]+-L(\d+)-\d+$")
+
+
+@dataclass(frozen=True)
+class _LevelSpec:
+    steps: int
+    start_min: int
+    start_max: int
+    operand_max: int
+    factor_max: int
+    product_start_probability: float
+    ops: tuple[str, ...]
+    value_cap: int
+
+
+_ALL_OPS = ("add", "sub", "mul", "div")
+_LEVEL_SPECS = {
+    1: _LevelSpec(1, 2, 20, 20, 0, 0.0, ("add", "sub"), 40),
+    2: _LevelSpec(2, 2, 20, 20, 9, 0.5, ("add", "sub"), 120),
+    3: _LevelSpec(3, 2, 20, 20, 10, 1.0, _ALL_OPS, 400),
+    4: _LevelSpec(4, 10, 50, 50, 12, 0.5, _ALL_OPS, 1000),
+    5: _LevelSpec(5, 20, 100, 100, 15, 0.5, _ALL_OPS, 5000),
+}
+
+
+def split_of_question(question: str) -> str:
+    """The split a question text belongs to, fixed by a hash of the text (seed-independent)."""
+    digest = hashlib.sha256(question.encode("utf-8")).digest()
+    return "test" if digest[0] % TEST_FRACTION_DENOMINATOR == 0 else "train"
+
+
+def level_of(problem: Problem) -> int:
+    """The difficulty level encoded in a synthetic problem's id."""
+    match = _ID_LEVEL.match(problem.id)
+    if match is None:
+        raise ValueError(f"not a synthetic problem id: {problem.id!r}")
+    return int(match.group(1))
+
+
+def generate_problems(
+    n: int, *, seed: int, min_level: int = 1, max_level: int = 3, split: str = "train"
+) -> list[Problem]:
+    """n unique problems of `split`; levels cycle min_level..max_level, so any prefix is balanced."""
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
+    if not 0 <= min_level <= max_level <= MAX_LEVEL:
+        raise ValueError(
+            f"need 0 <= min_level <= max_level <= {MAX_LEVEL}, got {min_level}..{max_level}"
+        )
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    rng = random.Random(f"rasft-synthetic:{seed}:{split}")
+    levels = range(min_level, max_level + 1)
+    seen_questions: set[str] = set()
+    problems = []
+    for index in range(n):
+        level = levels[index % len(levels)]
+        for _ in range(MAX_ATTEMPTS_PER_PROBLEM):
+            question, solution, answer = _make_problem(rng, level)
+            if question not in seen_questions and split_of_question(question) == split:
+                break
+        else:
+            raise ValueError(
+                f"could not find {n} unique level-{level} {split} problems "
+                f"(stopped at {index}); ask for fewer or widen the level range"
+            )
+        seen_questions.add(question)
+        problems.append(
+            Problem(
+                id=f"synthetic-{split}-L{level}-{index}",
+                question=question,
+                solution=solution,
+                answer=str(answer),
+            )
+        )
+    return problems
+
+
+def _make_problem(rng: random.Random, level: int) -> tuple[str, str, int]:
+    if level == 0:
+        return _read_off_problem(rng)
+    return _chain_problem(rng, _LEVEL_SPECS[level])
+
+
+def _read_off_problem(rng: random.Random) -> tuple[str, str, int]:
+    count = rng.randint(2, 20)
+    obj = rng.choice(OBJECTS)
+    if rng.random() < 0.5:
+        name = rng.choice(NAMES)
+        fact = f"{name} has {count} {obj}."
+        question = f"{fact} How many {obj} does {name} have?"
+    else:
+        place = rng.choice(PLACES)
+        fact = f"There are {count} {obj} in the {place}."
+        question = f"{fact} How many {obj} are in the {place}?"
+    return question, f"{fact}\n\\boxed{{{count}}}", count
+
+
+def _chain_problem(rng: random.Random, spec: _LevelSpec) -> tuple[str, str, int]:
+    """A story that starts with a quantity and changes it step by step, one equation per step."""
+    name, other = rng.sample(NAMES, 2)
+    obj = rng.choice(OBJECTS)
+    sentences = []
+    steps = []  # (label, expression, value)
+    if rng.random() < spec.product_start_probability:
+        groups, per_group = rng.randint(2, spec.factor_max), rng.randint(2, spec.factor_max)
+        container, containers = rng.choice(CONTAINERS)
+        value = groups * per_group
+        sentences.append(
+            f"{name} has {groups} {containers} with {per_group} {obj} in each {container}."
+        )
+        steps.append(("At first", f"{groups} * {per_group}", value))
+    else:
+        value = rng.randint(spec.start_min, spec.start_max)
+        sentences.append(f"{name} has {value} {obj}.")
+    while len(steps) < spec.steps:
+        sentence, label, expression, value = _next_event(rng, spec, value)
+        sentences.append(sentence.format(name=name, other=other, obj=obj))
+        steps.append((label, expression, value))
+    sentences.append(f"How many {obj} does {name} have now?")
+    if spec.steps == 1:
+        lines = [f"{expression} = {result}" for _, expression, result in steps]
+    else:
+        lines = [f"{label}: {expression} = {result} {obj}." for label, expression, result in steps]
+    lines.append(f"\\boxed{{{value}}}")
+    return " ".join(sentences), "\n".join(lines), value
+
+
+def _next_event(rng: random.Random, spec: _LevelSpec, value: int) -> tuple[str, str, str, int]:
+    """One feasible event on the current value: (sentence template, label, expression, result).
+
+    Subtraction takes at most half and division leaves at least 2, so every intermediate value
+    stays >= 2 (plural nouns read right, and chains do not collapse to 0 or 1).
+    """
+    feasible = [op for op in spec.ops if _is_feasible(op, spec, value)]
+    op = rng.choice(feasible)
+    if op == "add":
+        operand = rng.randint(1, min(spec.operand_max, spec.value_cap - value))
+        sentence, label = rng.choice(ADD_EVENTS)
+        return sentence.replace("{b}", str(operand)), label, f"{value} + {operand}", value + operand
+    if op == "sub":
+        operand = rng.randint(1, min(spec.operand_max, value // 2))
+        sentence, label = rng.choice(SUB_EVENTS)
+        return sentence.replace("{b}", str(operand)), label, f"{value} - {operand}", value - operand
+    if op == "mul":
+        sentence, factor, label = rng.choice(
+            [event for event in MUL_EVENTS if value * event[1] <= spec.value_cap]
+        )
+        return sentence, label, f"{value} * {factor}", value * factor
+    sentence, divisor, label = rng.choice(
+        [event for event in DIV_EVENTS if _divides(event[1], value)]
+    )
+    return sentence, label, f"{value} / {divisor}", value // divisor
+
+
+def _is_feasible(op: str, spec: _LevelSpec, value: int) -> bool:
+    if op == "add":
+        return value < spec.value_cap
+    if op == "sub":
+        return value >= 3
+    if op == "mul":
+        return any(value * factor <= spec.value_cap for _, factor, _ in MUL_EVENTS)
+    return any(_divides(divisor, value) for _, divisor, _ in DIV_EVENTS)
+
+
+def _divides(divisor: int, value: int) -> bool:
+    return value % divisor == 0 and value >= 2 * divisor

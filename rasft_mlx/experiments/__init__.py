@@ -1,0 +1,1 @@
+"""Experiments: compare (runs, results, report) and the pre-flight planner."""

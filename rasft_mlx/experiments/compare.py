@@ -1,0 +1,258 @@
+"""Compare training modes over seeds: same model, data, step budget and evaluation for each.
+
+`run_compare` trains one run per (mode, seed) in `OUT/<mode>-seed<seed>/` with the trainer, evaluates
+the base model once (`OUT/base/`), and writes `OUT/results.json` and `OUT/results.md` after every
+run (`compare_results` aggregates, `compare_report` renders), so partial results are readable while a comparison goes on. A run dir that already holds a
+finished run (its `summary.json`) is reused; one with checkpoints but no summary is resumed; so
+running the same command again continues an interrupted comparison.
+
+The budget rule (`budget="steps"`, the default): every mode is capped at the same number of
+optimizer steps, `training.max_steps = epochs x steps per epoch of the expert demos alone` (or
+the recipe's own `max_steps` when that is smaller). SFT-family modes are unaffected (that is their
+natural length); RASFT, whose epochs also hold the correct rollouts it adds, stops at the same step
+count, i.e. the same number of batches, with fewer passes over the demos. Trained (loss) tokens
+still differ a little per mode, since rollouts and demos differ in length: they are reported per
+run and per mode. `budget="epochs"` instead runs every mode for the recipe's epochs (unmatched;
+RASFT then trains on more batches).
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+
+import mlx.core as mx
+import yaml
+from rich.console import Console
+
+from rasft_mlx.config import MODES, Recipe, recipe_to_dict, save_recipe
+from rasft_mlx.experiments.compare_report import write_results
+from rasft_mlx.experiments.compare_results import Budget, build_results, collect_run
+from rasft_mlx.fileio import atomic_write_text
+from rasft_mlx.training.checkpoint import list_checkpoints, recipe_differences
+from rasft_mlx.training.step_plan import steps_per_epoch
+
+BUDGETS = ("steps", "epochs")
+RECIPE_FILE = "compare-recipe.yaml"
+BASE_DIR = "base"
+BASE_FILE = "base.json"
+
+
+class CompareError(ValueError):
+    """An invalid comparison request, or a compare dir made with a different recipe."""
+
+
+def parse_modes(text: str) -> tuple[str, ...]:
+    """`sft,dft,rasft` -> ('sft', 'dft', 'rasft'), checked against the known modes."""
+    modes = tuple(m.strip() for m in text.split(",") if m.strip())
+    if not modes:
+        raise CompareError("--modes: give at least one mode, e.g. --modes sft,dft,rasft")
+    unknown = [m for m in modes if m not in MODES]
+    if unknown:
+        raise CompareError(
+            f"--modes: unknown mode(s) {', '.join(unknown)}; known: {', '.join(MODES)}"
+        )
+    if len(set(modes)) != len(modes):
+        raise CompareError(f"--modes: a mode is listed twice in {text!r}")
+    return modes
+
+
+def quick_variant(path: Path) -> Path:
+    """The `--quick` recipe of `X.yaml`: the sibling `X-quick.yaml`."""
+    quick = path.with_name(f"{path.stem}-quick{path.suffix}")
+    if not quick.is_file():
+        raise CompareError(f"--quick: {path} has no quick variant ({quick} does not exist)")
+    return quick
+
+
+def run_recipe(recipe: Recipe, mode: str, seed: int, max_steps: int | None) -> Recipe:
+    """The recipe of one run: its mode, its seed (LoRA init and batch order), the budget cap.
+
+    eval.before_training is switched off: LoRA starts as the identity (B = 0), so every run would
+    repeat the base-model eval that the comparison does once.
+    """
+    training = replace(recipe.training, mode=mode, seed=seed, max_steps=max_steps)
+    evaluation = replace(recipe.eval, before_training=False)
+    return replace(recipe, training=training, eval=evaluation)
+
+
+def run_dir_name(mode: str, seed: int) -> str:
+    return f"{mode}-seed{seed}"
+
+
+def _recipe_dict(recipe: Recipe) -> dict:
+    # YAML round trip, so it compares equal to a saved recipe.yaml (tuples become lists).
+    return yaml.safe_load(yaml.safe_dump(recipe_to_dict(recipe), sort_keys=False))
+
+
+def _differences_text(saved: Path, recipe: Recipe) -> str | None:
+    try:
+        old = yaml.safe_load(saved.read_text()) or {}
+    except (OSError, yaml.YAMLError) as error:
+        raise CompareError(f"{saved}: cannot read the saved recipe: {error}") from error
+    differences = recipe_differences(old, _recipe_dict(recipe))
+    if not differences:
+        return None
+    return "\n".join(f"  {key}: {a!r} -> {b!r}" for key, a, b in differences)
+
+
+def check_compare_dir(out_dir: Path, recipe: Recipe) -> None:
+    """Save the comparison's recipe, or refuse a compare dir that was made with another one."""
+    saved = out_dir / RECIPE_FILE
+    if saved.is_file():
+        lines = _differences_text(saved, recipe)
+        if lines:
+            raise CompareError(
+                f"{out_dir} holds a comparison made with a different recipe ({saved} -> given):\n"
+                f"{lines}\nrun it with the same recipe and --set options to continue it, or pass "
+                "another --out for a new comparison"
+            )
+        return
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_recipe(recipe, saved)
+
+
+# ---------------------------------------------------------------------------------------------
+# The base model: evaluated once, and the expert-sequence count that sets the step budget.
+# ---------------------------------------------------------------------------------------------
+
+
+def _free_memory() -> None:
+    gc.collect()
+    mx.clear_cache()
+
+
+def base_model_results(recipe: Recipe, out_dir: Path, console: Console) -> dict:
+    """Greedy eval of the base model and the number of trainable expert demos; cached on disk."""
+    path = out_dir / BASE_DIR / BASE_FILE
+    if path.is_file():
+        cached = json.loads(path.read_text())
+        console.print(f"base model: reusing {path}")
+        return cached
+    from rasft_mlx.models.loading import load_model
+    from rasft_mlx.training.evaluate import evaluate_problems, write_eval_outputs
+    from rasft_mlx.training.run_data import encode_training_data, load_run_data
+
+    train_problems, test_problems = load_run_data(recipe)
+    loaded = load_model(recipe.model)
+    sequences, report = encode_training_data(loaded.tokenizer, train_problems, recipe)
+    evaluation = None
+    if test_problems:
+        console.print(f"base model: evaluating {recipe.model.path} (greedy, no adapters)")
+        records, summary = evaluate_problems(
+            loaded.model,
+            loaded.tokenizer,
+            test_problems,
+            recipe.eval,
+            recipe.data.system_prompt,
+            seed=recipe.training.seed,
+        )
+        write_eval_outputs(records, summary, out_dir / BASE_DIR, name="eval")
+        evaluation = summary.as_dict()
+    del loaded
+    _free_memory()
+    result = {
+        "model": recipe.model.path,
+        "train_problems": len(train_problems),
+        "expert_sequences": len(sequences),
+        "skipped_too_long": report.skipped_too_long,
+        "eval": evaluation,
+    }
+    atomic_write_text(path, json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def plan_budget(recipe: Recipe, expert_sequences: int, rule: str) -> Budget:
+    if rule not in BUDGETS:
+        raise CompareError(f"--budget: must be one of {', '.join(BUDGETS)}, got {rule!r}")
+    per_epoch = steps_per_epoch(expert_sequences, recipe)
+    own_cap = recipe.training.max_steps
+    if rule == "steps":
+        cap = per_epoch * recipe.training.epochs
+        cap = min(cap, own_cap) if own_cap is not None else cap
+    else:
+        cap = own_cap
+    return Budget(rule, cap, expert_sequences, per_epoch, recipe.training.epochs)
+
+
+# ---------------------------------------------------------------------------------------------
+# One run: reuse, resume or train.
+# ---------------------------------------------------------------------------------------------
+
+
+def _run_one(recipe: Recipe, run_dir: Path, console: Console) -> str:
+    """Train (or resume) one run unless it already finished; returns 'reused' or 'trained'."""
+    from rasft_mlx.commands.train import run_training
+
+    if (run_dir / "summary.json").is_file():
+        saved = run_dir / "recipe.yaml"
+        lines = _differences_text(saved, recipe) if saved.is_file() else None
+        if lines:
+            raise CompareError(
+                f"{run_dir} holds a finished run with a different recipe:\n{lines}\n"
+                "pass another --out for a new comparison (or delete that run dir to redo it)"
+            )
+        return "reused"
+    started = (run_dir / "recipe.yaml").is_file() or bool(list_checkpoints(run_dir))
+    run_training(recipe, run_dir, console, resume=started)
+    _free_memory()
+    return "trained"
+
+
+# ---------------------------------------------------------------------------------------------
+# The comparison.
+# ---------------------------------------------------------------------------------------------
+
+
+def run_compare(
+    recipe: Recipe,
+    out_dir: Path,
+    modes: Sequence[str] = ("sft", "dft", "rasft"),
+    seeds: int = 3,
+    console: Console | None = None,
+    *,
+    budget: str = "steps",
+    recipe_source: str = "<recipe>",
+    command: str | None = None,
+) -> dict:
+    """Train every (mode, seed) run (seeds: training.seed, +1, ...), evaluate, write results.
+
+    Runs go seed by seed (all modes of seed s before seed s+1), so a partial comparison already
+    compares the modes. Returns the results dict that results.json holds.
+    """
+    console = console or Console()
+    modes = tuple(modes)
+    for mode in modes:
+        if mode not in MODES:
+            raise CompareError(f"unknown mode {mode!r}; known: {', '.join(MODES)}")
+    if seeds < 1:
+        raise CompareError(f"--seeds must be >= 1, got {seeds}")
+    if budget not in BUDGETS:
+        raise CompareError(f"--budget: must be one of {', '.join(BUDGETS)}, got {budget!r}")
+    seed_list = [recipe.training.seed + i for i in range(seeds)]
+    out_dir = Path(out_dir)
+    check_compare_dir(out_dir, recipe)
+    base = base_model_results(recipe, out_dir, console)
+    plan = plan_budget(recipe, base["expert_sequences"], budget)
+    console.print(f"[bold]budget[/bold] ({plan.rule}): {plan.describe(recipe)}", soft_wrap=True)
+
+    runs: list[dict] = []
+
+    def results() -> dict:
+        made = build_results(recipe, recipe_source, out_dir, modes, seed_list, plan, base, runs)
+        return {"command": command, **made}
+
+    total = len(modes) * len(seed_list)
+    for seed in seed_list:
+        for mode in modes:
+            run_dir = out_dir / run_dir_name(mode, seed)
+            console.rule(f"[bold]{mode}[/bold] seed {seed} ({len(runs) + 1}/{total}) -> {run_dir}")
+            status = _run_one(run_recipe(recipe, mode, seed, plan.max_steps), run_dir, console)
+            if status == "reused":
+                console.print(f"reusing the finished run in {run_dir}")
+            runs.append(collect_run(run_dir, mode, seed, status))
+            write_results(out_dir, results())
+    return results()

@@ -1,0 +1,227 @@
+"""The comparison's report: results.md, the console tables, and the files written atomically."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from rich.table import Table
+
+from rasft_mlx.fileio import atomic_write_text
+
+RESULTS_JSON = "results.json"
+RESULTS_MD = "results.md"
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
+
+
+def _spread(summary: dict) -> str:
+    if summary["pass_at_1_mean"] is None:
+        return "-"
+    return f"{summary['pass_at_1_mean']:.3f} ± {summary['pass_at_1_std']:.3f}"
+
+
+def _versus(summary: dict, reference: str) -> str:
+    comparison = summary.get(f"vs_{reference}")
+    if not comparison:
+        return "-"
+    text = f"{comparison['difference']:+.3f}"
+    if comparison["beyond_spread"] is None:
+        return text
+    return text + (" (beyond spread)" if comparison["beyond_spread"] else " (within spread)")
+
+
+def results_markdown(results: dict) -> str:
+    modes, reference = results["modes"], results["modes"][0]
+    base, summaries = results["base"], results["summary"]
+    lines = [
+        f"# rasft-mlx compare: `{results['recipe']}`",
+        "",
+        f"Model `{results['model']}`; train `{results['data']['train']}` "
+        f"({results['train_problems']} problems), test `{results['data']['test']}` "
+        f"({results['test_problems']} problems, greedy pass@1, "
+        f"max_new_tokens {results['eval']['max_new_tokens']}); seeds "
+        f"{', '.join(map(str, results['seeds']))}."
+        + ("" if results["complete"] else " **Partial: some runs have not finished yet.**"),
+        "",
+        f"**Budget** ({results['budget']['rule']}): {results['budget']['description']}.",
+        "",
+        *([f"Command: `{results['command']}`", ""] if results.get("command") else []),
+        "Settings: "
+        + ", ".join(f"{k} {v}" for k, v in results.get("settings", {}).items())
+        + " (everything else: compare-recipe.yaml).",
+        "",
+        f"| mode | runs | pass@1 mean ± std | min | max | vs {reference} | tokens trained "
+        "| steps | wall time / run |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    if base is not None:
+        lines.append(
+            f"| base model | 1 | {base['pass_at_1']:.3f} | | | | 0 | 0 "
+            f"| {_duration(base['seconds'])} (eval) |"
+        )
+    for mode in modes:
+        if mode not in summaries:
+            continue
+        s = summaries[mode]
+        lines.append(
+            f"| {mode} | {s['runs']} | {_spread(s)} | {_pct(s['pass_at_1_min'])} "
+            f"| {_pct(s['pass_at_1_max'])} | {_versus(s, reference) if mode != reference else ''} "
+            f"| {s['trained_tokens_mean']:,.0f} | {s['steps_mean']:.0f} "
+            f"| {_duration(s['total_seconds_mean'])} |"
+        )
+    lines += [
+        "",
+        'std is the sample standard deviation over seeds. "Beyond spread" is a rough rule: the '
+        "difference of means exceeds twice its standard error, sqrt(s1²/n1 + s2²/n2); with 3 "
+        "seeds, read it as a hint, not a test.",
+        "",
+        "## Held-out pass@1 over training (mean ± std over seeds; @ mean step)",
+        "",
+    ]
+    curves = results["curves"]
+    epochs = sorted({p["epoch"] for points in curves.values() for p in points})
+    lines += [
+        "| epoch | " + " | ".join(m for m in modes if m in curves) + " |",
+        "|---|" + "---|" * len(curves),
+    ]
+    for epoch in epochs:
+        cells = []
+        for mode in modes:
+            if mode not in curves:
+                continue
+            point = next((p for p in curves[mode] if p["epoch"] == epoch), None)
+            cells.append(
+                "-"
+                if point is None
+                else f"{point['pass_at_1_mean']:.3f} ± {point['pass_at_1_std']:.3f} "
+                f"@ {point['step_mean']:.0f}"
+            )
+        lines.append(f"| {epoch} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "Epoch 0 is the base model. Under the step budget RASFT's epochs are longer (demos plus "
+        "rollouts), so its later points sit at other steps; its last point is at the cap.",
+        "",
+        "## Runs",
+        "",
+        "| mode | seed | pass@1 | final loss | steps | tokens trained | wall time | run dir |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for run in results["runs"]:
+        lines.append(
+            f"| {run['mode']} | {run['seed']} | {_pct(run['pass_at_1'])} "
+            f"| {run['final_loss']:.4f} | {run['steps']} | {run['trained_tokens']:,} "
+            f"| {_duration(run['total_seconds'])} | `{run['run_dir']}` |"
+        )
+    refresh_lines = []
+    for run in results["runs"]:
+        for row in run.get("refreshes", []):
+            rollout_weight = row["rollout_weight"] or {}
+            expert_weight = row["expert_weight"] or {}
+            refresh_lines.append(
+                f"| {run['seed']} | {row['refresh']} | {row['problems_selected']} "
+                f"| {row['rollouts_generated']} | {row['rollouts_trained']} "
+                f"| {row['solvability_histogram']} | {_pct(expert_weight.get('mean'))} "
+                f"| {_pct(rollout_weight.get('mean'))} | {row['dropped']} |"
+            )
+    if refresh_lines:
+        lines += [
+            "",
+            "## RASFT refreshes",
+            "",
+            "Solvability histogram: problems with 0..k correct rollouts. Weights are means over "
+            "problems (expert) and trained rollouts (rollout).",
+            "",
+            "| seed | refresh | selected | generated | trained | solvability | expert weight "
+            "| rollout weight | dropped |",
+            "|---|---|---|---|---|---|---|---|---|",
+            *refresh_lines,
+        ]
+        clipping = [
+            f"seed {r['seed']}: {r['ratio_at_min_mean']:.3f} at ratio_min, "
+            f"{r['ratio_at_max_mean']:.3f} at ratio_max"
+            for r in results["runs"]
+            if r["mode"] == "rasft" and r.get("ratio_at_min_mean") is not None
+        ]
+        bounds = results.get("settings", {}).get("rasft.ratio clip")
+        if bounds and bounds[0] == bounds[1]:  # every sequence sits on both bounds: no signal
+            lines += ["", f"The inverse ratio is fixed at {bounds[0]} (ratio_min = ratio_max)."]
+        elif clipping:
+            lines += ["", "Mean fraction of sequences on the ratio clip bounds per step: "]
+            lines[-1] += "; ".join(clipping) + "."
+    return "\n".join(lines) + "\n"
+
+
+def results_table(results: dict) -> Table:
+    """The console table: one row per mode (and the base model), means over seeds."""
+    reference = results["modes"][0]
+    title = f"compare: {results['model']} ({results['test_problems']} test problems, greedy)"
+    table = Table(
+        title=title if results["complete"] else title + " [partial]",
+        caption=f"budget: {results['budget']['rule']}, max_steps {results['budget']['max_steps']}",
+    )
+    table.add_column("mode", no_wrap=True)
+    table.add_column("runs", justify="right")
+    table.add_column("pass@1 mean ± std", justify="right", no_wrap=True)
+    table.add_column("min", justify="right")
+    table.add_column("max", justify="right")
+    table.add_column(f"vs {reference}", justify="right")
+    table.add_column("tokens trained", justify="right", no_wrap=True)
+    table.add_column("steps", justify="right")
+    table.add_column("wall / run", justify="right", no_wrap=True)
+    base = results["base"]
+    if base is not None:
+        row = ("base model", "1", f"{base['pass_at_1']:.3f}", "", "", "", "0", "0")
+        table.add_row(*row, _duration(base["seconds"]))
+    for mode in results["modes"]:
+        s = results["summary"].get(mode)
+        if s is None:
+            continue
+        table.add_row(
+            f"[bold]{mode}[/bold]",
+            str(s["runs"]),
+            _spread(s),
+            _pct(s["pass_at_1_min"]),
+            _pct(s["pass_at_1_max"]),
+            _versus(s, reference) if mode != reference else "",
+            f"{s['trained_tokens_mean']:,.0f}",
+            f"{s['steps_mean']:.0f}",
+            _duration(s["total_seconds_mean"]),
+        )
+    return table
+
+
+def curves_table(results: dict) -> Table:
+    """Held-out pass@1 per epoch, mean over seeds, with the mean step of each point."""
+    curves = results["curves"]
+    table = Table(title="held-out pass@1 by epoch (mean over seeds @ step)")
+    table.add_column("epoch", justify="right")
+    modes = [m for m in results["modes"] if m in curves]
+    for mode in modes:
+        table.add_column(mode, justify="right", no_wrap=True)
+    epochs = sorted({p["epoch"] for points in curves.values() for p in points})
+    for epoch in epochs:
+        cells = []
+        for mode in modes:
+            point = next((p for p in curves[mode] if p["epoch"] == epoch), None)
+            cells.append(
+                "-"
+                if point is None
+                else f"{point['pass_at_1_mean']:.3f} @ {point['step_mean']:.0f}"
+            )
+        table.add_row(str(epoch), *cells)
+    return table
+
+
+def write_results(out_dir: Path, results: dict) -> tuple[Path, Path]:
+    json_path, md_path = out_dir / RESULTS_JSON, out_dir / RESULTS_MD
+    atomic_write_text(json_path, json.dumps(results, indent=2) + "\n")
+    atomic_write_text(md_path, results_markdown(results))
+    return json_path, md_path

@@ -1,0 +1,1 @@
+"""Export: adapter formats (mlx, PEFT, fused), the model card, the Hub upload."""

@@ -1,0 +1,1 @@
+"""Generation: the batched rollout engine, the nucleus sampler, completions on the live adapter weights."""

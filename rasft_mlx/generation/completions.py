@@ -1,0 +1,130 @@
+"""Batched sampling from the model in memory (live adapters included).
+
+Models with plain KV caches go through the rollout engine (`engine.py`): repeated prompts
+share one prefill and all samples decode together. Other models fall back to mlx-lm's
+`batch_generate`. Both sample with mlx-lm's sampler and stop at the tokenizer's EOS ids.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, replace
+
+import mlx.core as mx
+
+from rasft_mlx.memory import auto_decode_rows
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    max_new_tokens: int
+    temperature: float = 0.0
+    top_p: float = 1.0
+    repetition_penalty: float = 1.0
+    batch_size: int = 0  # sequences decoded together; 0 = sized from free memory (memory.py)
+
+
+@dataclass(frozen=True)
+class Completion:
+    text: str
+    token_ids: tuple[int, ...]
+    truncated: bool
+
+
+@dataclass(frozen=True)
+class GenerationStats:
+    prompts: int
+    generated_tokens: int
+    seconds: float
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.generated_tokens / self.seconds if self.seconds > 0 else 0.0
+
+
+def generate_completions(
+    model, tokenizer, prompts: list[list[int]], settings: SamplingSettings, seed: int | None = None
+) -> tuple[list[Completion], GenerationStats]:
+    """One completion per prompt; a completion that hit max_new_tokens is marked truncated.
+
+    Identical prompts (K samples of one problem) are prefilled once; `settings.batch_size` caps
+    the sequences decoded together (0: as many as fit, `memory.auto_decode_rows`).
+    """
+    from rasft_mlx.generation.engine import supports_model
+
+    if not settings.batch_size and prompts:
+        context = max(len(p) for p in prompts) + settings.max_new_tokens
+        settings = replace(settings, batch_size=auto_decode_rows(model, context))
+    if supports_model(model):
+        return _engine_completions(model, tokenizer, prompts, settings, seed)
+    return _batch_generate_completions(model, tokenizer, prompts, settings, seed)
+
+
+def eos_ids(tokenizer) -> list[int]:
+    ids = getattr(tokenizer, "eos_token_ids", None)
+    return sorted(ids) if ids else [tokenizer.eos_token_id]
+
+
+def _engine_completions(model, tokenizer, prompts, settings, seed):
+    from rasft_mlx.generation.engine import EngineSettings, generate_rows
+
+    started = time.perf_counter()
+    unique: dict[tuple[int, ...], int] = {}
+    slot = []  # (unique prompt, its n-th sample) of each input prompt
+    counts: list[int] = []
+    for prompt in prompts:
+        index = unique.setdefault(tuple(prompt), len(unique))
+        if index == len(counts):
+            counts.append(0)
+        slot.append((index, counts[index]))
+        counts[index] += 1
+    engine = EngineSettings(
+        max_new_tokens=settings.max_new_tokens,
+        temperature=settings.temperature,
+        top_p=settings.top_p,
+        repetition_penalty=settings.repetition_penalty,
+        max_rows=settings.batch_size,
+    )
+    samples, engine_stats = generate_rows(
+        model, [list(p) for p in unique], counts, engine, eos_ids(tokenizer), seed=seed
+    )
+    completions = []
+    for index, n in slot:
+        sample = samples[index][n]
+        text = tokenizer.decode(list(sample.token_ids))
+        completions.append(Completion(text, sample.token_ids, sample.truncated))
+    generated = engine_stats.generated_tokens
+    return completions, GenerationStats(len(prompts), generated, time.perf_counter() - started)
+
+
+def _batch_generate_completions(model, tokenizer, prompts, settings, seed):
+    from mlx_lm.generate import batch_generate
+    from mlx_lm.sample_utils import make_logits_processors, make_sampler
+
+    if seed is not None:
+        mx.random.seed(seed)
+    sampler = make_sampler(temp=settings.temperature, top_p=settings.top_p)
+    processors = None
+    if settings.repetition_penalty != 1.0:
+        processors = make_logits_processors(repetition_penalty=settings.repetition_penalty)
+    started = time.perf_counter()
+    completions: list[Completion] = []
+    generated = 0
+    for start in range(0, len(prompts), settings.batch_size):
+        chunk = prompts[start : start + settings.batch_size]
+        response = batch_generate(
+            model,
+            tokenizer,
+            chunk,
+            max_tokens=settings.max_new_tokens,
+            sampler=sampler,
+            logits_processors=processors,
+            completion_batch_size=len(chunk),
+            prefill_batch_size=len(chunk),
+            return_token_ids=True,
+        )
+        for text, ids in zip(response.texts, response.token_ids, strict=True):
+            completions.append(Completion(text, tuple(ids), len(ids) >= settings.max_new_tokens))
+            generated += len(ids)
+    stats = GenerationStats(len(prompts), generated, time.perf_counter() - started)
+    return completions, stats

@@ -1,0 +1,109 @@
+"""LoRA/DoRA adapters: applying, counting, saving and loading them, and switching them off."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import mlx.core as mx
+import mlx.nn as nn
+from mlx.utils import tree_flatten, tree_unflatten
+
+from rasft_mlx.config import LoraConfig
+from rasft_mlx.fileio import atomic_write
+from rasft_mlx.models.loading import ModelError
+
+ADAPTER_WEIGHTS_FILE = "adapters.safetensors"
+ADAPTER_CONFIG_FILE = "adapter_config.json"
+
+
+def lora_parameters(config: LoraConfig) -> dict:
+    params = {"rank": config.rank, "scale": config.scale, "dropout": config.dropout}
+    if config.keys is not None:
+        params["keys"] = list(config.keys)
+    return params
+
+
+def adapted_layer_count(model: nn.Module, config: LoraConfig) -> int:
+    total = len(model.layers)
+    return total if config.num_layers < 0 else min(config.num_layers, total)
+
+
+def apply_adapters(model: nn.Module, config: LoraConfig) -> None:
+    """Freeze the base weights and wrap the target linears in trainable LoRA/DoRA layers."""
+    from mlx_lm.tuner.utils import linear_to_lora_layers
+
+    model.freeze()
+    linear_to_lora_layers(
+        model,
+        adapted_layer_count(model, config),
+        lora_parameters(config),
+        use_dora=config.type == "dora",
+    )
+
+
+def adapter_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The (path, module) pairs of every adapter layer: anything wrapping a base `linear`."""
+    return [
+        (name, module)
+        for name, module in model.named_modules()
+        if "linear" in module.children() and ("lora_a" in module or "m" in module)
+    ]
+
+
+@contextmanager
+def adapters_disabled(model: nn.Module) -> Iterator[None]:
+    """Run the frozen reference (the starting weights) by swapping each adapter for its base layer.
+
+    Works inside `mx.compile` and `nn.value_and_grad`: the swap happens while tracing, so the traced
+    graph contains both the policy and the reference forward.
+    """
+    wrapped = adapter_modules(model)
+    model.update_modules(tree_unflatten([(name, m.linear) for name, m in wrapped]))
+    try:
+        yield
+    finally:
+        model.update_modules(tree_unflatten(wrapped))
+
+
+def trainable_parameter_count(model: nn.Module) -> int:
+    return sum(v.size for _, v in tree_flatten(model.trainable_parameters()))
+
+
+def total_parameter_count(model: nn.Module) -> int:
+    from mlx_lm.utils import get_total_parameters
+
+    return get_total_parameters(model)
+
+
+def adapter_config_dict(model: nn.Module, config: LoraConfig, base_model: str) -> dict:
+    """An adapter_config.json that `mlx_lm.load(..., adapter_path=...)` understands."""
+    return {
+        "fine_tune_type": config.type,
+        "num_layers": adapted_layer_count(model, config),
+        "lora_parameters": lora_parameters(config),
+        "model": base_model,
+    }
+
+
+def save_adapters(model: nn.Module, config: LoraConfig, base_model: str, out_dir: Path) -> None:
+    """Write adapters.safetensors + adapter_config.json in mlx-lm's format, each atomically."""
+    weights = dict(tree_flatten(model.trainable_parameters()))
+    atomic_write(out_dir / ADAPTER_WEIGHTS_FILE, lambda p: mx.save_safetensors(p, weights))
+    text = json.dumps(adapter_config_dict(model, config, base_model), indent=2)
+    atomic_write(out_dir / ADAPTER_CONFIG_FILE, lambda p: Path(p).write_text(text))
+
+
+def load_adapters_into(model: nn.Module, adapter_dir: str | Path) -> None:
+    """Apply the adapters saved in `adapter_dir` to `model`, with a clear error when they do not fit."""
+    from mlx_lm.tuner.utils import load_adapters
+
+    adapter_dir = Path(adapter_dir)
+    if not (adapter_dir / ADAPTER_CONFIG_FILE).is_file():
+        raise ModelError(f"adapter: {adapter_dir} has no {ADAPTER_CONFIG_FILE}")
+    try:
+        load_adapters(model, str(adapter_dir))
+    except (ValueError, KeyError) as error:
+        raise ModelError(f"adapter: {adapter_dir} does not fit this model: {error}") from error

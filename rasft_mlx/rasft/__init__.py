@@ -1,0 +1,1 @@
+"""RASFT: problem selection and routing, solvability weights, rollouts, reference log-probs, the refresh source."""

@@ -1,0 +1,45 @@
+"""Per-token log-probs of fixed sequences under the frozen reference (adapters off), computed once."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import mlx.core as mx
+import numpy as np
+
+from rasft_mlx.data.encoding import TrainingSequence
+from rasft_mlx.models.adapters import adapters_disabled
+from rasft_mlx.models.response_logits import ResponseLogits
+from rasft_mlx.training.batching import collate
+from rasft_mlx.training.losses import token_logprobs
+
+
+def response_logprobs(
+    model, sequences: list[TrainingSequence], batch_size: int, bucket_multiple: int
+) -> list[np.ndarray]:
+    """log pi(y_t) of each sequence's response tokens under the model as it is now."""
+    order = sorted(range(len(sequences)), key=lambda i: len(sequences[i].tokens))
+    logits_at = ResponseLogits(model)
+    by_index: dict[int, np.ndarray] = {}
+    for start in range(0, len(order), batch_size):
+        indices = order[start : start + batch_size]
+        chunk = [sequences[i] for i in indices]
+        batch = collate(chunk, len(chunk), bucket_multiple)
+        logits = logits_at(batch.inputs, batch.positions)
+        logprobs = np.array(token_logprobs(logits, batch.targets))
+        for row, index in enumerate(indices):
+            by_index[index] = logprobs[row, : sequences[index].response_length].copy()
+        mx.clear_cache()
+    return [by_index[i] for i in range(len(sequences))]
+
+
+def with_reference_logprobs(
+    model, sequences: list[TrainingSequence], batch_size: int, bucket_multiple: int
+) -> list[TrainingSequence]:
+    """The sequences with `reference_logprobs` filled in from an adapters-off forward."""
+    with adapters_disabled(model):
+        logprobs = response_logprobs(model, sequences, batch_size, bucket_multiple)
+    return [
+        replace(sequence, reference_logprobs=values)
+        for sequence, values in zip(sequences, logprobs, strict=True)
+    ]

@@ -1,0 +1,292 @@
+"""RASFT refresh: select problems, roll out on the live policy, verify, weigh, queue the epoch's data."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from rasft_mlx.data.encoding import TrainingSequence, encode_prompt
+from rasft_mlx.fileio import atomic_write_text
+from rasft_mlx.rasft.reference import response_logprobs, with_reference_logprobs
+from rasft_mlx.rasft.rollouts import Rollout, generate_samples, verify_samples
+from rasft_mlx.rasft.routing import (
+    BandThresholds,
+    calibrate_thresholds,
+    route_by_nll,
+    select_fraction,
+)
+from rasft_mlx.rasft.weights import (
+    ProblemWeights,
+    deduplicate_rollouts,
+    no_rollout_weights,
+    problem_weights,
+    solvability_histogram,
+)
+
+
+class RasftSource:
+    """Supplies each epoch's sequences: expert demos weighted by solvability plus correct rollouts."""
+
+    def __init__(self, loaded, recipe, problems, experts, run_dir: Path, console: Console, metrics):
+        self.model, self.tokenizer = loaded.model, loaded.tokenizer
+        self.recipe = recipe
+        self.console = console
+        self.metrics = metrics
+        self.run_dir = run_dir
+        self.timings: Counter = Counter()
+        self.refresh_count = 0
+        self.ratio_counts = [0, 0, 0]  # sequences at the ratio's min, at its max, all; per period
+        self.rng = np.random.default_rng(recipe.training.seed + 17)
+        self.problems = {p.id: p for p in problems}
+        self.prompts = {
+            p.id: encode_prompt(self.tokenizer, p.question, recipe.data.system_prompt)
+            for p in problems
+        }
+        self.thresholds: BandThresholds | None = None
+        self.hard_pool: frozenset[str] = frozenset()
+        started = time.perf_counter()
+        self.experts = {
+            s.problem_id: s for s in with_reference_logprobs(self.model, experts, *self._batching)
+        }
+        self.timings["reference"] += time.perf_counter() - started
+
+    def state_dict(self) -> dict:
+        """The refresh state a checkpoint needs (the current queue is saved by the trainer)."""
+        t = self.thresholds
+        thresholds = None
+        if t is not None:
+            thresholds = {
+                "easy": t.easy,
+                "hard": t.hard,
+                "mid_start": list(t.mid_start),
+                "mid_end": list(t.mid_end),
+                "calibration_nll": list(t.calibration_nll),
+            }
+        return {
+            "refresh_count": self.refresh_count,
+            "ratio_counts": list(self.ratio_counts),
+            "rng": self.rng.bit_generator.state,
+            "hard_pool": sorted(self.hard_pool),
+            "thresholds": thresholds,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.refresh_count = int(state["refresh_count"])
+        self.ratio_counts = list(state.get("ratio_counts", [0, 0, 0]))
+        self.rng.bit_generator.state = state["rng"]
+        self.hard_pool = frozenset(state["hard_pool"])
+        t = state["thresholds"]
+        self.thresholds = None
+        if t is not None:
+            self.thresholds = BandThresholds(
+                easy=t["easy"],
+                hard=t["hard"],
+                mid_start=tuple(t["mid_start"]),
+                mid_end=tuple(t["mid_end"]),
+                calibration_nll=tuple(t["calibration_nll"]),
+            )
+
+    @property
+    def _batching(self) -> tuple[int, int]:
+        return self.recipe.training.batch_size, self.recipe.training.bucket_multiple
+
+    def observe_step(self, result) -> None:
+        """Count the clipped-ratio hits of a training step, for the next refresh's record."""
+        self.ratio_counts[0] += result.ratio_at_min
+        self.ratio_counts[1] += result.ratio_at_max
+        self.ratio_counts[2] += result.sequences
+
+    def epoch_sequences(self, epoch: int) -> list[TrainingSequence]:
+        return self.refresh(progress=epoch / max(self.recipe.training.epochs, 1))
+
+    def refreshed_sequences(self, step: int, progress: float) -> list[TrainingSequence] | None:
+        every = self.recipe.rasft.refresh_every_steps
+        if every <= 0 or step % every != 0:
+            return None
+        return self.refresh(progress=min(progress, 1.0))
+
+    def _select(self, progress: float) -> tuple[list[str], dict]:
+        config = self.recipe.rasft
+        ids = sorted(self.experts)
+        if config.selection == "all":
+            return ids, {"selected": len(ids)}
+        if config.selection == "fraction":
+            chosen = select_fraction(ids, config.selection_fraction, self.rng)
+            return chosen, {"selected": len(chosen)}
+        demos = [self.experts[i] for i in ids]
+        nll = [-float(v.mean()) for v in response_logprobs(self.model, demos, *self._batching)]
+        problem_nll = dict(zip(ids, nll, strict=True))
+        if self.thresholds is None:
+            sample = self.rng.permutation(len(nll))[: config.calibration_size]
+            self.thresholds = calibrate_thresholds([nll[i] for i in sample], config)
+        decision = route_by_nll(
+            problem_nll, self.thresholds, progress, config, self.rng, self.hard_pool
+        )
+        self.hard_pool = decision.hard_pool
+        routes = {
+            "easy": len(decision.easy_ids),
+            "mid_rollouts": len(decision.rollout_ids) - len(decision.probed_ids),
+            "hard_probes": len(decision.probed_ids),
+            "hard": len(decision.hard_ids),
+            "other": len(decision.other_ids),
+        }
+        return list(decision.rollout_ids), routes
+
+    def _weigh(self, rollouts: list[Rollout]) -> tuple[ProblemWeights, list[Rollout], Counter]:
+        """Deduplicate, count, and compute the problem's weights; returns the correct kept ones."""
+        config = self.recipe.rasft
+        dropped: Counter = Counter()
+        kept_indices = deduplicate_rollouts([r.text for r in rollouts], config.dedup_jaccard)
+        dropped["duplicate"] += len(rollouts) - len(kept_indices)
+        kept = [rollouts[i] for i in kept_indices]
+        correct = [r for r in kept if r.correct]
+        for r in kept:
+            if not r.correct:
+                dropped[r.verdict] += 1
+        incorrect = len(kept) - len(correct)
+        weights = problem_weights(
+            len(correct), incorrect, config, num_sampled=self.recipe.rollout.k
+        )
+        return weights, correct[: len(weights.rollout_weights)], dropped
+
+    def _rollout_sequence(self, rollout: Rollout, weight: float) -> TrainingSequence | None:
+        prompt = self.prompts[rollout.problem_id]
+        tokens = prompt + list(rollout.token_ids) + [self.tokenizer.eos_token_id]
+        if len(tokens) > self.recipe.data.max_seq_len:
+            return None
+        return TrainingSequence(
+            rollout.problem_id, tuple(tokens), len(prompt), weight=weight, source="rollout"
+        )
+
+    def refresh(self, progress: float) -> list[TrainingSequence]:
+        self.refresh_count += 1
+        selected, routes = self._select(progress)
+        problems = [self.problems[i] for i in selected]
+        started = time.perf_counter()
+        samples, stats = generate_samples(
+            self.model,
+            self.tokenizer,
+            problems,
+            self.prompts,
+            self.recipe.rollout,
+            seed=self.recipe.training.seed * 1000 + self.refresh_count,
+        )
+        self.timings["rollout"] += time.perf_counter() - started
+        started = time.perf_counter()
+        verified = {p.id: verify_samples(p, samples[p.id]) for p in problems}
+        self.timings["verify"] += time.perf_counter() - started
+
+        weights = {pid: no_rollout_weights() for pid in self.experts}
+        dropped: Counter = Counter()
+        rollout_sequences, ledger = [], []
+        for problem in problems:
+            problem_weight, correct, problem_dropped = self._weigh(verified[problem.id])
+            weights[problem.id] = problem_weight
+            dropped += problem_dropped
+            trained = {}
+            for rollout, weight in zip(correct, problem_weight.rollout_weights, strict=True):
+                sequence = self._rollout_sequence(rollout, weight)
+                if sequence is None:
+                    dropped["too_long"] += 1
+                    continue
+                rollout_sequences.append(sequence)
+                trained[rollout.sample] = weight
+            ledger.append(self._ledger_row(problem, verified[problem.id], problem_weight, trained))
+
+        started = time.perf_counter()
+        rollout_sequences = with_reference_logprobs(self.model, rollout_sequences, *self._batching)
+        self.timings["reference"] += time.perf_counter() - started
+        experts = [replace(s, weight=weights[pid].expert_weight) for pid, s in self.experts.items()]
+        self._write_ledger(ledger)
+        record = self._record(
+            problems, verified, weights, routes, dropped, stats, len(rollout_sequences)
+        )
+        self.metrics.write(record)
+        self._print(record)
+        return experts + rollout_sequences
+
+    def _ledger_row(self, problem, rollouts, weights: ProblemWeights, trained: dict) -> dict:
+        return {
+            "problem_id": problem.id,
+            "gold": problem.answer,
+            "solvability": weights.solvability,
+            "route": weights.route,
+            "expert_weight": weights.expert_weight,
+            "samples": [
+                {
+                    "text": r.text,
+                    "extracted": r.extracted,
+                    "verdict": r.verdict,
+                    "weight": trained.get(r.sample, 0.0),
+                }
+                for r in rollouts
+            ],
+        }
+
+    def _write_ledger(self, rows: list[dict]) -> None:
+        path = self.run_dir / "rollouts" / f"refresh-{self.refresh_count:03d}.jsonl"
+        atomic_write_text(path, "".join(json.dumps(row) + "\n" for row in rows))
+
+    def _record(self, problems, verified, weights, routes, dropped, stats, trained) -> dict:
+        k = self.recipe.rollout.k
+        correct_counts = [sum(r.correct for r in verified[p.id]) for p in problems]
+        expert = np.array([w.expert_weight for w in weights.values()])
+        rollout = np.array([x for w in weights.values() for x in w.rollout_weights] or [0.0])
+        return {
+            "event": "refresh",
+            "refresh": self.refresh_count,
+            "problems_selected": len(problems),
+            "rollouts_generated": sum(len(verified[p.id]) for p in problems),
+            "rollouts_trained": trained,
+            "generation_tokens_per_second": round(stats.tokens_per_second, 1),
+            "solvability_histogram": solvability_histogram(correct_counts, k),
+            "routes": routes,
+            "weight_routes": dict(Counter(w.route for w in weights.values())),
+            "expert_weight": _stats(expert),
+            "rollout_weight": _stats(rollout) if trained else None,
+            "dropped": dict(dropped),
+            "ratio_clip_since_last_refresh": self._ratio_shares(),
+            "timings": dict(self.timings),
+        }
+
+    def _ratio_shares(self) -> dict | None:
+        at_min, at_max, sequences = self.ratio_counts
+        self.ratio_counts = [0, 0, 0]
+        if sequences == 0:
+            return None
+        return {
+            "at_min": round(at_min / sequences, 4),
+            "at_max": round(at_max / sequences, 4),
+            "sequences": sequences,
+        }
+
+    def _print(self, record: dict) -> None:
+        table = Table(title=f"RASFT refresh {record['refresh']}", show_header=False)
+        for key in ("problems_selected", "rollouts_generated", "rollouts_trained"):
+            table.add_row(key.replace("_", " "), str(record[key]))
+        table.add_row("generation tok/s", f"{record['generation_tokens_per_second']:.0f}")
+        histogram = record["solvability_histogram"]
+        k = len(histogram) - 1
+        table.add_row("solvability", "  ".join(f"{i}/{k}: {n}" for i, n in enumerate(histogram)))
+        table.add_row("routes", json.dumps(record["routes"]))
+        table.add_row("weight routes", json.dumps(record["weight_routes"]))
+        table.add_row("expert weight", json.dumps(record["expert_weight"]))
+        table.add_row("rollout weight", json.dumps(record["rollout_weight"]))
+        table.add_row("dropped", json.dumps(record["dropped"]))
+        table.add_row("ratio on bounds", json.dumps(record["ratio_clip_since_last_refresh"]))
+        self.console.print(table)
+
+
+def _stats(values: np.ndarray) -> dict:
+    return {
+        "mean": round(float(values.mean()), 4),
+        "min": round(float(values.min()), 4),
+        "max": round(float(values.max()), 4),
+    }

@@ -1,0 +1,140 @@
+"""Evaluation: greedy pass@1 and sampled avg@K of verified final answers, with per-problem records."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from rasft_mlx.config import EvalConfig
+from rasft_mlx.data.encoding import encode_prompt
+from rasft_mlx.data.problem import Problem
+from rasft_mlx.data.verify import verify_completion
+from rasft_mlx.fileio import atomic_write_text
+from rasft_mlx.generation.completions import SamplingSettings, generate_completions
+
+if TYPE_CHECKING:
+    from rasft_mlx.config import Recipe
+    from rasft_mlx.models.loading import LoadedModel
+    from rasft_mlx.training.run_directory import MetricsLog
+
+
+@dataclass(frozen=True)
+class EvalRecord:
+    id: str
+    prompt: str
+    completion: str
+    extracted: str | None
+    gold: str
+    correct: bool
+    verdict: str
+    sample: int  # -1 for the greedy completion, 0..K-1 for sampled ones
+
+
+@dataclass(frozen=True)
+class EvalSummary:
+    problems: int
+    pass_at_1: float
+    samples: int
+    avg_at_k: float | None
+    temperature: float | None
+    generated_tokens: int
+    seconds: float
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _records(problems, completions, sample_index: int) -> list[EvalRecord]:
+    records = []
+    for problem, completion in zip(problems, completions, strict=True):
+        verdict = verify_completion(completion.text, problem.answer, truncated=completion.truncated)
+        records.append(
+            EvalRecord(
+                id=problem.id,
+                prompt=problem.question,
+                completion=completion.text,
+                extracted=verdict.extracted,
+                gold=problem.answer,
+                correct=verdict.correct,
+                verdict=verdict.reason,
+                sample=sample_index,
+            )
+        )
+    return records
+
+
+def evaluate_problems(
+    model, tokenizer, problems: list[Problem], config: EvalConfig, system_prompt: str, seed: int = 0
+) -> tuple[list[EvalRecord], EvalSummary]:
+    """Greedy pass@1 over `problems` (after config.limit) and avg@K when config.samples > 1."""
+    if config.limit is not None:
+        problems = problems[: config.limit]
+    prompts = [encode_prompt(tokenizer, p.question, system_prompt) for p in problems]
+    greedy = SamplingSettings(config.max_new_tokens, temperature=0.0, batch_size=config.batch_size)
+    completions, stats = generate_completions(model, tokenizer, prompts, greedy)
+    records = _records(problems, completions, -1)
+    tokens, seconds = stats.generated_tokens, stats.seconds
+    avg_at_k = None
+    if config.samples > 1:
+        sampled = SamplingSettings(
+            config.max_new_tokens,
+            temperature=config.temperature,
+            top_p=config.top_p,
+            batch_size=config.batch_size,
+        )
+        repeated = [p for p in prompts for _ in range(config.samples)]
+        completions, stats = generate_completions(model, tokenizer, repeated, sampled, seed=seed)
+        repeated_problems = [p for p in problems for _ in range(config.samples)]
+        sampled_records = [
+            EvalRecord(**{**asdict(r), "sample": i % config.samples})
+            for i, r in enumerate(_records(repeated_problems, completions, 0))
+        ]
+        records += sampled_records
+        avg_at_k = sum(r.correct for r in sampled_records) / max(len(sampled_records), 1)
+        tokens, seconds = tokens + stats.generated_tokens, seconds + stats.seconds
+    greedy_records = [r for r in records if r.sample == -1]
+    summary = EvalSummary(
+        problems=len(problems),
+        pass_at_1=sum(r.correct for r in greedy_records) / max(len(greedy_records), 1),
+        samples=config.samples,
+        avg_at_k=avg_at_k,
+        temperature=config.temperature if config.samples > 1 else None,
+        generated_tokens=tokens,
+        seconds=round(seconds, 3),
+    )
+    return records, summary
+
+
+def write_eval_outputs(
+    records: list[EvalRecord], summary: EvalSummary, out_dir: Path, name: str = "eval"
+) -> tuple[Path, Path]:
+    """`<name>.jsonl` (one record per completion) and `<name>-summary.json`, both atomically."""
+    results_path = Path(out_dir) / f"{name}.jsonl"
+    summary_path = Path(out_dir) / f"{name}-summary.json"
+    atomic_write_text(results_path, "".join(json.dumps(asdict(r)) + "\n" for r in records))
+    atomic_write_text(summary_path, json.dumps(summary.as_dict(), indent=2) + "\n")
+    return results_path, summary_path
+
+
+def evaluate_and_record(
+    loaded: LoadedModel,
+    recipe: Recipe,
+    problems: list[Problem],
+    run_dir: Path,
+    epoch: int,
+    metrics: MetricsLog,
+) -> EvalSummary:
+    """Evaluate on `problems`, write eval-epoch-N files to run_dir and an eval event to metrics."""
+    records, summary = evaluate_problems(
+        loaded.model,
+        loaded.tokenizer,
+        problems,
+        recipe.eval,
+        recipe.data.system_prompt,
+        seed=recipe.training.seed,
+    )
+    write_eval_outputs(records, summary, run_dir, name=f"eval-epoch-{epoch + 1}")
+    metrics.write({"event": "eval", "epoch": epoch, **summary.as_dict()})
+    return summary

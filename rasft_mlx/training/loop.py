@@ -1,0 +1,392 @@
+"""The training loop: batches -> compiled step -> metrics, checkpoints, per-epoch save and eval."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlx.core as mx
+import mlx.optimizers as optim
+import numpy as np
+from mlx.utils import tree_flatten, tree_map, tree_unflatten
+from rich.console import Console
+
+from rasft_mlx.config import Recipe
+from rasft_mlx.data.encoding import TrainingSequence
+from rasft_mlx.data.problem import Problem
+from rasft_mlx.display import TrainingDisplay
+from rasft_mlx.memory import peak_memory_gb
+from rasft_mlx.models.adapters import adapter_config_dict, save_adapters
+from rasft_mlx.models.loading import LoadedModel
+from rasft_mlx.training.batching import collate
+from rasft_mlx.training.checkpoint import (
+    Checkpoint,
+    CheckpointError,
+    mlx_random_state,
+    restore_mlx_random_state,
+    write_checkpoint,
+)
+from rasft_mlx.training.evaluate import EvalSummary, evaluate_and_record
+from rasft_mlx.training.run_directory import MetricsLog, TrainingError
+from rasft_mlx.training.step_plan import SequenceSource, loss_settings, planned_steps, step_groups
+from rasft_mlx.training.stop_signals import StopSignals
+from rasft_mlx.training.train_step import CompiledTrainStep, build_lr_schedule
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    steps: int
+    trained_tokens: int
+    final_loss: float
+    seconds: float
+    eval_summary: EvalSummary | None
+
+
+def _assign_in_place(target, source) -> None:
+    """Copy the leaves of `source` into the containers of `target` (compiled steps hold them)."""
+    items = source.items() if isinstance(source, dict) else enumerate(source)
+    for key, value in items:
+        if isinstance(value, (dict, list)) and isinstance(target[key], (dict, list)):
+            _assign_in_place(target[key], value)
+        else:
+            target[key] = value
+
+
+class TrainingLoop:
+    """The loop: batches -> compiled step -> metrics; checkpoints, adapters and eval per epoch.
+
+    Everything needed to continue exactly lives on the instance and goes into a checkpoint
+    between two steps: the epoch, the batch plan and the position in it, the queue of
+    sequences, both RNGs, the optimizer and the source's own state.
+    """
+
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        recipe: Recipe,
+        source: SequenceSource,
+        run_dir: Path,
+        console: Console,
+        test_problems: list[Problem],
+        metrics: MetricsLog,
+        timings: Counter,
+        stop_after: int | None = None,
+    ):
+        self.loaded, self.recipe, self.source = loaded, recipe, source
+        self.run_dir, self.console = run_dir, console
+        self.test_problems, self.metrics, self.timings = test_problems, metrics, timings
+        self.stop_after = stop_after
+        self.training = recipe.training
+        self.rng = np.random.default_rng(self.training.seed)
+        self.step = 0
+        self.epoch = 0
+        self.position = 0
+        self.groups: list | None = None
+        self.sequences: list[TrainingSequence] | None = None
+        self.trained_tokens = 0
+        self.loss = float("nan")
+        self.planned = 0
+        self.completed = False
+        self.eval_summary: EvalSummary | None = None
+        self.last_checkpoint: Path | None = None
+        self.step_fn: CompiledTrainStep | None = None
+        self.optimizer = None
+        self.schedule = None
+
+    # -- setup -----------------------------------------------------------------------------
+
+    def start_fresh(self) -> None:
+        if self.recipe.eval.before_training and self.test_problems:
+            started = time.perf_counter()
+            before = evaluate_and_record(
+                self.loaded, self.recipe, self.test_problems, self.run_dir, -1, self.metrics
+            )
+            self.timings["eval"] += time.perf_counter() - started
+            self.console.print(
+                f"before training: eval pass@1 {before.pass_at_1:.3f} on {before.problems} problems"
+            )
+        self.sequences = self.source.epoch_sequences(0)
+        self.planned = planned_steps(len(self.sequences), self.recipe)
+        self.groups = step_groups(self.sequences, self.training, self.rng)
+        self._build_step()
+        self.console.print(
+            f"{len(self.sequences)} training sequences in epoch 1, "
+            f"{len(self.test_problems)} test problems, "
+            f"about {self.planned} optimizer steps ({self.training.mode})"
+        )
+
+    def _build_step(self) -> None:
+        self.schedule = build_lr_schedule(self.training, self.planned)
+        # A plain learning rate set before each step (not an mlx schedule baked into the compiled
+        # update), so the plan can grow when RASFT refreshes add rollouts to later epochs.
+        self.optimizer = optim.AdamW(
+            learning_rate=float(self.schedule(0)), weight_decay=self.training.weight_decay
+        )
+        self.step_fn = CompiledTrainStep(
+            self.loaded.model, self.optimizer, loss_settings(self.recipe), self.training.grad_clip
+        )
+
+    def restore(self, checkpoint: Checkpoint) -> None:
+        state = checkpoint.state
+        self.step, self.epoch = int(state["step"]), int(state["epoch"])
+        self.position, self.groups = int(state["position"]), state["groups"]
+        self.trained_tokens, self.loss = int(state["trained_tokens"]), float(state["loss"])
+        self.planned = int(state["planned"])
+        # Recomputed rather than read, so a forced resume with more epochs or steps goes on.
+        max_steps = self.training.max_steps
+        self.completed = self.groups is None and (
+            self.epoch >= self.training.epochs or (max_steps is not None and self.step >= max_steps)
+        )
+        if state.get("eval") is not None:
+            self.eval_summary = EvalSummary(**state["eval"])
+        self._restore_weights(checkpoint)
+        self._build_step()
+        flat = checkpoint.optimizer_state()
+        _assign_in_place(self.optimizer.state, tree_unflatten(list(flat.items())))
+        mx.eval(self.optimizer.state)
+        self.rng.bit_generator.state = state["batch_rng"]
+        restore_mlx_random_state(state["mlx_random"])
+        if state.get("source") is not None:
+            self.source.load_state_dict(state["source"])
+        if self.groups is not None:
+            queue = checkpoint.queue()
+            self.sequences = queue if queue is not None else self.source.epoch_sequences(self.epoch)
+        self.last_checkpoint = checkpoint.path
+        self.console.print(
+            f"resumed from {checkpoint.path} (step {self.step}, epoch {self.epoch + 1}, "
+            f"about {self.planned} optimizer steps)"
+        )
+
+    def _restore_weights(self, checkpoint: Checkpoint) -> None:
+        weights = checkpoint.adapter_weights()
+        expected = dict(tree_flatten(self.loaded.model.trainable_parameters()))
+        problems = sorted(set(weights) ^ set(expected))
+        problems += [
+            f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(expected[k].shape)}"
+            for k, v in weights.items()
+            if k in expected and v.shape != expected[k].shape
+        ]
+        if problems:
+            raise TrainingError(
+                f"checkpoint {checkpoint.path} does not fit this model and lora settings: "
+                + "; ".join(problems[:5])
+            )
+        self.loaded.model.update(tree_unflatten(list(weights.items())))
+        mx.eval(self.loaded.model.parameters())
+
+    # -- checkpoints -----------------------------------------------------------------------
+
+    def checkpoint(self) -> Path:
+        model = self.loaded.model
+        source_state = self.source.state_dict() if hasattr(self.source, "state_dict") else None
+        metrics_path = self.metrics.path
+        state = {
+            "step": self.step,
+            "epoch": self.epoch,
+            "position": self.position,
+            "groups": self.groups,
+            "planned": self.planned,
+            "trained_tokens": self.trained_tokens,
+            "loss": self.loss,
+            "completed": self.completed,
+            "learning_rate_next": float(self.schedule(self.step)),
+            "eval": self.eval_summary.as_dict() if self.eval_summary else None,
+            "batch_rng": self.rng.bit_generator.state,
+            "mlx_random": mlx_random_state(),
+            "source": source_state,
+            "metrics_bytes": metrics_path.stat().st_size if metrics_path.exists() else 0,
+        }
+        queue = self.sequences if source_state is not None and self.groups is not None else None
+        started = time.perf_counter()
+        try:
+            path = write_checkpoint(
+                self.run_dir,
+                state,
+                dict(tree_flatten(model.trainable_parameters())),
+                adapter_config_dict(model, self.recipe.lora, self.recipe.model.path),
+                dict(tree_flatten(self.optimizer.state)),
+                queue,
+                keep=self.recipe.output.keep_checkpoints,
+            )
+        except CheckpointError as error:
+            kept = f"; the last good checkpoint is {self.last_checkpoint}" * bool(
+                self.last_checkpoint
+            )
+            raise TrainingError(f"{error}{kept}") from error
+        self.timings["checkpoint"] += time.perf_counter() - started
+        self.last_checkpoint = path
+        return path
+
+    def _stop_if_requested(self, signals: StopSignals) -> None:
+        if signals.stop:
+            path = self.checkpoint()
+            raise signals.interruption(self.step, path)
+
+    # -- the loop --------------------------------------------------------------------------
+
+    def run(self, signals: StopSignals) -> TrainResult:
+        training = self.training
+        max_steps = training.max_steps if training.max_steps is not None else float("inf")
+        save_every = self.recipe.output.save_every
+        first_step = self.step
+        started = time.perf_counter()
+        if self.completed:
+            self.console.print(f"the run already finished at step {self.step}; nothing to do")
+        with TrainingDisplay(self.console, self.planned, training.log_every) as display:
+            while not self.completed:
+                if self.groups is None:  # a new epoch
+                    self.sequences = self.source.epoch_sequences(self.epoch)
+                    self.groups = step_groups(self.sequences, training, self.rng)
+                    self.position = 0
+                    self._extend_plan(len(self.groups), display)
+                train_started = time.perf_counter()
+                while self.position < len(self.groups) and self.step < max_steps:
+                    self._stop_if_requested(signals)
+                    if not self._train_step(display, started, first_step):
+                        continue
+                    if self.stop_after is not None and self.step == self.stop_after:
+                        signals.test_reason = f"stop_after={self.stop_after}"
+                    if self.position == len(self.groups) or self.step >= max_steps:
+                        continue
+                    refresh_started = time.perf_counter()
+                    refreshed = self.source.refreshed_sequences(
+                        self.step, progress=self.step / self.planned
+                    )
+                    if refreshed is not None:
+                        self.sequences = refreshed
+                        remaining = len(self.groups) - self.position
+                        self.groups = step_groups(refreshed, training, self.rng)[:remaining]
+                        self.position = 0
+                        self._extend_plan(len(step_groups(refreshed, training, self.rng)), display)
+                        train_started += time.perf_counter() - refresh_started
+                    if save_every and self.step % save_every == 0 and not signals.stop:
+                        self.checkpoint()
+                self.timings["train"] += time.perf_counter() - train_started
+                self._stop_if_requested(signals)  # before the epoch's eval
+                self._finish_epoch(display, max_steps)
+                if signals.stop and not self.completed:
+                    raise signals.interruption(self.step, self.last_checkpoint)
+        return TrainResult(
+            self.run_dir,
+            self.step,
+            self.trained_tokens,
+            self.loss,
+            time.perf_counter() - started,
+            self.eval_summary,
+        )
+
+    def _extend_plan(self, steps_per_epoch_now: int, display: TrainingDisplay) -> None:
+        """Grow the LR plan when epochs got longer (RASFT adds correct rollouts), never shrink it.
+
+        Without this, steps past the first epoch's estimate would run at the schedule's end value.
+        """
+        remaining = len(self.groups) - self.position
+        remaining += (self.training.epochs - self.epoch - 1) * steps_per_epoch_now
+        wanted = self.step + remaining
+        if self.training.max_steps is not None:
+            wanted = min(wanted, self.training.max_steps)
+        if wanted > self.planned:
+            self.planned = wanted
+            self.schedule = build_lr_schedule(self.training, self.planned)
+            display.set_total(self.planned)
+
+    def _finish_epoch(self, display: TrainingDisplay, max_steps) -> None:
+        """Adapters, eval, then an epoch-end checkpoint that starts the next epoch."""
+        loaded, epoch = self.loaded, self.epoch
+        save_adapters(
+            loaded.model, self.recipe.lora, self.recipe.model.path, self.run_dir / "adapters"
+        )
+        last_epoch = epoch == self.training.epochs - 1 or self.step >= max_steps
+        if self.test_problems and (self.training.eval_every_epoch or last_epoch):
+            eval_started = time.perf_counter()
+            self.eval_summary = evaluate_and_record(
+                loaded, self.recipe, self.test_problems, self.run_dir, epoch, self.metrics
+            )
+            self.timings["eval"] += time.perf_counter() - eval_started
+            display.message(
+                f"epoch {epoch + 1}: eval pass@1 {self.eval_summary.pass_at_1:.3f} "
+                f"on {self.eval_summary.problems} problems"
+            )
+        self.epoch, self.groups, self.sequences, self.position = epoch + 1, None, None, 0
+        self.completed = last_epoch
+        self.checkpoint()
+
+    def _train_step(self, display: TrainingDisplay, started: float, first_step: int) -> bool:
+        """One optimizer step on the next group; False when a non-finite batch was skipped."""
+        training, model = self.training, self.loaded.model
+        group = self.groups[self.position]
+        self.position += 1
+        micro = [
+            collate([self.sequences[i] for i in idx], training.batch_size, training.bucket_multiple)
+            for idx in group
+        ]
+        # MLX arrays are immutable: holding the current leaves is a free snapshot to roll back to.
+        params_before = tree_flatten(model.trainable_parameters())
+        optimizer_before = tree_map(lambda x: x, self.optimizer.state)
+        step_started = time.perf_counter()
+        learning_rate = float(self.schedule(self.step))
+        self.optimizer.learning_rate = learning_rate
+        result = self.step_fn(micro)
+        if not math.isfinite(result.loss) or not math.isfinite(result.grad_norm):
+            model.update(tree_unflatten(params_before))
+            _assign_in_place(self.optimizer.state, optimizer_before)
+            self._non_finite(result, micro, display)
+            return False
+        self.step += 1
+        self.loss = result.loss
+        self.trained_tokens += result.tokens
+        elapsed = time.perf_counter() - step_started
+        input_tokens = sum(b.input_token_count for b in micro)
+        total_elapsed = time.perf_counter() - started
+        done_here = max(self.step - first_step, 1)
+        if hasattr(self.source, "observe_step"):
+            self.source.observe_step(result)
+        record = {
+            "event": "step",
+            "step": self.step,
+            "epoch": self.epoch,
+            "loss": result.loss,
+            "learning_rate": learning_rate,
+            "grad_norm": result.grad_norm,
+            "ratio_at_min": result.ratio_at_min / max(result.sequences, 1),
+            "ratio_at_max": result.ratio_at_max / max(result.sequences, 1),
+            "trained_tokens": result.tokens,
+            "tokens_per_second": input_tokens / elapsed if elapsed > 0 else 0.0,
+            "peak_memory_gb": peak_memory_gb(),
+            "elapsed_seconds": total_elapsed,
+            "eta_seconds": total_elapsed / done_here * max(self.planned - self.step, 0),
+        }
+        self.metrics.write(record)
+        display.step(self.step, record)
+        return True
+
+    def _non_finite(self, result, micro, display: TrainingDisplay) -> None:
+        ids = sorted({pid for b in micro for pid in b.problem_ids})
+        what = f"non-finite loss {result.loss} / grad norm {result.grad_norm}"
+        where = f"at step {self.step + 1} (epoch {self.epoch + 1})"
+        if self.training.on_nan == "skip_batch":
+            self.metrics.write(
+                {
+                    "event": "skipped_batch",
+                    "step": self.step + 1,
+                    "epoch": self.epoch,
+                    "loss": result.loss,
+                    "grad_norm": result.grad_norm,
+                    "problem_ids": ids,
+                }
+            )
+            display.message(f"{what} {where}: batch skipped ({', '.join(ids)})")
+            return
+        kept = (
+            f"the last good checkpoint is {self.last_checkpoint}"
+            if self.last_checkpoint
+            else "no checkpoint was written yet"
+        )
+        raise TrainingError(
+            f"{what} {where}; batch problem ids: {', '.join(ids)}. The update was not applied; "
+            f"{kept}. Set training.on_nan: skip_batch to drop such batches and go on."
+        )

@@ -1,0 +1,66 @@
+"""How a recipe becomes optimizer steps: the sequence sources, batches per step, the step plan."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Protocol
+
+from rasft_mlx.config import Recipe
+from rasft_mlx.data.encoding import TrainingSequence
+from rasft_mlx.training.batching import plan_batches
+from rasft_mlx.training.losses import LossSettings
+
+
+class SequenceSource(Protocol):
+    """Supplies each epoch's training sequences (the RASFT refresh plugs in here)."""
+
+    def epoch_sequences(self, epoch: int) -> list[TrainingSequence]: ...
+
+    def refreshed_sequences(self, step: int, progress: float) -> list[TrainingSequence] | None:
+        """New sequences after optimizer step `step`, or None to keep the current queue."""
+        ...
+
+
+@dataclass
+class ExpertSource:
+    """SFT-family modes: the expert demos, weight 1, every epoch."""
+
+    sequences: list[TrainingSequence]
+
+    def epoch_sequences(self, epoch: int) -> list[TrainingSequence]:
+        return self.sequences
+
+    def refreshed_sequences(self, step: int, progress: float) -> list[TrainingSequence] | None:
+        return None
+
+
+def loss_settings(recipe: Recipe) -> LossSettings:
+    return LossSettings(
+        mode=recipe.training.mode,
+        kl_lambda=recipe.training.kl_lambda,
+        profit_threshold=recipe.training.profit_threshold,
+        dft_factor=recipe.training.dft_factor,
+        ratio_min=recipe.rasft.ratio_min,
+        ratio_max=recipe.rasft.ratio_max,
+    )
+
+
+def steps_per_epoch(sequence_count: int, recipe: Recipe) -> int:
+    batches = math.ceil(sequence_count / recipe.training.batch_size)
+    return math.ceil(batches / recipe.training.grad_accumulation)
+
+
+def planned_steps(first_epoch_sequences: int, recipe: Recipe) -> int:
+    """Steps for the LR schedule; RASFT epochs vary in size, so the first epoch is the estimate."""
+    planned = steps_per_epoch(first_epoch_sequences, recipe) * recipe.training.epochs
+    if recipe.training.max_steps is not None:
+        planned = min(planned, recipe.training.max_steps)
+    return max(planned, 1)
+
+
+def step_groups(sequences, training, rng) -> list[list[list[int]]]:
+    """Index batches grouped per optimizer step (grad_accumulation micro-batches each)."""
+    batches = plan_batches([len(s.tokens) for s in sequences], training.batch_size, rng)
+    size = training.grad_accumulation
+    return [batches[i : i + size] for i in range(0, len(batches), size)]

@@ -1,0 +1,133 @@
+"""The compiled optimizer step: weighted loss + gradients per micro-batch, then clip and AdamW update."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+
+import mlx.core as mx
+import mlx.nn as nn
+import mlx.optimizers as optim
+from mlx.utils import tree_flatten, tree_map
+
+from rasft_mlx.config import TrainingConfig
+from rasft_mlx.models.adapters import adapters_disabled
+from rasft_mlx.models.response_logits import ResponseLogits
+from rasft_mlx.training.batching import Batch
+from rasft_mlx.training.losses import LossSettings, loss_terms
+
+
+def build_lr_schedule(config: TrainingConfig, total_steps: int):
+    """Linear warmup from 0 to the peak, then cosine decay to peak * min_lr_ratio."""
+    peak = config.learning_rate
+    warmup = min(config.warmup_steps, max(total_steps - 1, 0))
+    decay = optim.cosine_decay(peak, max(total_steps - warmup, 1), peak * config.min_lr_ratio)
+    if warmup == 0:
+        return decay
+    return optim.join_schedules([optim.linear_schedule(0.0, peak, warmup), decay], [warmup])
+
+
+def global_norm(tree) -> mx.array:
+    return mx.sqrt(sum((g.astype(mx.float32) ** 2).sum() for _, g in tree_flatten(tree)))
+
+
+@dataclass(frozen=True)
+class StepResult:
+    loss: float
+    tokens: int
+    grad_norm: float
+    ratio_at_min: int  # sequences whose clipped inverse ratio sits on its lower bound
+    ratio_at_max: int
+    sequences: int
+
+
+class CompiledTrainStep:
+    """Gradient accumulation over micro-batches with exact token-mean normalisation.
+
+    The per-batch function returns the *sum* of the loss and its gradient; `apply` divides by the
+    optimizer step's total token count, so accumulating N micro-batches equals one big batch.
+    """
+
+    def __init__(
+        self, model: nn.Module, optimizer: optim.Optimizer, settings: LossSettings, grad_clip: float
+    ):
+        self.model = model
+        self.optimizer = optimizer
+        self.settings = settings
+        self.grad_clip = grad_clip
+        optimizer.init(model.trainable_parameters())
+        logits_at = ResponseLogits(model)
+
+        def batch_loss(model, inputs, positions, targets, mask, weights, reference_logprobs):
+            logits = logits_at(inputs, positions)
+            reference_logits = None
+            if settings.needs_reference_logits:
+                with adapters_disabled(model):
+                    reference_logits = mx.stop_gradient(logits_at(inputs, positions))
+            total, count, rho = loss_terms(
+                logits,
+                targets,
+                mask,
+                settings,
+                sequence_weights=weights,
+                reference_logprobs=reference_logprobs,
+                reference_logits=reference_logits,
+            )
+            rows = mask.sum(axis=-1) > 0
+            at_min = ((rho <= settings.ratio_min + 1e-6) & rows).sum()
+            at_max = ((rho >= settings.ratio_max - 1e-6) & rows).sum()
+            return total, count, mx.stack([at_min, at_max, rows.sum()])
+
+        loss_and_grad = nn.value_and_grad(model, batch_loss)
+        grad_state = [model.state, mx.random.state]
+
+        @partial(mx.compile, inputs=grad_state, outputs=grad_state)
+        def gradients(inputs, positions, targets, mask, sequence_weights, reference_logprobs):
+            (total, count, clip_counts), grads = loss_and_grad(
+                model, inputs, positions, targets, mask, sequence_weights, reference_logprobs
+            )
+            return total, count, clip_counts, grads
+
+        update_state = [model.state, optimizer.state]
+
+        @partial(mx.compile, inputs=update_state, outputs=update_state)
+        def update(grads, token_count):
+            grads = tree_map(lambda g: g / token_count, grads)
+            if grad_clip > 0:
+                grads, norm = optim.clip_grad_norm(grads, grad_clip)
+            else:
+                norm = global_norm(grads)
+            optimizer.update(model, grads)
+            return norm
+
+        self._gradients = gradients
+        self._update = update
+
+    def __call__(self, batches: list[Batch]) -> StepResult:
+        """One optimizer step over the micro-batches."""
+        accumulated = None
+        loss_total = mx.array(0.0)
+        token_total = mx.array(0.0)
+        clip_total = mx.zeros((3,), dtype=mx.int32)
+        for batch in batches:
+            total, count, clip_counts, grads = self._gradients(
+                batch.inputs,
+                batch.positions,
+                batch.targets,
+                batch.mask,
+                batch.sequence_weights,
+                batch.reference_logprobs,
+            )
+            accumulated = grads if accumulated is None else tree_map(mx.add, accumulated, grads)
+            loss_total = loss_total + total
+            token_total = token_total + count
+            clip_total = clip_total + clip_counts
+            if len(batches) > 1:
+                mx.eval(accumulated, loss_total, token_total, clip_total)
+        norm = self._update(accumulated, mx.maximum(token_total, 1.0))
+        mx.eval(norm, loss_total, token_total, clip_total, self.model.state, self.optimizer.state)
+        tokens = int(token_total.item())
+        at_min, at_max, sequences = clip_total.tolist()
+        return StepResult(
+            loss_total.item() / max(tokens, 1), tokens, norm.item(), at_min, at_max, sequences
+        )

@@ -1,0 +1,99 @@
+"""RASFT on a tiny model: cached reference log-probs, live-policy rollouts, a run's ledger and metrics."""
+
+from __future__ import annotations
+
+import json
+
+import mlx.core as mx
+import numpy as np
+import yaml
+from mlx_lm import load
+
+from rasft_mlx.commands.train import run_training
+from rasft_mlx.config import DEFAULT_SYSTEM_PROMPT, LoraConfig, RolloutConfig, load_recipe
+from rasft_mlx.data.encoding import encode_expert_sequences, encode_prompt
+from rasft_mlx.data.synthetic import generate_problems
+from rasft_mlx.models.adapters import adapter_modules, apply_adapters
+from rasft_mlx.rasft.reference import with_reference_logprobs
+from rasft_mlx.rasft.rollouts import generate_samples
+from rasft_mlx.training.losses import token_logprobs
+
+
+def adapted(model_dir):
+    model, tokenizer = load(str(model_dir))
+    apply_adapters(model, LoraConfig(rank=4, scale=2.0))
+    return model, tokenizer
+
+
+def perturb_adapters(model, seed):
+    mx.random.seed(seed)
+    for _, module in adapter_modules(model):
+        module.lora_b = mx.random.normal(module.lora_b.shape) * 0.2
+    mx.eval(model.parameters())
+
+
+def test_cached_reference_logprobs_equal_a_fresh_base_forward(tiny_llama_dir):
+    model, tokenizer = adapted(tiny_llama_dir)
+    perturb_adapters(model, seed=1)  # the policy now differs from the reference
+    problems = generate_problems(5, seed=0, min_level=1, max_level=2)
+    sequences, _ = encode_expert_sequences(tokenizer, problems, DEFAULT_SYSTEM_PROMPT, 512)
+    cached = with_reference_logprobs(model, sequences, batch_size=2, bucket_multiple=16)
+    base, _ = load(str(tiny_llama_dir))
+    for sequence in cached:
+        tokens = mx.array([sequence.tokens])
+        fresh = np.array(token_logprobs(base(tokens[:, :-1]), tokens[:, 1:]))[0]
+        np.testing.assert_allclose(
+            sequence.reference_logprobs, fresh[sequence.prompt_length - 1 :], atol=1e-4
+        )
+        policy = np.array(token_logprobs(model(tokens[:, :-1]), tokens[:, 1:]))[0]
+        assert (
+            np.abs(policy[sequence.prompt_length - 1 :] - sequence.reference_logprobs).max() > 1e-3
+        )
+
+
+def test_rollouts_come_from_the_live_adapter(tiny_llama_dir):
+    model, tokenizer = adapted(tiny_llama_dir)
+    problems = generate_problems(4, seed=0, min_level=1, max_level=1)
+    prompts = {p.id: encode_prompt(tokenizer, p.question, DEFAULT_SYSTEM_PROMPT) for p in problems}
+    config = RolloutConfig(k=2, max_new_tokens=12, temperature=0.9, top_p=0.95)
+    first, _ = generate_samples(model, tokenizer, problems, prompts, config, seed=7)
+    again, _ = generate_samples(model, tokenizer, problems, prompts, config, seed=7)
+    assert first == again  # same weights, same seed: same samples
+    perturb_adapters(model, seed=2)
+    changed, _ = generate_samples(model, tokenizer, problems, prompts, config, seed=7)
+    assert changed != first
+
+
+def test_rasft_run_writes_ledger_and_refresh_metrics(tiny_llama_dir, tmp_path):
+    recipe_path = tmp_path / "recipe.yaml"
+    recipe_path.write_text(
+        yaml.safe_dump(
+            {
+                "model": {"path": str(tiny_llama_dir)},
+                "data": {"synthetic": {"n_train": 16, "n_test": 4, "min_level": 0, "max_level": 1}},
+                "lora": {"rank": 4},
+                "training": {"mode": "rasft", "epochs": 2, "batch_size": 8, "warmup_steps": 0},
+                "rollout": {"k": 2, "max_new_tokens": 8},
+                "eval": {"max_new_tokens": 8},
+            }
+        )
+    )
+    run_dir = tmp_path / "run"
+    result = run_training(load_recipe(recipe_path), run_dir)
+    assert result.steps >= 4
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    refreshes = [r for r in records if r["event"] == "refresh"]
+    assert [r["refresh"] for r in refreshes] == [1, 2]
+    assert refreshes[0]["problems_selected"] == 16 and refreshes[0]["rollouts_generated"] == 32
+    assert sum(refreshes[0]["solvability_histogram"]) == 16
+    assert refreshes[0]["ratio_clip_since_last_refresh"] is None  # nothing trained yet
+    clip = refreshes[1]["ratio_clip_since_last_refresh"]
+    assert clip["sequences"] >= 16 and 0 <= clip["at_min"] <= 1 and 0 <= clip["at_max"] <= 1
+    ledger = [
+        json.loads(line)
+        for line in (run_dir / "rollouts" / "refresh-001.jsonl").read_text().splitlines()
+    ]
+    assert len(ledger) == 16 and all(len(row["samples"]) == 2 for row in ledger)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    split = summary["wall_time_split_seconds"]
+    assert {"rollout", "verify", "reference", "train", "eval", "other"} <= set(split)
