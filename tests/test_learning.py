@@ -210,9 +210,11 @@ def test_rasft_weighs_by_solvability_trains_own_solutions_and_learns(
     assert weights["min"] < weights["max"], weights  # expert weights differ across problems
     refreshes = [r for r in records if r["event"] == "refresh"]
     assert sum(r["rollouts_trained"] for r in refreshes) > 0  # correct rollouts are trained
-    ledger = (result.run_dir / "rollouts" / "refresh-001.jsonl").read_text().splitlines()
-    trained = [s for row in map(json.loads, ledger) for s in row["samples"] if s["weight"] > 0]
-    assert trained and all(s["verdict"] == "correct" for s in trained)
+    ledgers = sorted((result.run_dir / "rollouts").glob("refresh-*.jsonl"))
+    assert len(ledgers) == len(refreshes) >= 2
+    rows = [json.loads(line) for path in ledgers for line in path.read_text().splitlines()]
+    trained = [s for row in rows for s in row["samples"] if s["weight"] > 0]
+    assert trained and all(s["verdict"] == "correct" for s in trained)  # in every refresh
 
     model, tokenizer = load(str(weak_base_dir), adapter_path=str(result.run_dir / "adapters"))
     nll = expert_nll(model, tokenizer)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 import mlx.core as mx
+import mlx.nn as nn
 import mlx.optimizers as optim
 import numpy as np
 import pytest
@@ -14,14 +15,17 @@ from mlx_lm import load
 from rasft_mlx.config import DEFAULT_SYSTEM_PROMPT, LoraConfig, TrainingConfig
 from rasft_mlx.data.encoding import encode_expert_sequences
 from rasft_mlx.data.synthetic import generate_problems
+from rasft_mlx.generation.completions import SamplingSettings, generate_completions
 from rasft_mlx.models.adapters import (
     adapter_modules,
     adapters_disabled,
     apply_adapters,
+    dropout_mode,
     save_adapters,
 )
+from rasft_mlx.rasft.reference import response_logprobs
 from rasft_mlx.training.batching import collate
-from rasft_mlx.training.losses import LossSettings
+from rasft_mlx.training.losses import LossSettings, token_logprobs
 from rasft_mlx.training.train_step import CompiledTrainStep, build_lr_schedule
 
 
@@ -67,13 +71,32 @@ def training_sequences(tokenizer, count):
     return sequences
 
 
+def token_mean_ce_grad_norm(model, batch) -> float:
+    """The gradient norm of plain CE averaged over every unmasked token, computed without the step."""
+
+    def loss(model):
+        logits = model(batch.inputs)
+        positions = batch.positions[..., None]
+        picked = mx.take_along_axis(logits, positions, axis=1)
+        logprobs = picked - mx.logsumexp(picked, axis=-1, keepdims=True)
+        target_logprobs = mx.take_along_axis(logprobs, batch.targets[..., None], axis=-1)[..., 0]
+        mask = batch.mask.astype(mx.float32)
+        return -(target_logprobs * mask).sum() / mask.sum()
+
+    _, grads = nn.value_and_grad(model, loss)(model)
+    return float(np.sqrt(sum(float((g * g).sum()) for _, g in tree_flatten(grads))))
+
+
 @pytest.mark.parametrize("mode", ["sft", "asft"])
 def test_gradient_accumulation_equals_one_big_batch(tiny_llama_dir, mode):
-    """Two micro-batches of 2 give the same update as one batch of 4 (token-mean over all 4)."""
+    """Two micro-batches of 2 give the same gradient and update as one batch of 4 (token mean over
+    all 4): the gradient norms (clipping off) agree closely, and for SFT both equal the norm of the
+    token-mean CE gradient computed independently."""
     results = []
     for micro_sizes in ([4], [2, 2]):
         model, tokenizer = adapted_model(tiny_llama_dir)
         sequences = training_sequences(tokenizer, 4)
+        expected_norm = token_mean_ce_grad_norm(model, collate(sequences, 4, 32))
         optimizer = optim.AdamW(learning_rate=1e-2)
         step = CompiledTrainStep(model, optimizer, LossSettings(mode), grad_clip=0.0)
         batches, start = [], 0
@@ -81,13 +104,87 @@ def test_gradient_accumulation_equals_one_big_batch(tiny_llama_dir, mode):
             batches.append(collate(sequences[start : start + size], size, 32))
             start += size
         result = step(batches)
-        loss, tokens = result.loss, result.tokens
-        results.append((loss, tokens, dict(tree_flatten(model.trainable_parameters()))))
-    (loss_a, tokens_a, params_a), (loss_b, tokens_b, params_b) = results
-    assert tokens_a == tokens_b
-    assert loss_a == pytest.approx(loss_b, rel=1e-5)
+        params = dict(tree_flatten(model.trainable_parameters()))
+        results.append((result, params, expected_norm))
+    (a, params_a, expected), (b, params_b, _) = results
+    assert a.tokens == b.tokens
+    assert a.loss == pytest.approx(b.loss, rel=1e-5)
+    assert a.grad_norm == pytest.approx(b.grad_norm, rel=1e-4)
+    if mode == "sft":
+        assert a.grad_norm == pytest.approx(expected, rel=1e-4)
     for name, value in params_a.items():
         np.testing.assert_allclose(np.array(value), np.array(params_b[name]), atol=2e-5)
+
+
+def dropout_model(model_dir, dropout):
+    """A tiny model whose adapters are identical across calls (seeded init, non-zero B)."""
+    model, tokenizer = load(str(model_dir))
+    mx.random.seed(0)
+    apply_adapters(model, LoraConfig(rank=4, scale=2.0, dropout=dropout))
+    for _, module in adapter_modules(model):
+        module.lora_b = mx.random.normal(module.lora_b.shape) * 0.05
+    mx.eval(model.parameters())
+    return model, tokenizer
+
+
+def two_steps_with_seed(model_dir, seed, dropout=0.5) -> dict:
+    model, tokenizer = dropout_model(model_dir, dropout)
+    batch = collate(training_sequences(tokenizer, 4), 4, 32)
+    step = CompiledTrainStep(model, optim.AdamW(learning_rate=1e-2), LossSettings("sft"), 1.0)
+    mx.random.seed(seed)
+    losses = [step([batch]).loss, step([batch]).loss]
+    params = {k: np.array(v) for k, v in tree_flatten(model.trainable_parameters())}
+    return {"losses": losses, "params": params, "model": model, "tokenizer": tokenizer}
+
+
+def test_adapter_dropout_is_active_in_training_steps(tiny_llama_dir):
+    """lora.dropout > 0: the steps draw dropout masks from MLX's random state (same seed, same
+    parameters; another seed, other parameters); dropout 0 does not depend on the seed."""
+    first = two_steps_with_seed(tiny_llama_dir, seed=1)
+    again = two_steps_with_seed(tiny_llama_dir, seed=1)
+    other = two_steps_with_seed(tiny_llama_dir, seed=2)
+    for name, value in first["params"].items():
+        np.testing.assert_array_equal(value, again["params"][name])
+    assert first["losses"] != other["losses"]
+    assert max(np.abs(v - other["params"][k]).max() for k, v in first["params"].items()) > 1e-4
+    plain = [two_steps_with_seed(tiny_llama_dir, seed, dropout=0.0) for seed in (1, 2)]
+    for name, value in plain[0]["params"].items():
+        np.testing.assert_array_equal(value, plain[1]["params"][name])
+
+
+def test_dropout_is_off_outside_training_steps(tiny_llama_dir):
+    """After training steps, and even with the model forced into train mode, reference log-probs
+    and greedy rollouts do not depend on MLX's random state; the caller's mode comes back."""
+    trained = two_steps_with_seed(tiny_llama_dir, seed=1)
+    model, tokenizer = trained["model"], trained["tokenizer"]
+    assert not any(m.training for _, m in model.named_modules())  # steps leave it in eval mode
+    sequences = training_sequences(tokenizer, 3)
+    prompts = [list(s.tokens[: s.prompt_length]) for s in sequences]
+    settings = SamplingSettings(max_new_tokens=8, temperature=0.0, batch_size=3)
+    model.train()  # a caller that left the model in train mode
+    outputs = []
+    for seed in (3, 4):
+        mx.random.seed(seed)
+        logprobs = response_logprobs(model, sequences, 3, 32)
+        completions, _ = generate_completions(model, tokenizer, prompts, settings, seed=seed)
+        outputs.append((logprobs, [c.token_ids for c in completions]))
+        assert all(m.training for _, m in model.named_modules())  # the caller's mode is back
+    (logprobs_a, tokens_a), (logprobs_b, tokens_b) = outputs
+    for x, y in zip(logprobs_a, logprobs_b, strict=True):
+        np.testing.assert_array_equal(x, y)
+    assert tokens_a == tokens_b
+    mx.random.seed(3)
+    with dropout_mode(model, True):  # the same forward with dropout on does depend on the seed
+        dropped = response_logprobs_in_train_mode(model, sequences)
+    assert any(np.abs(x - y).max() > 1e-4 for x, y in zip(dropped, logprobs_a, strict=True))
+
+
+def response_logprobs_in_train_mode(model, sequences):
+    batch = collate(sequences, len(sequences), 32)
+    logits = model(batch.inputs)
+    picked = mx.take_along_axis(logits, batch.positions[..., None], axis=1)
+    values = np.array(token_logprobs(picked, batch.targets))
+    return [values[i, : s.response_length] for i, s in enumerate(sequences)]
 
 
 def test_training_step_changes_only_adapters(tiny_llama_dir):

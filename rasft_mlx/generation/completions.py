@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 import mlx.core as mx
 
 from rasft_mlx.memory import auto_decode_rows
+from rasft_mlx.models.adapters import dropout_mode
 
 
 @dataclass(frozen=True)
@@ -55,9 +56,9 @@ def generate_completions(
     if not settings.batch_size and prompts:
         context = max(len(p) for p in prompts) + settings.max_new_tokens
         settings = replace(settings, batch_size=auto_decode_rows(model, context))
-    if supports_model(model):
-        return _engine_completions(model, tokenizer, prompts, settings, seed)
-    return _batch_generate_completions(model, tokenizer, prompts, settings, seed)
+    generate = _engine_completions if supports_model(model) else _batch_generate_completions
+    with dropout_mode(model, False):
+        return generate(model, tokenizer, prompts, settings, seed)
 
 
 def eos_ids(tokenizer) -> list[int]:

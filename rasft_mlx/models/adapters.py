@@ -42,6 +42,23 @@ def apply_adapters(model: nn.Module, config: LoraConfig) -> None:
         lora_parameters(config),
         use_dora=config.type == "dora",
     )
+    model.eval()  # new adapter layers start in train mode; training switches it on per step
+
+
+@contextmanager
+def dropout_mode(model: nn.Module, training: bool) -> Iterator[None]:
+    """Run the block with adapter dropout on (training steps) or off (rollouts, reference passes,
+    evaluation), whatever mode the model was left in; the previous mode comes back after.
+
+    Inside `mx.compile` the mode is read while tracing, so every trace of the training step must
+    happen in train mode: the step enters this block before calling its compiled functions.
+    """
+    previous = model.training
+    model.train(training)
+    try:
+        yield
+    finally:
+        model.train(previous)
 
 
 def adapter_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:

@@ -8,7 +8,7 @@ import mlx.core as mx
 import numpy as np
 
 from rasft_mlx.data.encoding import TrainingSequence
-from rasft_mlx.models.adapters import adapters_disabled
+from rasft_mlx.models.adapters import adapters_disabled, dropout_mode
 from rasft_mlx.models.response_logits import ResponseLogits
 from rasft_mlx.training.batching import collate
 from rasft_mlx.training.losses import token_logprobs
@@ -17,7 +17,12 @@ from rasft_mlx.training.losses import token_logprobs
 def response_logprobs(
     model, sequences: list[TrainingSequence], batch_size: int, bucket_multiple: int
 ) -> list[np.ndarray]:
-    """log pi(y_t) of each sequence's response tokens under the model as it is now."""
+    """log pi(y_t) of each sequence's response tokens under the model as it is now (dropout off)."""
+    with dropout_mode(model, False):
+        return _response_logprobs(model, sequences, batch_size, bucket_multiple)
+
+
+def _response_logprobs(model, sequences, batch_size, bucket_multiple) -> list[np.ndarray]:
     order = sorted(range(len(sequences)), key=lambda i: len(sequences[i].tokens))
     logits_at = ResponseLogits(model)
     by_index: dict[int, np.ndarray] = {}

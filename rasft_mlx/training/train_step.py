@@ -11,7 +11,7 @@ import mlx.optimizers as optim
 from mlx.utils import tree_flatten, tree_map
 
 from rasft_mlx.config import TrainingConfig
-from rasft_mlx.models.adapters import adapters_disabled
+from rasft_mlx.models.adapters import adapters_disabled, dropout_mode
 from rasft_mlx.models.response_logits import ResponseLogits
 from rasft_mlx.training.batching import Batch
 from rasft_mlx.training.losses import LossSettings, loss_terms
@@ -104,7 +104,11 @@ class CompiledTrainStep:
         self._update = update
 
     def __call__(self, batches: list[Batch]) -> StepResult:
-        """One optimizer step over the micro-batches."""
+        """One optimizer step over the micro-batches, with adapter dropout on."""
+        with dropout_mode(self.model, True):
+            return self._step(batches)
+
+    def _step(self, batches: list[Batch]) -> StepResult:
         accumulated = None
         loss_total = mx.array(0.0)
         token_total = mx.array(0.0)
