@@ -130,11 +130,22 @@ def evaluate(
     data: Annotated[str, typer.Option(help="JSONL file (GSM8K or generic) or 'synthetic'")],
     adapter: Annotated[Path | None, typer.Option(help="Adapter directory to apply")] = None,
     limit: Annotated[int | None, typer.Option(min=1, help="Evaluate the first N problems")] = None,
-    samples: Annotated[int, typer.Option(min=1, help="K samples per problem for avg@K")] = 1,
-    temperature: Annotated[float, typer.Option(min=0.0, help="Sampling temperature")] = 1.0,
-    top_p: Annotated[float, typer.Option(min=0.0, max=1.0)] = 1.0,
-    max_new_tokens: Annotated[int, typer.Option(min=1)] = 512,
+    samples: Annotated[
+        int | None, typer.Option(min=1, help="K samples per problem for avg@K [default: 1]")
+    ] = None,
+    temperature: Annotated[
+        float | None, typer.Option(min=0.0, help="Sampling temperature [default: 1.0]")
+    ] = None,
+    top_p: Annotated[float | None, typer.Option(min=0.0, max=1.0, help="[default: 1.0]")] = None,
+    max_new_tokens: Annotated[int | None, typer.Option(min=1, help="[default: 512]")] = None,
     batch_size: Annotated[int, typer.Option(min=1)] = 32,
+    protocol: Annotated[
+        str,
+        typer.Option(
+            help="project, or authors: avg@16 at T 1.0, top-p 1.0, 4,096 new tokens (their "
+            "harness) for every option not given"
+        ),
+    ] = "project",
     data_format: Annotated[
         str, typer.Option("--format", help="auto, gsm8k, generic or synthetic")
     ] = "auto",
@@ -142,19 +153,13 @@ def evaluate(
     seed: int = 0,
 ) -> None:
     """Greedy pass@1 (and avg@K with --samples K) with verified final answers."""
-    from rasft_mlx.commands.evaluate import run_evaluation
-    from rasft_mlx.config import EvalConfig
+    from rasft_mlx.commands.evaluate import eval_config, run_evaluation
 
     out = out or Path("runs") / f"eval-{time.strftime('%Y%m%d-%H%M%S')}"
     try:
-        config = EvalConfig(
-            limit=limit,
-            samples=samples,
-            temperature=temperature,
-            top_p=top_p,
-            max_new_tokens=max_new_tokens,
-            batch_size=batch_size,
-        )
+        given = {"samples": samples, "temperature": temperature, "top_p": top_p}
+        given |= {"max_new_tokens": max_new_tokens}
+        config = eval_config(protocol, limit=limit, batch_size=batch_size, **given)
         summary, results_path, summary_path = run_evaluation(
             model, data, out, config, adapter=adapter, data_format=data_format, seed=seed
         )
@@ -315,13 +320,16 @@ def plan(
     """Pre-flight: parameters, tokens per epoch, rollout tokens, peak memory and wall time."""
     from rasft_mlx.config import load_recipe
     from rasft_mlx.experiments.plan import build_plan, check_memory
-    from rasft_mlx.experiments.plan_report import render_plan
+    from rasft_mlx.experiments.plan_report import protocol_lines, render_plan
 
     try:
-        run_plan = build_plan(load_recipe(recipe, set_ or []), probe_steps=probe_steps)
+        loaded_recipe = load_recipe(recipe, set_ or [])
+        run_plan = build_plan(loaded_recipe, probe_steps=probe_steps)
     except _user_errors() as error:
         _fail(error)
     console.print(render_plan(run_plan))
+    for line in protocol_lines(loaded_recipe):
+        console.print(Text(line), soft_wrap=True)
     warning = check_memory(run_plan)
     if warning:
         error_console.print(Text.assemble(("warning: ", "bold yellow"), warning), soft_wrap=True)

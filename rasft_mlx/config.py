@@ -10,6 +10,7 @@ from pathlib import Path
 import yaml
 
 from rasft_mlx.fileio import atomic_write_text
+from rasft_mlx.protocols import PROTOCOLS, apply_protocol
 from rasft_mlx.typed_fields import (
     RecipeError,
     apply_override,
@@ -112,6 +113,22 @@ class TrainingConfig:
     min_lr_ratio: float = field(default=0.0, metadata=_range(0.0, 1.0))
     warmup_steps: int = field(default=10, metadata=_range(0))
     weight_decay: float = field(default=0.0, metadata=_range(0.0))
+    adam_bias_correction: bool = field(
+        default=True,
+        metadata=_range(help="AdamW with bias correction (torch semantics); false = mlx's default"),
+    )
+    lr_schedule_steps: int | None = field(
+        default=None,
+        metadata=_range(1, help="cosine horizon in optimizer steps; None = the planned steps"),
+    )
+    loss_normalization: str = field(
+        default="token_mean",
+        metadata=_range(
+            choices=("token_mean", "micro_batch_mean"),
+            help="token_mean: over the optimizer step; micro_batch_mean: the authors' per "
+            "micro-batch token mean divided by grad_accumulation",
+        ),
+    )
     grad_clip: float = field(default=1.0, metadata=_range(0.0, help="0 disables clipping"))
     seed: int = 0
     kl_lambda: float = field(default=0.1, metadata=_range(0.0))
@@ -136,6 +153,14 @@ class RolloutConfig:
     temperature: float = field(default=0.9, metadata=_range(0.0))
     top_p: float = field(default=0.95, metadata=_range(0.0, 1.0, lo_open=True))
     repetition_penalty: float = field(default=1.1, metadata=_range(0.0, lo_open=True))
+    repetition_scope: str = field(
+        default="window",
+        metadata=_range(
+            choices=("window", "all"),
+            help="tokens the penalty sees: window = mlx-lm's last 20; all = the whole prompt "
+            "and output, as vLLM (the authors' sampler)",
+        ),
+    )
     max_new_tokens: int = field(default=1024, metadata=_range(1))
     batch_size: int = field(default=0, metadata=_range(0, help=AUTO_ROWS_HELP))
 
@@ -152,9 +177,29 @@ class RasftConfig:
     rollout_adv_floor: float = 0.02
     rollout_adv_cap: float = 0.15
     max_negative_keep: int = field(default=3, metadata=_range(0))
+    negative_similarity_max: float = field(
+        default=0.88,
+        metadata=_range(0.0, 1.0, help="a negative this close to a positive leaves the group"),
+    )
+    quality_filters: bool = field(
+        default=False,
+        metadata=_range(
+            help="the authors' filters (too short, collapsed, shortcut, invalid format): such "
+            "samples count in K but are neither positive nor negative"
+        ),
+    )
     ratio_min: float = field(default=0.4, metadata=_range(0.0))
     ratio_max: float = field(default=1.2, metadata=_range(0.0, lo_open=True))
     dedup_jaccard: float = field(default=0.82, metadata=_range(0.0, 1.0))
+    schedule: str = field(
+        default="epochs",
+        metadata=_range(
+            choices=("epochs", "authors"),
+            help="epochs: a refresh before each epoch (and every refresh_every_steps); authors: "
+            "one pass in data order, routed once by NLL, a refresh when the queue runs dry, "
+            "the hard pool trained again at the end",
+        ),
+    )
     selection: str = field(default="all", metadata=_range(choices=("all", "fraction", "nll_band")))
     selection_fraction: float = field(default=0.35, metadata=_range(0.0, 1.0))
     refresh_every_steps: int = field(default=0, metadata=_range(0, help="0 = between epochs only"))
@@ -193,6 +238,14 @@ class OutputConfig:
 
 @dataclass(frozen=True)
 class Recipe:
+    protocol: str = field(
+        default="project",
+        metadata=_range(
+            choices=PROTOCOLS,
+            help="authors: the RASFT authors' values for every key the recipe leaves out "
+            "(rasft_mlx/protocols.py, docs/FIDELITY.md)",
+        ),
+    )
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
@@ -233,6 +286,14 @@ def _check_cross_fields(recipe: Recipe, source: str, overridden: dict[str, str])
         if lo > hi or (op == "<" and lo == hi):
             blamed = overridden.get(lower) or overridden.get(upper) or source
             raise RecipeError(f"{blamed}: '{lower}' ({lo}) must be {op} '{upper}' ({hi})")
+    if recipe.rasft.schedule == "authors":
+        for path, wanted in (("training.epochs", 1), ("rasft.refresh_every_steps", 0)):
+            if lookup(path) != wanted:
+                raise RecipeError(
+                    f"{overridden.get(path, source)}: '{path}' must be {wanted} with "
+                    f"rasft.schedule 'authors' (one pass; it refreshes when the queue runs dry), "
+                    f"got {lookup(path)}"
+                )
     for path in _UNIT_WINDOWS:
         lo, hi = lookup(path)
         if not 0.0 <= lo < hi <= 1.0:
@@ -259,7 +320,7 @@ def _top_level(data, source: str) -> dict:
 
 
 def _recipe_from_data(data: dict, source: str, overridden: dict[str, str]) -> Recipe:
-    recipe = build_dataclass(Recipe, data, "", source, overridden)
+    recipe = build_dataclass(Recipe, apply_protocol(data), "", source, overridden)
     _check_cross_fields(recipe, source, overridden)
     return recipe
 

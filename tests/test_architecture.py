@@ -11,7 +11,8 @@ PACKAGE = Path(__file__).resolve().parent.parent / "rasft_mlx"
 
 # Lower layers first; a module may import its own layer's rooms and any lower layer's.
 LAYERS = [
-    {"__init__", "version", "blas", "fileio", "typed_fields", "config", "memory", "display"},
+    {"__init__", "version", "blas", "fileio", "typed_fields", "protocols", "config", "memory"}
+    | {"display"},
     {"data"},
     {"models"},
     {"generation"},

@@ -453,7 +453,18 @@ def test_recipe_to_dict_is_plain():
     assert data["rasft"]["mid_window_start"] == [0.2, 0.45]
     assert data["data"]["synthetic"]["max_level"] == 3
     assert data["model"]["revision"] is None
-    assert list(data) == ["model", "data", "lora", "training", "rollout", "rasft", "eval", "output"]
+    assert list(data) == [
+        "protocol",
+        "model",
+        "data",
+        "lora",
+        "training",
+        "rollout",
+        "rasft",
+        "eval",
+        "output",
+    ]
+    assert data["protocol"] == "project"
 
 
 def test_save_load_round_trip(tmp_path):

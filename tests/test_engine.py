@@ -19,8 +19,10 @@ from mlx_lm.sample_utils import (
 from rasft_mlx.config import LoraConfig
 from rasft_mlx.generation.engine import (
     EngineSettings,
+    RepetitionPenalty,
     generate_rows,
     penalize_repetition,
+    penalize_seen,
     plan_chunks,
     supports_model,
 )
@@ -246,3 +248,55 @@ def test_generate_completions_keeps_prompt_order_and_matches_batch_generate(tiny
     expected, _ = _batch_generate_completions(model, tokenizer, prompts, settings, None)
     assert completions == expected
     assert stats.prompts == 6 and stats.generated_tokens == sum(len(x.token_ids) for x in expected)
+
+
+def hand_penalised(logits: np.ndarray, seen: set[int], penalty: float) -> np.ndarray:
+    """The sign-aware penalty, by hand: divide a seen token's positive logit, multiply a negative."""
+    out = logits.astype(np.float64).copy()
+    for token in seen:
+        out[token] = out[token] * penalty if out[token] < 0 else out[token] / penalty
+    return out
+
+
+def test_penalize_seen_by_hand_on_a_tiny_vocabulary():
+    logits = mx.array([[2.0, -1.0, 0.5, -3.0, 1.0]])
+    seen = mx.array([[True, True, False, False, True]])
+    got = np.array(penalize_seen(logits, seen, 2.0))[0]
+    np.testing.assert_allclose(got, [1.0, -2.0, 0.5, -3.0, 0.5])
+
+
+@pytest.mark.parametrize("scope", ["window", "all"])
+def test_first_token_distribution_under_each_repetition_scope(tiny, scope):
+    """A prompt of 40+ tokens: scope "all" penalises every prompt token (vLLM), "window" only the
+    last 20 (mlx-lm). Draws at T = 0.8 fit softmax(penalised logits / T) computed by hand."""
+    model, tokenizer = tiny
+    prompt = tokenizer.encode("Compute 12 + 30, then double the result and subtract 7. " * 3)
+    assert len(prompt) > 40
+    logits = np.array(model(mx.array([prompt]))[0, -1, :].astype(mx.float32))
+    seen = set(prompt) if scope == "all" else set(prompt[-20:])
+    assert set(prompt) != set(prompt[-20:])  # the scopes differ on this prompt
+    expected = hand_penalised(logits, seen, 3.0) / 0.8
+    probs = np.exp(expected - expected.max())
+    probs /= probs.sum()
+    n = 3000
+    settings = EngineSettings(
+        max_new_tokens=1,
+        temperature=0.8,
+        repetition_penalty=3.0,
+        repetition_scope=scope,
+        max_rows=n,
+    )
+    results, _ = generate_rows(model, [prompt], n, settings, NO_EOS, seed=5)
+    counts = np.bincount([s.token_ids[0] for s in results[0]], minlength=len(probs))
+    assert_fits(counts, probs)
+
+
+def test_penalty_state_follows_the_output_and_dropped_rows():
+    penalty = RepetitionPenalty([[1, 2], [3]], mx.array([0, 1, 1]), 2.0, "all")
+    logits = mx.ones((3, 6))
+    first = np.array(penalty.apply(logits))
+    np.testing.assert_allclose(first[:, :4], [[1, 0.5, 0.5, 1], [1, 1, 1, 0.5], [1, 1, 1, 0.5]])
+    penalty.update(mx.array([5, 0, 4]))
+    penalty.keep(mx.array([0, 2]))
+    after = np.array(penalty.apply(mx.ones((2, 6))))
+    np.testing.assert_allclose(after, [[1, 0.5, 0.5, 1, 1, 0.5], [1, 1, 1, 0.5, 0.5, 1]])

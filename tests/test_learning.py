@@ -184,6 +184,10 @@ def test_rasft_weighs_by_solvability_trains_own_solutions_and_learns(
 
     The DFT factor is off: this base gives the unseen two-digit tokens p ~ 0, so p * CE has no
     gradient where it is needed and pass@1 stays at 0.42 (measured; the demos' NLL still falls).
+    Linear weighting: this base solves each problem all-or-nothing with identical samples, so
+    after near-duplicate removal K = 1 and the authors' reference weighting falls back to A = 1
+    everywhere (solved: a degenerate group; unsolved: k+ = 0) and trains no rollout; the linear
+    weighting relaxes solved problems' demos and trains their solutions.
     """
     base = learning_recipe(weak_base_dir, "rasft", steps=60, n_test=100)
     recipe = replace(
@@ -191,7 +195,9 @@ def test_rasft_weighs_by_solvability_trains_own_solutions_and_learns(
         data=replace(base.data, synthetic=replace(base.data.synthetic, n_train=480)),
         training=replace(base.training, epochs=2, max_steps=None, dft_factor=False),
         rollout=RolloutConfig(k=3, max_new_tokens=32, batch_size=256),
-        rasft=replace(base.rasft, selection="fraction", selection_fraction=0.25),
+        rasft=replace(
+            base.rasft, selection="fraction", selection_fraction=0.25, weighting="linear"
+        ),
     )
     _, test_problems = load_run_data(recipe)
     start = load_model(recipe.model)

@@ -31,7 +31,7 @@ def uniform_case(vocab: int, tokens: int = 3):
         ("sft", 4, math.log(4)),  # CE of a uniform distribution
         ("dft", 4, 0.25 * math.log(4)),  # p_t = 1/4
         ("profit", 4, math.log(4)),  # p_t = 0.25 > 0.1: every token kept
-        ("profit", 16, 0.0),  # p_t = 0.0625 < 0.1: every token dropped
+        ("profit", 16, math.log(16)),  # p_t = 0.0625 < 0.1: none kept -> plain SFT
         ("sft_kl", 4, math.log(4)),  # reference == policy: KL = 0
         ("asft", 4, 0.25 * math.log(4)),
     ],
@@ -80,13 +80,30 @@ def test_modes_match_a_numpy_reference(random_case, mode):
         "sft_kl": ce + 0.1 * kl,
         "asft": p * ce + 0.1 * kl,
     }[mode]
-    expected = (per_token * mask).sum() / mask.sum()
+    counted = (p > 0.1) * mask if mode == "profit" else mask  # ProFit: a mean over kept tokens
+    assert mode != "profit" or 0 < counted.sum() < mask.sum()  # some kept, some not
+    expected = (per_token * mask).sum() / counted.sum()
     total, count = loss_sum_and_tokens(
         mx.array(logits),
         mx.array(targets),
         mx.array(mask),
         LossSettings(mode, kl_lambda=0.1),
         reference_logits=mx.array(reference),
+    )
+    assert count.item() == counted.sum()
+    assert total.item() / count.item() == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_profit_keeping_no_token_is_plain_sft(random_case):
+    """The authors' fallback: when no token has p_t above the threshold, the batch is SFT."""
+    logits, _, targets, mask = random_case
+    log_p = np.take_along_axis(numpy_log_softmax(logits), targets[..., None], -1)[..., 0]
+    expected = (-log_p * mask).sum() / mask.sum()
+    total, count = loss_sum_and_tokens(
+        mx.array(logits),
+        mx.array(targets),
+        mx.array(mask),
+        LossSettings("profit", profit_threshold=1.0),
     )
     assert count.item() == mask.sum()
     assert total.item() / count.item() == pytest.approx(float(expected), rel=1e-5)
@@ -186,7 +203,8 @@ def test_gradient_does_not_flow_through_weights(random_case, mode):
         rho = np.clip(np.exp(s_reference - s_policy), 0.4, 1.2)
         w = (rho * np.array([0.7, 0.3]))[:, None] * p
     onehot = np.eye(7, dtype=np.float32)[targets]
-    expected = (w * mask)[..., None] * (np.exp(log_p_all) - onehot) / mask.sum()
+    denominator = ((p > 0.1) * mask).sum() if mode == "profit" else mask.sum()
+    expected = (w * mask)[..., None] * (np.exp(log_p_all) - onehot) / denominator
     np.testing.assert_allclose(grad, expected, rtol=1e-4, atol=1e-6)
 
 

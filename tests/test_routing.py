@@ -126,21 +126,25 @@ def test_routing_is_deterministic_given_the_seed():
 
 
 def test_hard_pool_probing_draws_the_fraction_and_keeps_the_pool():
-    pool = {f"old{i:03d}" for i in range(100)}
-    decision = route(pool=pool, cfg=RasftConfig(hard_probe_fraction=0.1))
-    assert len(decision.probed_ids) == 10
+    pool = ids_with_nll(46, 90)  # all inside the probe band at progress 0
+    decision = route(pool=pool, cfg=RasftConfig(hard_probe_fraction=0.2))
+    assert len(decision.probed_ids) == 9  # 20 % of the 45 (none of them is in the mid window)
     assert set(decision.probed_ids) <= pool
-    assert decision.rollout_ids[-10:] == decision.probed_ids
+    assert decision.rollout_ids[-9:] == decision.probed_ids
+    assert decision.released_ids == ()
     assert decision.hard_pool == frozenset(pool) | frozenset(decision.hard_ids)
 
 
-def test_probed_problem_leaves_its_band():
-    decision = route(pool={"p080", "p005"}, cfg=RasftConfig(hard_probe_fraction=1.0))
-    assert set(decision.probed_ids) == {"p080", "p005"}
+def test_probes_are_re_scored_by_nll_as_the_authors_do():
+    """Window at progress 0 is NLL [20.8, 45.55], q_hard 90.1: a probe now below the window
+    leaves the pool, one in [20.8, 90.1] gets rollouts, one above 90.1 stays without them."""
+    pool = {"p005", "p030", "p080", "p095"}
+    decision = route(pool=pool, cfg=RasftConfig(hard_probe_fraction=1.0, selection_fraction=0.0))
+    assert decision.released_ids == ("p005",)
+    assert set(decision.probed_ids) == {"p030", "p080"}
+    assert "p005" in decision.easy_ids and "p095" in decision.other_ids
     assert "p080" not in decision.hard_ids
-    assert "p005" not in decision.easy_ids
-    assert {"p080", "p005"} <= set(decision.rollout_ids)
-    assert {"p080", "p005"} <= decision.hard_pool
+    assert decision.hard_pool == (frozenset(pool) - {"p005"}) | frozenset(decision.hard_ids)
 
 
 def test_no_probing_when_the_fraction_is_zero():

@@ -9,7 +9,7 @@ import mlx.nn as nn
 import mlx.optimizers as optim
 import numpy as np
 import pytest
-from mlx.utils import tree_flatten
+from mlx.utils import tree_flatten, tree_map
 from mlx_lm import load
 
 from rasft_mlx.config import DEFAULT_SYSTEM_PROMPT, LoraConfig, TrainingConfig
@@ -73,6 +73,15 @@ def training_sequences(tokenizer, count):
 
 def token_mean_ce_grad_norm(model, batch) -> float:
     """The gradient norm of plain CE averaged over every unmasked token, computed without the step."""
+    return tree_norm(token_mean_ce_grads(model, batch)[1])
+
+
+def tree_norm(tree) -> float:
+    return float(np.sqrt(sum(float((g * g).sum()) for _, g in tree_flatten(tree))))
+
+
+def token_mean_ce_grads(model, batch):
+    """(loss, gradients) of plain CE averaged over the batch's unmasked tokens, outside the step."""
 
     def loss(model):
         logits = model(batch.inputs)
@@ -83,8 +92,27 @@ def token_mean_ce_grad_norm(model, batch) -> float:
         mask = batch.mask.astype(mx.float32)
         return -(target_logprobs * mask).sum() / mask.sum()
 
-    _, grads = nn.value_and_grad(model, loss)(model)
-    return float(np.sqrt(sum(float((g * g).sum()) for _, g in tree_flatten(grads))))
+    value, grads = nn.value_and_grad(model, loss)(model)
+    return float(value), grads
+
+
+def test_micro_batch_mean_weighs_every_micro_batch_equally(tiny_llama_dir):
+    """The authors' normalisation: the gradient is the mean over micro-batches of each one's
+    token-mean gradient; with micro-batches of unequal token counts it differs from the token
+    mean over the whole step."""
+    model, tokenizer = adapted_model(tiny_llama_dir)
+    sequences = sorted(training_sequences(tokenizer, 4), key=lambda s: s.response_length)
+    batches = [collate(sequences[:1], 1, 32), collate(sequences[1:], 3, 32)]
+    parts = [token_mean_ce_grads(model, batch) for batch in batches]
+    expected_grads = tree_map(lambda a, b: (a + b) / 2, parts[0][1], parts[1][1])
+    expected_loss = (parts[0][0] + parts[1][0]) / 2
+    whole_step_norm = token_mean_ce_grad_norm(model, collate(sequences, 4, 32))
+    optimizer = optim.AdamW(learning_rate=1e-2)
+    step = CompiledTrainStep(model, optimizer, LossSettings("sft"), 0.0, "micro_batch_mean")
+    result = step(batches)
+    assert result.grad_norm == pytest.approx(tree_norm(expected_grads), rel=1e-4)
+    assert result.loss == pytest.approx(expected_loss, rel=1e-5)
+    assert abs(result.grad_norm - whole_step_norm) > 1e-3 * whole_step_norm
 
 
 @pytest.mark.parametrize("mode", ["sft", "asft"])

@@ -64,7 +64,9 @@ def test_reference_row_one_correct_none_incorrect_by_hand():
     assert weights.rollout_weights == pytest.approx((expected_rollout,))
 
 
-def test_kept_count_as_k_does_not_reproduce_the_table():
+def test_k_defaults_to_the_graded_samples():
+    """With K = k+ + k- (nothing outside the group), one correct sample alone is K/K solved:
+    R_exp = r_min = pos_reward, a degenerate group (tests/test_groups.py sets K as the authors)."""
     assert reference_weights(1, 0).route == "fallback_degenerate"
     assert reference_weights(1, 1).expert_weight == pytest.approx(0.227, abs=5e-4)
 

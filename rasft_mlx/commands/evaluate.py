@@ -4,11 +4,22 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rasft_mlx.config import DataConfig, EvalConfig, ModelConfig
+from rasft_mlx.config import DataConfig, EvalConfig, ModelConfig, RecipeError
 from rasft_mlx.data.readers import load_problems
 from rasft_mlx.models.adapters import load_adapters_into
 from rasft_mlx.models.loading import load_model
+from rasft_mlx.protocols import PRESETS
 from rasft_mlx.training.evaluate import EvalSummary, evaluate_problems, write_eval_outputs
+
+
+def eval_config(protocol: str = "project", **given) -> EvalConfig:
+    """EvalConfig from the options given (None = not given), then the protocol's values, then
+    the defaults; `protocol` authors: their harness's avg@16 at T 1.0, top-p 1.0, 4,096 tokens."""
+    if protocol not in PRESETS:
+        raise RecipeError(f"--protocol: expected one of {', '.join(PRESETS)}, got {protocol!r}")
+    values = dict(PRESETS[protocol].get("eval", {}))
+    values.update({key: value for key, value in given.items() if value is not None})
+    return EvalConfig(**values)
 
 
 def run_evaluation(

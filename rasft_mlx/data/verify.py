@@ -62,6 +62,12 @@ def _boxed_contents(text: str) -> list[str]:
     return [content for content in contents if content]
 
 
+def last_boxed(text: str) -> str | None:
+    """The argument of the last ``\\boxed{...}`` (or ``\\fbox``) in the text, or None."""
+    boxed = _boxed_contents(text)
+    return boxed[-1] if boxed else None
+
+
 def _answer_from_phrase(phrase: str) -> str | None:
     """The answer in the rest of a line that follows "the answer is" / "answer:"."""
     math_span = _LEADING_MATH_SPAN.match(phrase)

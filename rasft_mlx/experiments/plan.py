@@ -8,7 +8,6 @@ import time
 from dataclasses import dataclass, replace
 
 import mlx.core as mx
-import mlx.optimizers as optim
 import numpy as np
 from mlx.utils import tree_flatten, tree_unflatten
 
@@ -43,7 +42,7 @@ from rasft_mlx.training.step_plan import (
     step_groups,
     steps_per_epoch,
 )
-from rasft_mlx.training.train_step import CompiledTrainStep
+from rasft_mlx.training.train_step import CompiledTrainStep, build_optimizer
 
 FORWARD_SHARE = 1 / 3  # a forward-only pass (reference log-probs) against a training step
 PROBE_MAX_ROWS, PROBE_NEW_TOKENS = 64, 32
@@ -205,10 +204,10 @@ def run_probe(loaded, recipe, plan, sequences, prompts, settings, steps: int) ->
         sequences = list(sequences)
         for i, sequence in zip(used, filled, strict=True):
             sequences[i] = sequence
-    optimizer = optim.AdamW(
-        learning_rate=training.learning_rate, weight_decay=training.weight_decay
+    optimizer = build_optimizer(training, training.learning_rate)
+    step = CompiledTrainStep(
+        model, optimizer, loss_settings(recipe), training.grad_clip, training.loss_normalization
     )
-    step = CompiledTrainStep(model, optimizer, loss_settings(recipe), training.grad_clip)
     mx.clear_cache()
     mx.reset_peak_memory()
     times = []

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 from rich.table import Table
 
 from rasft_mlx.display import format_bytes
+from rasft_mlx.protocols import protocol_report
 
 if TYPE_CHECKING:
     from rasft_mlx.experiments.plan import ProbeResult, RunPlan
@@ -74,3 +75,14 @@ def render_plan(plan: RunPlan) -> Table:
     for label, value in plan_rows(plan):
         table.add_row(label, value)
     return table
+
+
+def protocol_lines(recipe) -> list[str]:
+    """What a recipe's protocol set: the keys holding its values and the ones the recipe changed."""
+    if recipe.protocol == "project":
+        return []
+    held, changed = protocol_report(recipe)
+    lines = [f"protocol {recipe.protocol}: {len(held)} keys hold its values: {', '.join(held)}"]
+    if changed:
+        lines.append(f"changed by the recipe or --set: {'; '.join(changed)}")
+    return lines

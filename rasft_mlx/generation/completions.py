@@ -12,8 +12,11 @@ from dataclasses import dataclass, replace
 
 import mlx.core as mx
 
+from rasft_mlx.generation.engine import REPETITION_CONTEXT
 from rasft_mlx.memory import auto_decode_rows
 from rasft_mlx.models.adapters import dropout_mode
+
+ALL_TOKENS = 1 << 30
 
 
 @dataclass(frozen=True)
@@ -22,6 +25,7 @@ class SamplingSettings:
     temperature: float = 0.0
     top_p: float = 1.0
     repetition_penalty: float = 1.0
+    repetition_scope: str = "window"  # "window": the last 20 tokens (mlx-lm); "all": vLLM's
     batch_size: int = 0  # sequences decoded together; 0 = sized from free memory (memory.py)
 
 
@@ -84,10 +88,16 @@ def _engine_completions(model, tokenizer, prompts, settings, seed):
         temperature=settings.temperature,
         top_p=settings.top_p,
         repetition_penalty=settings.repetition_penalty,
+        repetition_scope=settings.repetition_scope,
         max_rows=settings.batch_size,
     )
     samples, engine_stats = generate_rows(
-        model, [list(p) for p in unique], counts, engine, eos_ids(tokenizer), seed=seed
+        model,
+        [list(p) for p in unique],
+        counts,
+        engine,
+        eos_ids(tokenizer),
+        seed=seed,
     )
     completions = []
     for index, n in slot:
@@ -107,7 +117,11 @@ def _batch_generate_completions(model, tokenizer, prompts, settings, seed):
     sampler = make_sampler(temp=settings.temperature, top_p=settings.top_p)
     processors = None
     if settings.repetition_penalty != 1.0:
-        processors = make_logits_processors(repetition_penalty=settings.repetition_penalty)
+        # mlx-lm's processor sees prompt + output; "all" widens its window past any sequence.
+        context = ALL_TOKENS if settings.repetition_scope == "all" else REPETITION_CONTEXT
+        processors = make_logits_processors(
+            repetition_penalty=settings.repetition_penalty, repetition_context_size=context
+        )
     started = time.perf_counter()
     completions: list[Completion] = []
     generated = 0

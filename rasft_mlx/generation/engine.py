@@ -11,8 +11,11 @@ Sampling follows mlx-lm's rule: the sampler sees `logits - logsumexp(logits)` an
 `mlx_lm.sample_utils.make_sampler(temp, top_p)` does from MLX's global random state (seed it with
 `seed`); on the CPU its top-p draws among the top candidates instead of sorting the vocabulary,
 the same distribution, not the same draws (`nucleus.py`). The repetition penalty is
-`make_repetition_penalty`'s rule (sign-aware multiplicative, over the last 20 tokens of prompt +
-completion) applied to all rows at once.
+`make_repetition_penalty`'s rule (sign-aware multiplicative) applied to all rows at once, over the
+last 20 tokens of prompt + completion (scope "window", mlx-lm's) or over every token of both
+(scope "all", vLLM's). Order per step: penalty on the logits, then top-p on the untempered
+distribution, then a draw at temperature T among the kept tokens (mlx-lm's order; vLLM divides by
+T before its top-p cut).
 Generated ids exclude the stop token; a sample with no stop token within `max_new_tokens` is
 truncated.
 """
@@ -36,6 +39,7 @@ class EngineSettings:
     temperature: float = 0.0
     top_p: float = 1.0
     repetition_penalty: float = 1.0
+    repetition_scope: str = "window"  # "window": mlx-lm's last 20 tokens; "all": vLLM's
     max_rows: int = 256  # sequences decoded together (prompts x samples)
     prefill_tokens: int = 8192  # prompt tokens per prefill call (all rows of a chunk together)
     check_every: int = 4  # decode steps between done-mask checks
@@ -98,6 +102,43 @@ def initial_context(prompts: list[list[int]], size: int = REPETITION_CONTEXT) ->
     return context
 
 
+def penalize_seen(logits: mx.array, seen: mx.array, penalty: float) -> mx.array:
+    """vLLM's repetition penalty: every token id seen in the prompt or the output so far (a
+    (rows, vocab) mask) has its logit divided by the penalty when positive, multiplied when not."""
+    penalized = mx.where(logits < 0, logits * penalty, logits / penalty)
+    return mx.where(seen, penalized, logits)
+
+
+class RepetitionPenalty:
+    """The penalty's per-row state: mlx-lm's window of the last 20 tokens (scope "window") or
+    every prompt and output token (scope "all", as vLLM); applied before sampling."""
+
+    def __init__(self, prompts: list[list[int]], index: mx.array, penalty: float, scope: str):
+        self.penalty, self.scope = penalty, scope
+        self.prompts, self.index = prompts, index
+        self.state = mx.array(initial_context(prompts))[index] if scope == "window" else None
+
+    def apply(self, logits: mx.array) -> mx.array:
+        if self.scope == "window":
+            return penalize_repetition(logits, self.state, self.penalty)
+        if self.state is None:  # built at the first step, once the vocabulary size is known
+            seen = np.zeros((len(self.prompts), logits.shape[-1]), dtype=np.bool_)
+            for row, prompt in enumerate(self.prompts):
+                seen[row, prompt] = True
+            self.state = mx.array(seen)[self.index]
+        return penalize_seen(logits, self.state, self.penalty)
+
+    def update(self, y: mx.array) -> None:
+        if self.scope == "window":
+            self.state = mx.concatenate([self.state[:, 1:], y[:, None].astype(mx.int32)], axis=1)
+        else:
+            marks = mx.ones((y.shape[0], 1), dtype=mx.bool_)
+            self.state = mx.put_along_axis(self.state, y[:, None].astype(mx.int32), marks, axis=-1)
+
+    def keep(self, index: mx.array) -> None:
+        self.state = self.state[index]
+
+
 def prefill(model, prompts: list[list[int]], token_budget: int) -> list:
     """Batched KV cache holding each prompt but its last token, left-padded."""
     rows = len(prompts)
@@ -141,11 +182,12 @@ def _decode_chunk(
         c.filter(index)  # one cache row per sample, sharing its prompt's prefill
     rows = len(row_prompt)
     y = mx.array([prompts[p][-1] for p in row_prompt], dtype=mx.uint32)
-    penalty = settings.repetition_penalty
-    context = None
-    if penalty != 1.0:
-        context = mx.array(initial_context(prompts))[index]
-    mx.eval(y, [c.state for c in cache], context)
+    penalty = None
+    if settings.repetition_penalty != 1.0:
+        penalty = RepetitionPenalty(
+            prompts, index, settings.repetition_penalty, settings.repetition_scope
+        )
+    mx.eval(y, [c.state for c in cache], penalty.state if penalty else None)
     stats.prefill_seconds += time.perf_counter() - started
     stats.prompt_tokens += sum(len(p) for p in prompts)
 
@@ -158,11 +200,11 @@ def _decode_chunk(
     pending = None  # the done mask of an earlier step, read while later steps run
     for step in range(limit):
         logits = model(y[:, None], cache=cache)[:, -1, :]
-        if context is not None:
-            logits = penalize_repetition(logits, context, penalty)
+        if penalty is not None:
+            logits = penalty.apply(logits)
         y = sampler(logits).astype(mx.uint32)
-        if context is not None:
-            context = mx.concatenate([context[:, 1:], y[:, None].astype(context.dtype)], axis=1)
+        if penalty is not None:
+            penalty.update(y)
         done = done | (y[:, None] == eos[None]).any(axis=-1)
         segments[-1][2].append(y)
         mx.async_eval(y, done)
@@ -180,8 +222,8 @@ def _decode_chunk(
                 for c in cache:
                     c.filter(keep_index)
                 y, done = y[keep_index], done[keep_index]
-                if context is not None:
-                    context = context[keep_index]
+                if penalty is not None:
+                    penalty.keep(keep_index)
                 active = active[keep]
                 segments.append((active, step + 1, []))
                 stats.compactions += 1

@@ -14,6 +14,8 @@ from rich.table import Table
 
 from rasft_mlx.data.encoding import TrainingSequence, encode_prompt
 from rasft_mlx.fileio import atomic_write_text
+from rasft_mlx.rasft.authors_schedule import route_once, select_for_refresh
+from rasft_mlx.rasft.groups import RolloutGroup, build_group
 from rasft_mlx.rasft.reference import response_logprobs, with_reference_logprobs
 from rasft_mlx.rasft.rollouts import Rollout, generate_samples, verify_samples
 from rasft_mlx.rasft.routing import (
@@ -24,11 +26,11 @@ from rasft_mlx.rasft.routing import (
 )
 from rasft_mlx.rasft.weights import (
     ProblemWeights,
-    deduplicate_rollouts,
     no_rollout_weights,
-    problem_weights,
     solvability_histogram,
 )
+
+SOLVED_ROUTES = ("weighted", "fallback_degenerate")  # a correct rollout was kept
 
 
 class RasftSource:
@@ -51,6 +53,11 @@ class RasftSource:
         }
         self.thresholds: BandThresholds | None = None
         self.hard_pool: frozenset[str] = frozenset()
+        self.authors = recipe.rasft.schedule == "authors"
+        self.shuffle = not self.authors  # the authors train their queue in data order
+        self.order = {s.problem_id: index for index, s in enumerate(experts)}
+        self.pending: list[str] = []  # authors: mid-band problems waiting for the refresh
+        self.flushed = False  # authors: the hard pool was trained a second time
         started = time.perf_counter()
         self.experts = {
             s.problem_id: s for s in with_reference_logprobs(self.model, experts, *self._batching)
@@ -75,6 +82,8 @@ class RasftSource:
             "rng": self.rng.bit_generator.state,
             "hard_pool": sorted(self.hard_pool),
             "thresholds": thresholds,
+            "pending": list(self.pending),
+            "flushed": self.flushed,
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -82,6 +91,8 @@ class RasftSource:
         self.ratio_counts = list(state.get("ratio_counts", [0, 0, 0]))
         self.rng.bit_generator.state = state["rng"]
         self.hard_pool = frozenset(state["hard_pool"])
+        self.pending = list(state.get("pending", []))
+        self.flushed = bool(state.get("flushed", False))
         t = state["thresholds"]
         self.thresholds = None
         if t is not None:
@@ -104,13 +115,77 @@ class RasftSource:
         self.ratio_counts[2] += result.sequences
 
     def epoch_sequences(self, epoch: int) -> list[TrainingSequence]:
+        if self.authors:
+            return self._authors_start()
         return self.refresh(progress=epoch / max(self.recipe.training.epochs, 1))
 
     def refreshed_sequences(self, step: int, progress: float) -> list[TrainingSequence] | None:
         every = self.recipe.rasft.refresh_every_steps
-        if every <= 0 or step % every != 0:
+        if self.authors or every <= 0 or step % every != 0:
             return None
         return self.refresh(progress=min(progress, 1.0))
+
+    def continued_sequences(self, step: int, progress: float) -> list[TrainingSequence] | None:
+        """The authors' schedule when its queue runs dry: the refresh, then the hard-pool flush."""
+        if not self.authors:
+            return None
+        if self.pending:
+            horizon = self.recipe.training.lr_schedule_steps
+            return self._authors_refresh(step / horizon if horizon else progress)
+        if self.hard_pool and not self.flushed:
+            self.flushed = True
+            flushed = sorted(self.hard_pool, key=self.order.__getitem__)
+            self.hard_pool = frozenset()
+            self.metrics.write({"event": "hard_pool_flush", "step": step, "problems": len(flushed)})
+            self.console.print(f"hard pool: training {len(flushed)} demos a second time")
+            return [replace(self.experts[pid], weight=1.0) for pid in flushed]
+        return None
+
+    def _demo_nll(self, ids: list[str]) -> list[float]:
+        demos = [self.experts[i] for i in ids]
+        return [-float(v.mean()) for v in response_logprobs(self.model, demos, *self._batching)]
+
+    def _authors_start(self) -> list[TrainingSequence]:
+        """Route every problem once by the starting policy's demo NLL; queue all but the mid band."""
+        config = self.recipe.rasft
+        ids = list(self.experts)  # data order
+        started = time.perf_counter()
+        nll = self._demo_nll(ids)
+        self.timings["reference"] += time.perf_counter() - started
+        sample = self.rng.permutation(len(nll))[: config.calibration_size]
+        self.thresholds = calibrate_thresholds([nll[i] for i in sample], config)
+        window = (self.thresholds.mid_start[0], self.thresholds.mid_start[1])
+        routing = route_once(list(zip(ids, nll, strict=True)), self.thresholds, window)
+        self.pending, self.hard_pool = list(routing.pending), frozenset(routing.hard_pool)
+        self.metrics.write({"event": "route", "step": 0, **routing.counts})
+        self.console.print(f"routed by demo NLL: {json.dumps(routing.counts)}")
+        return [replace(self.experts[pid], weight=1.0) for pid in routing.queue]
+
+    def _authors_refresh(self, progress: float) -> list[TrainingSequence]:
+        """The refresh of the waiting mid band and a probe of the hard pool; returns the queue:
+        the demos queued directly (A = 1), then each rolled-out problem's demo and rollouts."""
+        config = self.recipe.rasft
+        self.refresh_count += 1
+        pool = sorted(self.hard_pool, key=self.order.__getitem__)
+        selection = select_for_refresh(
+            self.pending,
+            pool,
+            self._demo_nll,
+            self.thresholds,
+            progress,
+            config.selection_fraction,
+            config.hard_probe_fraction,
+            self.rng,
+            config,
+        )
+        self.pending, self.hard_pool = [], frozenset(selection.hard_pool)
+        rolled = sorted(selection.rollout_ids, key=self.order.__getitem__)
+        weights, rollouts = self._roll_out(rolled, selection.counts)
+        queue = [replace(self.experts[pid], weight=1.0) for pid in selection.direct_ids]
+        for pid in rolled:
+            queue.append(replace(self.experts[pid], weight=weights[pid].expert_weight))
+            queue.extend(s for s in rollouts if s.problem_id == pid)
+        return queue
 
     def _select(self, progress: float) -> tuple[list[str], dict]:
         config = self.recipe.rasft
@@ -139,23 +214,6 @@ class RasftSource:
         }
         return list(decision.rollout_ids), routes
 
-    def _weigh(self, rollouts: list[Rollout]) -> tuple[ProblemWeights, list[Rollout], Counter]:
-        """Deduplicate, count, and compute the problem's weights; returns the correct kept ones."""
-        config = self.recipe.rasft
-        dropped: Counter = Counter()
-        kept_indices = deduplicate_rollouts([r.text for r in rollouts], config.dedup_jaccard)
-        dropped["duplicate"] += len(rollouts) - len(kept_indices)
-        kept = [rollouts[i] for i in kept_indices]
-        correct = [r for r in kept if r.correct]
-        for r in kept:
-            if not r.correct:
-                dropped[r.verdict] += 1
-        incorrect = len(kept) - len(correct)
-        weights = problem_weights(
-            len(correct), incorrect, config, num_sampled=self.recipe.rollout.k
-        )
-        return weights, correct[: len(weights.rollout_weights)], dropped
-
     def _rollout_sequence(self, rollout: Rollout, weight: float) -> TrainingSequence | None:
         prompt = self.prompts[rollout.problem_id]
         tokens = prompt + list(rollout.token_ids) + [self.tokenizer.eos_token_id]
@@ -166,8 +224,21 @@ class RasftSource:
         )
 
     def refresh(self, progress: float) -> list[TrainingSequence]:
+        """The epoch schedule's refresh: every demo (weighted by its problem's group) and the
+        correct rollouts of the selected problems."""
         self.refresh_count += 1
         selected, routes = self._select(progress)
+        weights, rollout_sequences = self._roll_out(selected, routes)
+        experts = [
+            replace(s, weight=weights[pid].expert_weight if pid in weights else 1.0)
+            for pid, s in self.experts.items()
+        ]
+        return experts + rollout_sequences
+
+    def _roll_out(self, selected: list[str], routes: dict):
+        """Sample, verify, group and weigh the selected problems; log the refresh. Returns their
+        weights and the trained rollouts (reference log-probs filled in), in `selected` order.
+        Problems of the hard pool that now have a correct rollout leave it."""
         problems = [self.problems[i] for i in selected]
         started = time.perf_counter()
         samples, stats = generate_samples(
@@ -183,39 +254,43 @@ class RasftSource:
         verified = {p.id: verify_samples(p, samples[p.id]) for p in problems}
         self.timings["verify"] += time.perf_counter() - started
 
-        weights = {pid: no_rollout_weights() for pid in self.experts}
+        weights: dict[str, ProblemWeights] = {}
         dropped: Counter = Counter()
         rollout_sequences, ledger = [], []
         for problem in problems:
-            problem_weight, correct, problem_dropped = self._weigh(verified[problem.id])
-            weights[problem.id] = problem_weight
-            dropped += problem_dropped
+            group = build_group(verified[problem.id], self.recipe.rasft)
+            weights[problem.id] = group.weights
+            dropped += group.dropped
             trained = {}
-            for rollout, weight in zip(correct, problem_weight.rollout_weights, strict=True):
+            for rollout, weight in zip(group.trained, group.weights.rollout_weights, strict=True):
                 sequence = self._rollout_sequence(rollout, weight)
                 if sequence is None:
                     dropped["too_long"] += 1
                     continue
                 rollout_sequences.append(sequence)
                 trained[rollout.sample] = weight
-            ledger.append(self._ledger_row(problem, verified[problem.id], problem_weight, trained))
+            ledger.append(self._ledger_row(problem, verified[problem.id], group, trained))
+        solved = {pid for pid, w in weights.items() if w.route in SOLVED_ROUTES}
+        self.hard_pool = frozenset(self.hard_pool - solved)
 
         started = time.perf_counter()
         rollout_sequences = with_reference_logprobs(self.model, rollout_sequences, *self._batching)
         self.timings["reference"] += time.perf_counter() - started
-        experts = [replace(s, weight=weights[pid].expert_weight) for pid, s in self.experts.items()]
         self._write_ledger(ledger)
+        every = {pid: no_rollout_weights() for pid in self.experts} | weights
         record = self._record(
-            problems, verified, weights, routes, dropped, stats, len(rollout_sequences)
+            problems, verified, every, routes, dropped, stats, len(rollout_sequences)
         )
         self.metrics.write(record)
         self._print(record)
-        return experts + rollout_sequences
+        return weights, rollout_sequences
 
-    def _ledger_row(self, problem, rollouts, weights: ProblemWeights, trained: dict) -> dict:
+    def _ledger_row(self, problem, rollouts, group: RolloutGroup, trained: dict) -> dict:
+        weights = group.weights
         return {
             "problem_id": problem.id,
             "gold": problem.answer,
+            "group_size": group.group_size,
             "solvability": weights.solvability,
             "route": weights.route,
             "expert_weight": weights.expert_weight,
@@ -224,6 +299,7 @@ class RasftSource:
                     "text": r.text,
                     "extracted": r.extracted,
                     "verdict": r.verdict,
+                    "role": group.roles[r.sample],
                     "weight": trained.get(r.sample, 0.0),
                 }
                 for r in rollouts
@@ -252,6 +328,7 @@ class RasftSource:
             "expert_weight": _stats(expert),
             "rollout_weight": _stats(rollout) if trained else None,
             "dropped": dict(dropped),
+            "hard_pool": len(self.hard_pool),  # after this refresh's probes and solved problems
             "ratio_clip_since_last_refresh": self._ratio_shares(),
             "timings": dict(self.timings),
         }

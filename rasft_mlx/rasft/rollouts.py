@@ -33,6 +33,7 @@ def sampling_settings(config: RolloutConfig) -> SamplingSettings:
         temperature=config.temperature,
         top_p=config.top_p,
         repetition_penalty=config.repetition_penalty,
+        repetition_scope=config.repetition_scope,
         batch_size=config.batch_size,
     )
 

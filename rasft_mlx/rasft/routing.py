@@ -91,7 +91,8 @@ class RoutingDecision:
     probed_ids: tuple[str, ...]  # the part of rollout_ids re-probed from the hard pool
     window_quantiles: tuple[float, float]
     window_nll: tuple[float, float]
-    hard_pool: frozenset[str]  # the pool after this round: old pool plus hard_ids
+    hard_pool: frozenset[str]  # the pool after this round: old pool plus hard_ids, less released
+    released_ids: tuple[str, ...] = ()  # probes re-scored below the window: out of the pool
 
 
 def route_by_nll(
@@ -108,11 +109,13 @@ def route_by_nll(
     [lo, hi] (quantiles sliding [0.20, 0.45] -> [0.50, 0.75] with `progress`, converted to NLL
     through the calibration sample) gives a random `selection_fraction` (35 %) rollouts; NLL in
     (hi, q_hard] (0.90) is trained now at A = 1 and added to the hard pool; a random
-    `hard_probe_fraction` (3 %) of the incoming pool is re-probed with rollouts. Everything
-    else (mid problems not drawn, NLL between q_easy and lo, NLL above q_hard) is "other".
-    Each id lands in exactly one of easy/rollout/hard/other; a probed id wins over its band.
-    Ids are visited in sorted order, so the result depends only on the inputs and `rng`.
-    Probed ids stay in the returned pool; drop them there once their rollouts solve them.
+    `hard_probe_fraction` (3 %) of the incoming pool is probed and re-scored by its current
+    NLL, as the authors do: below the window it leaves the pool (trained at A = 1 in its band),
+    up to q_hard it gets rollouts, above q_hard it stays in the pool without rollouts.
+    Everything else (mid problems not drawn, NLL between q_easy and lo, NLL above q_hard) is
+    "other". Each id lands in exactly one of easy/rollout/hard/other; a probe with rollouts wins
+    over its band. Ids are visited in sorted order, so the result depends only on the inputs and
+    `rng`. Probes with rollouts stay in the returned pool; the refresh drops the solved ones.
     """
     cfg = cfg or RasftConfig()
     pool = frozenset(hard_pool)
@@ -136,7 +139,9 @@ def route_by_nll(
     other.extend(problem_id for problem_id in mid if problem_id not in chosen)
 
     probe_candidates = sorted(pool - chosen)
-    probed = select_fraction(probe_candidates, cfg.hard_probe_fraction, rng)
+    probes = select_fraction(probe_candidates, cfg.hard_probe_fraction, rng)
+    released = [p for p in probes if problem_nll[p] < window_lo]  # now easier: leave the pool
+    probed = [p for p in probes if window_lo <= problem_nll[p] <= thresholds.hard]
     probed_set = set(probed)
 
     def without_probed(group: list[str]) -> tuple[str, ...]:
@@ -151,7 +156,8 @@ def route_by_nll(
         probed_ids=tuple(probed),
         window_quantiles=window_q,
         window_nll=(window_lo, window_hi),
-        hard_pool=pool | frozenset(hard_ids),
+        hard_pool=(pool - frozenset(released)) | frozenset(hard_ids),
+        released_ids=tuple(released),
     )
 
 

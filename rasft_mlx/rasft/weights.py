@@ -85,13 +85,11 @@ def reference_weights(
 ) -> ProblemWeights:
     """The authors' group-advantage weights (spec section 2).
 
-    `correct` and `incorrect` count the verified rollouts left after near-duplicate removal;
-    at most `cfg.max_negative_keep` incorrect ones enter the group. `num_sampled` is K in
-    p_hat = k+ / K: the number of rollouts *drawn* (rollout.k), before dedup and before the
-    negative cap. That is the reading that reproduces the authors' table at K = 3 (e.g.
-    k+ = 1, k- = 0 gives A_expert 0.190 only with p_hat = 1/3; with K = the kept count,
-    p_hat = 1 and the group would be degenerate). It defaults to correct + incorrect, which
-    equals the drawn count when nothing was removed.
+    `correct` and `incorrect` count the positives and the negatives that enter the group; at
+    most `cfg.max_negative_keep` negatives count. `num_sampled` is K in p_hat = k+ / K: the
+    samples left after near-duplicate removal, including those outside the group (truncated,
+    answerless, filtered); `rasft/groups.py` builds all three. It defaults to correct +
+    incorrect.
     """
     cfg = cfg or RasftConfig()
     p_hat, total = _solvability(correct, incorrect, num_sampled)

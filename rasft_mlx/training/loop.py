@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import mlx.core as mx
-import mlx.optimizers as optim
 import numpy as np
 from mlx.utils import tree_flatten, tree_map, tree_unflatten
 from rich.console import Console
@@ -31,9 +30,20 @@ from rasft_mlx.training.checkpoint import (
 )
 from rasft_mlx.training.evaluate import EvalSummary, evaluate_and_record
 from rasft_mlx.training.run_directory import MetricsLog, TrainingError
-from rasft_mlx.training.step_plan import SequenceSource, loss_settings, planned_steps, step_groups
+from rasft_mlx.training.step_plan import (
+    SequenceSource,
+    loss_settings,
+    planned_steps,
+    step_groups,
+    steps_per_epoch,
+    untrained_part,
+)
 from rasft_mlx.training.stop_signals import StopSignals
-from rasft_mlx.training.train_step import CompiledTrainStep, build_lr_schedule
+from rasft_mlx.training.train_step import (
+    CompiledTrainStep,
+    build_lr_schedule,
+    build_optimizer,
+)
 
 
 @dataclass
@@ -111,7 +121,7 @@ class TrainingLoop:
             )
         self.sequences = self.source.epoch_sequences(0)
         self.planned = planned_steps(len(self.sequences), self.recipe)
-        self.groups = step_groups(self.sequences, self.training, self.rng)
+        self.groups = self._groups(self.sequences)
         self._build_step()
         self.console.print(
             f"{len(self.sequences)} training sequences in epoch 1, "
@@ -123,11 +133,13 @@ class TrainingLoop:
         self.schedule = build_lr_schedule(self.training, self.planned)
         # A plain learning rate set before each step (not an mlx schedule baked into the compiled
         # update), so the plan can grow when RASFT refreshes add rollouts to later epochs.
-        self.optimizer = optim.AdamW(
-            learning_rate=float(self.schedule(0)), weight_decay=self.training.weight_decay
-        )
+        self.optimizer = build_optimizer(self.training, float(self.schedule(0)))
         self.step_fn = CompiledTrainStep(
-            self.loaded.model, self.optimizer, loss_settings(self.recipe), self.training.grad_clip
+            self.loaded.model,
+            self.optimizer,
+            loss_settings(self.recipe),
+            self.training.grad_clip,
+            self.training.loss_normalization,
         )
 
     def restore(self, checkpoint: Checkpoint) -> None:
@@ -239,10 +251,7 @@ class TrainingLoop:
         with TrainingDisplay(self.console, self.planned, training.log_every) as display:
             while not self.completed:
                 if self.groups is None:  # a new epoch
-                    self.sequences = self.source.epoch_sequences(self.epoch)
-                    self.groups = step_groups(self.sequences, training, self.rng)
-                    self.position = 0
-                    self._extend_plan(len(self.groups), display)
+                    self._set_queue(self.source.epoch_sequences(self.epoch), display)
                 train_started = time.perf_counter()
                 while self.position < len(self.groups) and self.step < max_steps:
                     self._stop_if_requested(signals)
@@ -250,19 +259,23 @@ class TrainingLoop:
                         continue
                     if self.stop_after is not None and self.step == self.stop_after:
                         signals.test_reason = f"stop_after={self.stop_after}"
-                    if self.position == len(self.groups) or self.step >= max_steps:
+                    if self.step >= max_steps:
                         continue
                     refresh_started = time.perf_counter()
-                    refreshed = self.source.refreshed_sequences(
-                        self.step, progress=self.step / self.planned
-                    )
-                    if refreshed is not None:
-                        self.sequences = refreshed
-                        remaining = len(self.groups) - self.position
-                        self.groups = step_groups(refreshed, training, self.rng)[:remaining]
-                        self.position = 0
-                        self._extend_plan(len(step_groups(refreshed, training, self.rng)), display)
-                        train_started += time.perf_counter() - refresh_started
+                    progress = self.step / self.planned
+                    if self.position == len(self.groups):  # the queue ran dry
+                        more = self.source.continued_sequences(self.step, progress)
+                        if more:
+                            self._set_queue(more, display)
+                    else:
+                        refreshed = self.source.refreshed_sequences(self.step, progress)
+                        if refreshed is not None:
+                            ahead = untrained_part(
+                                self.sequences, self.groups, self.position, refreshed
+                            )
+                            full_epoch = steps_per_epoch(len(refreshed), self.recipe)
+                            self._set_queue(ahead, display, full_epoch)
+                    train_started += time.perf_counter() - refresh_started
                     if save_every and self.step % save_every == 0 and not signals.stop:
                         self.checkpoint()
                 self.timings["train"] += time.perf_counter() - train_started
@@ -278,6 +291,17 @@ class TrainingLoop:
             time.perf_counter() - started,
             self.eval_summary,
         )
+
+    def _groups(self, sequences: list[TrainingSequence]) -> list:
+        return step_groups(sequences, self.training, self.rng, shuffle=self.source.shuffle)
+
+    def _set_queue(self, sequences, display: TrainingDisplay, full_epoch: int | None = None):
+        """Train `sequences` next, from the start of a new batch plan, growing the LR plan
+        (`full_epoch`: the steps of a whole later epoch, when `sequences` is only a rest)."""
+        self.sequences = sequences
+        self.groups = self._groups(sequences)
+        self.position = 0
+        self._extend_plan(full_epoch or len(self.groups), display)
 
     def _extend_plan(self, steps_per_epoch_now: int, display: TrainingDisplay) -> None:
         """Grow the LR plan when epochs got longer (RASFT adds correct rollouts), never shrink it.
@@ -355,6 +379,7 @@ class TrainingLoop:
             "ratio_at_min": result.ratio_at_min / max(result.sequences, 1),
             "ratio_at_max": result.ratio_at_max / max(result.sequences, 1),
             "trained_tokens": result.tokens,
+            "sequences": result.sequences,
             "tokens_per_second": input_tokens / elapsed if elapsed > 0 else 0.0,
             "peak_memory_gb": peak_memory_gb(),
             "elapsed_seconds": total_elapsed,

@@ -109,17 +109,27 @@ def loss_terms(
     reference_logprobs: mx.array | None = None,
     reference_logits: mx.array | None = None,
 ) -> tuple[mx.array, mx.array, mx.array]:
-    """sum_{i,t} mask * (w_t * CE_t [+ lambda * KL_t]), sum(mask), and each row's ratio rho."""
+    """sum_{i,t} mask * (w_t * CE_t [+ lambda * KL_t]), sum(mask), and each row's ratio rho.
+
+    ProFit counts only its kept tokens (stop_grad(p_t) > threshold), so the step's mean is over
+    them; a batch keeping none falls back to plain SFT over every response token.
+    """
     policy_logprobs = token_logprobs(logits, targets)
     weights, rho = token_weights(
         policy_logprobs, mask, settings, sequence_weights, reference_logprobs
     )
+    mask = mask.astype(mx.float32)
+    if settings.mode == "profit":
+        # Averaged over the kept tokens; a batch that keeps none is plain SFT (authors' train_v2).
+        kept = weights * mask
+        any_kept = kept.sum() > 0
+        mask = mx.where(any_kept, kept, mask)
+        weights = mx.where(any_kept, weights, mx.ones_like(weights))
     per_token = -weights * policy_logprobs
     if settings.needs_reference_logits:
         if reference_logits is None:
             raise ValueError(f"{settings.mode} loss needs reference_logits")
         per_token = per_token + settings.kl_lambda * reference_kl(logits, reference_logits)
-    mask = mask.astype(mx.float32)
     return (per_token * mask).sum(), mask.sum(), rho
 
 

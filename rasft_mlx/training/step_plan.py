@@ -13,12 +13,22 @@ from rasft_mlx.training.losses import LossSettings
 
 
 class SequenceSource(Protocol):
-    """Supplies each epoch's training sequences (the RASFT refresh plugs in here)."""
+    """Supplies each epoch's training sequences (the RASFT refresh plugs in here).
+
+    `shuffle`: batches in a random order (True) or in the order given (the authors' queue).
+    """
+
+    shuffle: bool
 
     def epoch_sequences(self, epoch: int) -> list[TrainingSequence]: ...
 
     def refreshed_sequences(self, step: int, progress: float) -> list[TrainingSequence] | None:
-        """New sequences after optimizer step `step`, or None to keep the current queue."""
+        """New sequences after optimizer step `step`, or None to keep the current queue. The loop
+        keeps the demos not yet trained this epoch and every non-demo sequence returned."""
+        ...
+
+    def continued_sequences(self, step: int, progress: float) -> list[TrainingSequence] | None:
+        """When the epoch's queue runs dry: more sequences for the same epoch, or None to end it."""
         ...
 
 
@@ -27,12 +37,35 @@ class ExpertSource:
     """SFT-family modes: the expert demos, weight 1, every epoch."""
 
     sequences: list[TrainingSequence]
+    shuffle: bool = True
 
     def epoch_sequences(self, epoch: int) -> list[TrainingSequence]:
         return self.sequences
 
     def refreshed_sequences(self, step: int, progress: float) -> list[TrainingSequence] | None:
         return None
+
+    def continued_sequences(self, step: int, progress: float) -> list[TrainingSequence] | None:
+        return None
+
+
+def untrained_part(
+    sequences: list[TrainingSequence],
+    groups: list,
+    position: int,
+    refreshed: list[TrainingSequence],
+) -> list[TrainingSequence]:
+    """After a refresh inside an epoch: the refreshed demos of problems whose demo is still ahead
+    in this epoch's plan (groups[position:]), then every refreshed non-demo sequence. Demos
+    already trained this epoch are not trained again; pending ones are not lost."""
+    ahead = {
+        sequences[i].problem_id
+        for group in groups[position:]
+        for batch in group
+        for i in batch
+        if sequences[i].source == "expert"
+    }
+    return [s for s in refreshed if s.source != "expert" or s.problem_id in ahead]
 
 
 def loss_settings(recipe: Recipe) -> LossSettings:
@@ -59,8 +92,16 @@ def planned_steps(first_epoch_sequences: int, recipe: Recipe) -> int:
     return max(planned, 1)
 
 
-def step_groups(sequences, training, rng) -> list[list[list[int]]]:
-    """Index batches grouped per optimizer step (grad_accumulation micro-batches each)."""
-    batches = plan_batches([len(s.tokens) for s in sequences], training.batch_size, rng)
+def step_groups(sequences, training, rng, shuffle: bool = True) -> list[list[list[int]]]:
+    """Index batches grouped per optimizer step (grad_accumulation micro-batches each); with
+    shuffle False, batches follow the sequences' order exactly."""
+    lengths = [len(s.tokens) for s in sequences]
+    if shuffle:
+        batches = plan_batches(lengths, training.batch_size, rng)
+    else:
+        size = training.batch_size
+        batches = [
+            list(range(i, min(i + size, len(lengths)))) for i in range(0, len(lengths), size)
+        ]
     size = training.grad_accumulation
     return [batches[i : i + size] for i in range(0, len(batches), size)]

@@ -17,8 +17,19 @@ from rasft_mlx.training.batching import Batch
 from rasft_mlx.training.losses import LossSettings, loss_terms
 
 
+def build_optimizer(config: TrainingConfig, learning_rate: float) -> optim.AdamW:
+    """AdamW as the recipe asks: bias correction on by default (torch's AdamW, the authors')."""
+    return optim.AdamW(
+        learning_rate=learning_rate,
+        weight_decay=config.weight_decay,
+        bias_correction=config.adam_bias_correction,
+    )
+
+
 def build_lr_schedule(config: TrainingConfig, total_steps: int):
-    """Linear warmup from 0 to the peak, then cosine decay to peak * min_lr_ratio."""
+    """Linear warmup from 0 to the peak, then cosine decay to peak * min_lr_ratio over
+    `total_steps` (or training.lr_schedule_steps when set, the authors' fixed horizon)."""
+    total_steps = config.lr_schedule_steps or total_steps
     peak = config.learning_rate
     warmup = min(config.warmup_steps, max(total_steps - 1, 0))
     decay = optim.cosine_decay(peak, max(total_steps - warmup, 1), peak * config.min_lr_ratio)
@@ -41,20 +52,35 @@ class StepResult:
     sequences: int
 
 
-class CompiledTrainStep:
-    """Gradient accumulation over micro-batches with exact token-mean normalisation.
+NORMALIZATIONS = ("token_mean", "micro_batch_mean")
 
-    The per-batch function returns the *sum* of the loss and its gradient; `apply` divides by the
-    optimizer step's total token count, so accumulating N micro-batches equals one big batch.
+
+class CompiledTrainStep:
+    """Gradient accumulation over micro-batches, normalised one of two ways.
+
+    The per-batch function returns the *sum* of the loss and its gradient. "token_mean" divides
+    the accumulated sum by the optimizer step's token count, so N micro-batches equal one big
+    batch. "micro_batch_mean" (the authors') divides each micro-batch by its own token count and
+    the total by the number of micro-batches, so every micro-batch weighs the same.
     """
 
     def __init__(
-        self, model: nn.Module, optimizer: optim.Optimizer, settings: LossSettings, grad_clip: float
+        self,
+        model: nn.Module,
+        optimizer: optim.Optimizer,
+        settings: LossSettings,
+        grad_clip: float,
+        normalization: str = "token_mean",
     ):
+        if normalization not in NORMALIZATIONS:
+            raise ValueError(
+                f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}"
+            )
         self.model = model
         self.optimizer = optimizer
         self.settings = settings
         self.grad_clip = grad_clip
+        self.per_micro_batch = normalization == "micro_batch_mean"
         optimizer.init(model.trainable_parameters())
         logits_at = ResponseLogits(model)
 
@@ -122,16 +148,23 @@ class CompiledTrainStep:
                 batch.sequence_weights,
                 batch.reference_logprobs,
             )
+            if self.per_micro_batch:
+                own_tokens = mx.maximum(count, 1.0)
+                grads = tree_map(lambda g, n=own_tokens: g / n, grads)
+                total = total / own_tokens
             accumulated = grads if accumulated is None else tree_map(mx.add, accumulated, grads)
             loss_total = loss_total + total
             token_total = token_total + count
             clip_total = clip_total + clip_counts
             if len(batches) > 1:
                 mx.eval(accumulated, loss_total, token_total, clip_total)
-        norm = self._update(accumulated, mx.maximum(token_total, 1.0))
+        if self.per_micro_batch:
+            denominator = mx.array(float(len(batches)))
+        else:
+            denominator = mx.maximum(token_total, 1.0)
+        norm = self._update(accumulated, denominator)
         mx.eval(norm, loss_total, token_total, clip_total, self.model.state, self.optimizer.state)
         tokens = int(token_total.item())
         at_min, at_max, sequences = clip_total.tolist()
-        return StepResult(
-            loss_total.item() / max(tokens, 1), tokens, norm.item(), at_min, at_max, sequences
-        )
+        loss = (loss_total / denominator).item()
+        return StepResult(loss, tokens, norm.item(), at_min, at_max, sequences)

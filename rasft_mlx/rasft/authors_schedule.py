@@ -1,0 +1,106 @@
+"""The authors' schedule (train_RASFT.py `continuous_train`, `apply_refresh`), as pure decisions.
+
+One pass over the data in file order:
+1. Every problem is routed once by the starting policy's mean demo NLL: easy (<= q_easy), other
+   and hard (above the window, up to the ceiling q_hard) are queued as demos with A = 1 (hard ones
+   also join the hard pool); mid-window problems wait.
+2. When the queue runs dry, one refresh: ceil(35 %) of the waiting mid band get rollouts, the rest
+   are queued as demos (A = 1); int(3 %) (at least one) of the hard pool are probed: re-scored by
+   NLL, below the window they leave the pool and are queued (A = 1), up to the ceiling they get
+   rollouts, above it they stay. Problems whose rollouts include a correct one leave the pool.
+3. When nothing waits, the hard pool is flushed: its demos are trained a second time (A = 1).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from rasft_mlx.rasft.routing import BandThresholds, mid_window
+
+
+@dataclass(frozen=True)
+class InitialRouting:
+    queue: tuple[str, ...]  # demos to train now, A = 1, in data order
+    pending: tuple[str, ...]  # mid-window problems waiting for the refresh, in data order
+    hard_pool: tuple[str, ...]  # hard-band problems (also in the queue), in data order
+    counts: dict[str, int]
+
+
+def route_once(
+    ordered_nll: Sequence[tuple[str, float]],
+    thresholds: BandThresholds,
+    window: tuple[float, float],
+) -> InitialRouting:
+    """Step 1 over (problem id, NLL) pairs in data order; `window`: the mid window's NLLs."""
+    low, high = window
+    queue, pending, pool = [], [], []
+    counts = {"easy": 0, "mid_pending": 0, "hard": 0, "other": 0}
+    for problem_id, nll in ordered_nll:
+        if nll <= thresholds.easy:
+            counts["easy"] += 1
+        elif low <= nll <= high:
+            counts["mid_pending"] += 1
+            pending.append(problem_id)
+            continue
+        elif high < nll <= thresholds.hard:
+            counts["hard"] += 1
+            pool.append(problem_id)
+        else:
+            counts["other"] += 1
+        queue.append(problem_id)
+    return InitialRouting(tuple(queue), tuple(pending), tuple(pool), counts)
+
+
+@dataclass(frozen=True)
+class RefreshSelection:
+    rollout_ids: tuple[str, ...]  # sorted: the drawn mid problems and the probes in the band
+    direct_ids: tuple[str, ...]  # queued as demos with A = 1: undrawn mid, probes now easy
+    hard_pool: tuple[str, ...]  # the pool after probing (solved ones leave after the rollouts)
+    counts: dict[str, int]
+
+
+def select_for_refresh(
+    pending: Sequence[str],
+    hard_pool: Sequence[str],
+    score_nll: Callable[[list[str]], list[float]],
+    thresholds: BandThresholds,
+    progress: float,
+    mid_fraction: float,
+    probe_fraction: float,
+    rng: np.random.Generator,
+    config,
+) -> RefreshSelection:
+    """Step 2's choices. `score_nll` gives the current policy's mean demo NLL of the ids it is
+    handed (only the probed ones are re-scored); `progress` slides the window (step / horizon)."""
+    window_q = mid_window(progress, config)
+    low = thresholds.nll_at(window_q[0])
+    drawn: list[str] = []
+    if pending:
+        count = min(max(1, math.ceil(len(pending) * mid_fraction)), len(pending))
+        drawn = [pending[i] for i in sorted(rng.choice(len(pending), count, replace=False))]
+    chosen = set(drawn)
+    direct = [p for p in pending if p not in chosen]
+    probes: list[str] = []
+    if hard_pool and probe_fraction > 0:
+        count = min(max(1, int(len(hard_pool) * probe_fraction)), len(hard_pool))
+        probes = [hard_pool[i] for i in sorted(rng.choice(len(hard_pool), count, replace=False))]
+    pool = list(hard_pool)
+    counts = {"mid_rollouts": len(drawn), "mid_direct": len(direct), "probed": len(probes)}
+    counts |= {"probe_released": 0, "probe_rollouts": 0, "probe_kept": 0}
+    probe_rollouts = []
+    for problem_id, nll in zip(probes, score_nll(probes) if probes else [], strict=True):
+        if nll < low:
+            pool.remove(problem_id)
+            direct.append(problem_id)
+            counts["probe_released"] += 1
+        elif nll <= thresholds.hard:
+            probe_rollouts.append(problem_id)
+            counts["probe_rollouts"] += 1
+        else:
+            counts["probe_kept"] += 1
+    rollout_ids = tuple(sorted(set(drawn) | set(probe_rollouts)))
+    return RefreshSelection(rollout_ids, tuple(direct), tuple(pool), counts)

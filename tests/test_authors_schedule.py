@@ -1,0 +1,148 @@
+"""The authors' schedule: routing once, the refresh's choices, and a whole run under it."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import yaml
+from rich.console import Console
+
+from rasft_mlx.commands.train import TrainingInterrupted, run_training
+from rasft_mlx.config import RasftConfig, load_recipe, recipe_from_dict
+from rasft_mlx.protocols import AUTHORS, protocol_report
+from rasft_mlx.rasft.authors_schedule import route_once, select_for_refresh
+from rasft_mlx.rasft.routing import calibrate_thresholds
+from rasft_mlx.training.step_plan import untrained_part
+
+NLL = {f"p{i:03d}": float(i) for i in range(1, 101)}  # quantile q sits at NLL ~ 1 + 99 q
+CONFIG = RasftConfig(hard_quantile=0.95)
+
+
+def thresholds():
+    return calibrate_thresholds(list(NLL.values()), CONFIG)
+
+
+def test_route_once_queues_all_but_the_mid_band_in_data_order():
+    t = thresholds()  # easy 10.9, window [20.8, 45.55], ceiling 95.05
+    order = sorted(NLL, reverse=True)  # a data order that is not the id order
+    routing = route_once([(pid, NLL[pid]) for pid in order], t, t.mid_start)
+    assert routing.pending == tuple(p for p in order if 20.8 <= NLL[p] <= 45.55)
+    assert routing.hard_pool == tuple(p for p in order if 45.55 < NLL[p] <= 95.05)
+    assert routing.queue == tuple(p for p in order if p not in routing.pending)
+    assert routing.counts == {"easy": 10, "mid_pending": 25, "hard": 50, "other": 15}
+
+
+def test_refresh_draws_ceil_35_percent_and_probes_int_3_percent_rescored():
+    t = thresholds()
+    pending = [f"p{i:03d}" for i in range(21, 46)]  # 25 waiting
+    pool = [f"p{i:03d}" for i in range(46, 96)]  # 50 in the pool: int(1.5) = 1 probe
+    rescored = {}
+
+    def score(ids):
+        rescored.update(dict.fromkeys(ids, 5.0))  # the probe is now easy: below the window
+        return [5.0] * len(ids)
+
+    rng = np.random.default_rng(0)
+    choice = select_for_refresh(pending, pool, score, t, 0.0, 0.35, 0.03, rng, CONFIG)
+    drawn = [p for p in choice.rollout_ids if p in pending]
+    assert len(drawn) == math.ceil(25 * 0.35) == 9
+    assert set(choice.direct_ids) == (set(pending) - set(drawn)) | set(rescored)
+    assert len(rescored) == 1 and not set(rescored) & set(choice.rollout_ids)
+    assert set(choice.hard_pool) == set(pool) - set(rescored)  # released from the pool
+    assert choice.counts["probe_released"] == 1
+
+
+@pytest.mark.parametrize(("probe_nll", "outcome"), [(50.0, "probe_rollouts"), (99.0, "probe_kept")])
+def test_probes_in_the_band_get_rollouts_and_above_the_ceiling_stay(probe_nll, outcome):
+    t = thresholds()
+    rng = np.random.default_rng(1)
+    choice = select_for_refresh(
+        [], ["p060"], lambda ids: [probe_nll] * len(ids), t, 0.0, 0.35, 0.03, rng, CONFIG
+    )
+    assert choice.counts[outcome] == 1
+    assert choice.hard_pool == ("p060",)
+    assert choice.rollout_ids == (("p060",) if outcome == "probe_rollouts" else ())
+
+
+def test_a_refresh_inside_an_epoch_keeps_only_the_demos_still_ahead():
+    class Seq:
+        def __init__(self, pid, source="expert"):
+            self.problem_id, self.source = pid, source
+
+    sequences = [Seq("a"), Seq("b"), Seq("c"), Seq("d")]
+    groups = [[[0, 1]], [[2]], [[3]]]  # steps: {a, b}, {c}, {d}; one step done
+    refreshed = [Seq("a"), Seq("b"), Seq("c"), Seq("d"), Seq("a", "rollout")]
+    kept = untrained_part(sequences, groups, 1, refreshed)
+    assert [(s.problem_id, s.source) for s in kept] == [
+        ("c", "expert"),
+        ("d", "expert"),
+        ("a", "rollout"),
+    ]
+
+
+def test_the_authors_protocol_fills_only_the_keys_a_recipe_leaves_out():
+    recipe = recipe_from_dict({"protocol": "authors", "rollout": {"k": 2}})
+    assert recipe.rasft.schedule == "authors" and recipe.rollout.repetition_scope == "all"
+    assert recipe.training.lr_schedule_steps == 1000 and recipe.eval.samples == 16
+    held, changed = protocol_report(recipe)
+    assert changed == ["rollout.k: 2 (protocol 3)"]
+    assert len(held) == sum(len(v) for v in AUTHORS.values()) - 1
+    assert recipe_from_dict({}).rasft.schedule == "epochs"
+
+
+def authors_recipe(model_dir, tmp_path):
+    data = {
+        "protocol": "authors",
+        "model": {"path": str(model_dir)},
+        "data": {"synthetic": {"n_train": 40, "n_test": 2, "min_level": 0, "max_level": 2}},
+        "lora": {"rank": 4},
+        "training": {"batch_size": 4, "learning_rate": 1e-3, "lr_schedule_steps": 40},
+        "rollout": {"k": 2, "max_new_tokens": 6, "temperature": 1.0},
+        "rasft": {"calibration_size": 40, "quality_filters": False, "hard_probe_fraction": 0.5},
+        "eval": {"samples": 1, "max_new_tokens": 4},
+        "output": {"save_every": 3},
+    }
+    path = tmp_path / "authors.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return load_recipe(path)
+
+
+def test_a_run_under_the_authors_schedule(tiny_llama_dir, tmp_path):
+    recipe = authors_recipe(tiny_llama_dir, tmp_path)
+    result = run_training(recipe, tmp_path / "run", Console(quiet=True))
+    records = [json.loads(x) for x in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
+    route = next(r for r in records if r["event"] == "route")
+    refreshes = [r for r in records if r["event"] == "refresh"]
+    flushes = [r for r in records if r["event"] == "hard_pool_flush"]
+    assert sum(route[k] for k in ("easy", "mid_pending", "hard", "other")) == 40
+    assert route["mid_pending"] > 0 and route["hard"] > 0
+    assert len(refreshes) == 1  # one refresh, when the queue ran dry
+    counts = refreshes[0]["routes"]
+    assert counts["mid_rollouts"] == math.ceil(route["mid_pending"] * 0.35)
+    assert counts["mid_direct"] == route["mid_pending"] - counts["mid_rollouts"]
+    assert counts["probed"] == max(1, int(route["hard"] * 0.5))
+    assert len(flushes) == 1 and flushes[0]["problems"] == refreshes[0]["hard_pool"]
+    assert refreshes[0]["hard_pool"] <= route["hard"] - counts["probe_released"]
+    steps = [r for r in records if r["event"] == "step"]
+    trained = route["easy"] + route["hard"] + route["other"]  # the first queue
+    trained += counts["mid_direct"] + counts["probe_released"] + refreshes[0]["problems_selected"]
+    trained += refreshes[0]["rollouts_trained"] + flushes[0]["problems"]
+    assert sum(s["sequences"] for s in steps) == trained
+
+
+def test_an_interrupted_authors_run_resumes_to_the_same_adapter_bytes(tiny_llama_dir, tmp_path):
+    """Stops inside the first queue and after the refresh: the routing, the waiting mid band, the
+    hard pool and the queue in data order all come back from the checkpoint."""
+    recipe = authors_recipe(tiny_llama_dir, tmp_path)
+    straight = run_training(recipe, tmp_path / "straight", Console(quiet=True))
+    run_dir = tmp_path / "resumed"
+    for index, stop in enumerate([3, straight.steps - 2]):
+        with pytest.raises(TrainingInterrupted):
+            run_training(recipe, run_dir, Console(quiet=True), resume=index > 0, stop_after=stop)
+    resumed = run_training(recipe, run_dir, Console(quiet=True), resume=True)
+    assert resumed.steps == straight.steps
+    weights = "adapters/adapters.safetensors"
+    assert (run_dir / weights).read_bytes() == (tmp_path / "straight" / weights).read_bytes()
