@@ -79,7 +79,14 @@ def train(
     ] = None,
     out: Annotated[Path | None, typer.Option(help="Run directory (default: output.dir)")] = None,
     resume: Annotated[
-        bool, typer.Option("--resume", help="Continue from the run dir's latest checkpoint")
+        bool,
+        typer.Option(
+            "--resume", help="Continue from the run dir's latest checkpoint (error if none)"
+        ),
+    ] = False,
+    auto_resume: Annotated[
+        bool,
+        typer.Option("--auto-resume", help="Resume when the run dir has a checkpoint, else start"),
     ] = False,
     force: Annotated[
         bool,
@@ -99,7 +106,8 @@ def train(
         loaded = load_recipe(recipe_file, set_ or [])
         run_dir = resolve_run_dir(loaded, str(out) if out else None)
         console.print(f"[bold]rasft-mlx train[/bold] {recipe} -> {run_dir}")
-        result = run_training(loaded, run_dir, console, resume=resume, force=force)
+        mode = True if resume else "auto" if auto_resume else False
+        result = run_training(loaded, run_dir, console, resume=mode, force=force)
     except TrainingInterrupted as stopped:
         command = ["rasft-mlx", "train", str(recipe), "--resume"]
         command += [f"--out={out}"] if out and not recipe.is_dir() else []

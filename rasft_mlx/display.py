@@ -12,6 +12,8 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from rasft_mlx.progress import sharing
+
 
 def format_bytes(n: float) -> str:
     unit, scale = next(
@@ -41,7 +43,7 @@ class TrainingDisplay:
     def __enter__(self) -> TrainingDisplay:
         if self.live:
             self._progress = Progress(
-                TextColumn("[bold]train[/bold]"),
+                TextColumn("[bold]{task.description}[/bold]"),
                 BarColumn(),
                 MofNCompleteColumn(),
                 TextColumn("{task.fields[stats]}"),
@@ -53,10 +55,13 @@ class TrainingDisplay:
             )
             self._progress.__enter__()
             self._task = self._progress.add_task("train", total=self.total_steps, stats="")
+            self._sharing = sharing(self._progress)  # phases add their bars to this display
+            self._sharing.__enter__()
         return self
 
     def __exit__(self, *exc) -> None:
         if self._progress is not None:
+            self._sharing.__exit__(*exc)
             self._progress.__exit__(*exc)
             self._progress = None
 

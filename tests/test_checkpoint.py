@@ -44,8 +44,8 @@ def write_recipe(tmp_path: Path, model_dir: Path) -> Path:
     return path
 
 
-def start(recipe: Path, run_dir: Path, *extra: str) -> subprocess.Popen:
-    env = {**os.environ, SLEEP_ENV: "0.05", "HF_HUB_OFFLINE": "1"}
+def start(recipe: Path, run_dir: Path, *extra: str, env: dict | None = None) -> subprocess.Popen:
+    env = {**os.environ, SLEEP_ENV: "0.05", "HF_HUB_OFFLINE": "1", **(env or {})}
     if "openblas" not in env.get("LD_PRELOAD", ""):
         env["RASFT_MLX_NO_BLAS"] = "1"  # the same BLAS as the in-process reference run
     command = [sys.executable, "-m", "rasft_mlx.cli", "train", str(recipe), "--out", str(run_dir)]

@@ -19,6 +19,7 @@ from rasft_mlx.models.adapters import (
     trainable_parameter_count,
 )
 from rasft_mlx.models.loading import load_model
+from rasft_mlx.progress import attached
 from rasft_mlx.rasft.routing import expected_rollout_problems
 from rasft_mlx.training.loop import TrainingLoop, TrainResult
 from rasft_mlx.training.memory_estimate import check_memory, estimate_run_memory
@@ -33,19 +34,20 @@ def run_training(
     run_dir: Path,
     console: Console | None = None,
     *,
-    resume: bool = False,
+    resume: bool | str = False,
     force: bool = False,
     stop_after: int | None = None,
 ) -> TrainResult:
     """Everything `rasft-mlx train` does, callable from tests.
 
     resume: continue from the run dir's newest loadable checkpoint (refused when the saved recipe
-    differs, unless force). force: resume despite a changed recipe, or start over in a run dir
+    differs, unless force; an error when there is none; "auto": start fresh then). force: resume despite a changed recipe, or start over in a run dir
     that has checkpoints. stop_after: a test hook that interrupts the run after that step.
-    SIGINT/SIGTERM finish the current step, write a checkpoint and raise TrainingInterrupted.
+    SIGINT/SIGTERM stop at the next step or chunk of a long phase, write a checkpoint and raise
+    TrainingInterrupted; long phases report progress on `console`.
     """
     console = console or Console()
-    with StopSignals(console) as signals:
+    with StopSignals(console) as signals, attached(console):
         return _run_training(recipe, run_dir, console, resume, force, stop_after, signals)
 
 

@@ -197,7 +197,7 @@ def _run_one(recipe: Recipe, run_dir: Path, console: Console) -> str:
             )
         return "reused"
     started = (run_dir / "recipe.yaml").is_file() or bool(list_checkpoints(run_dir))
-    run_training(recipe, run_dir, console, resume=started)
+    run_training(recipe, run_dir, console, resume="auto" if started else False)
     _free_memory()
     return "trained"
 

@@ -15,6 +15,7 @@ import mlx.core as mx
 from rasft_mlx.generation.engine import REPETITION_CONTEXT
 from rasft_mlx.memory import auto_decode_rows
 from rasft_mlx.models.adapters import dropout_mode
+from rasft_mlx.progress import check, phase
 
 ALL_TOKENS = 1 << 30
 
@@ -48,12 +49,18 @@ class GenerationStats:
 
 
 def generate_completions(
-    model, tokenizer, prompts: list[list[int]], settings: SamplingSettings, seed: int | None = None
+    model,
+    tokenizer,
+    prompts: list[list[int]],
+    settings: SamplingSettings,
+    seed: int | None = None,
+    label: str = "generation",
 ) -> tuple[list[Completion], GenerationStats]:
     """One completion per prompt; a completion that hit max_new_tokens is marked truncated.
 
     Identical prompts (K samples of one problem) are prefilled once; `settings.batch_size` caps
-    the sequences decoded together (0: as many as fit, `memory.auto_decode_rows`).
+    the sequences decoded together (0: as many as fit, `memory.auto_decode_rows`). Progress is
+    reported as the phase `label`; a stop request raises progress.PhaseInterrupted.
     """
     from rasft_mlx.generation.engine import supports_model
 
@@ -61,8 +68,8 @@ def generate_completions(
         context = max(len(p) for p in prompts) + settings.max_new_tokens
         settings = replace(settings, batch_size=auto_decode_rows(model, context))
     generate = _engine_completions if supports_model(model) else _batch_generate_completions
-    with dropout_mode(model, False):
-        return generate(model, tokenizer, prompts, settings, seed)
+    with dropout_mode(model, False), phase(label, len(prompts)) as reporter:
+        return generate(model, tokenizer, prompts, settings, seed, reporter)
 
 
 def eos_ids(tokenizer) -> list[int]:
@@ -70,7 +77,7 @@ def eos_ids(tokenizer) -> list[int]:
     return sorted(ids) if ids else [tokenizer.eos_token_id]
 
 
-def _engine_completions(model, tokenizer, prompts, settings, seed):
+def _engine_completions(model, tokenizer, prompts, settings, seed, reporter=None):
     from rasft_mlx.generation.engine import EngineSettings, generate_rows
 
     started = time.perf_counter()
@@ -98,6 +105,7 @@ def _engine_completions(model, tokenizer, prompts, settings, seed):
         engine,
         eos_ids(tokenizer),
         seed=seed,
+        reporter=reporter,
     )
     completions = []
     for index, n in slot:
@@ -108,7 +116,7 @@ def _engine_completions(model, tokenizer, prompts, settings, seed):
     return completions, GenerationStats(len(prompts), generated, time.perf_counter() - started)
 
 
-def _batch_generate_completions(model, tokenizer, prompts, settings, seed):
+def _batch_generate_completions(model, tokenizer, prompts, settings, seed, reporter=None):
     from mlx_lm.generate import batch_generate
     from mlx_lm.sample_utils import make_logits_processors, make_sampler
 
@@ -141,5 +149,8 @@ def _batch_generate_completions(model, tokenizer, prompts, settings, seed):
         for text, ids in zip(response.texts, response.token_ids, strict=True):
             completions.append(Completion(text, tuple(ids), len(ids) >= settings.max_new_tokens))
             generated += len(ids)
+        if reporter is not None:
+            reporter.advance(len(chunk), sum(len(ids) for ids in response.token_ids))
+        check(label="generation")
     stats = GenerationStats(len(prompts), generated, time.perf_counter() - started)
     return completions, stats

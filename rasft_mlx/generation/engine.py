@@ -29,6 +29,7 @@ import mlx.core as mx
 import numpy as np
 
 from rasft_mlx.generation.nucleus import default_candidates, make_rollout_sampler
+from rasft_mlx.progress import check
 
 REPETITION_CONTEXT = 20  # mlx-lm's default repetition_context_size
 
@@ -173,8 +174,11 @@ def _decode_chunk(
     eos: mx.array,
     sampler,
     stats: EngineStats,
+    reporter=None,
 ) -> list[Sample]:
-    """All rows of one chunk: `row_prompt[r]` is the index in `prompts` that row r continues."""
+    """All rows of one chunk: `row_prompt[r]` is the index in `prompts` that row r continues.
+    `reporter` (progress.PhaseReporter) hears of finished rows and tokens every few steps; a
+    stop request raises progress.PhaseInterrupted there."""
     started = time.perf_counter()
     cache = prefill(model, prompts, settings.prefill_tokens)
     index = mx.array(row_prompt)
@@ -198,6 +202,7 @@ def _decode_chunk(
     segments: list[tuple[np.ndarray, int, list[mx.array]]] = [(active, 0, [])]
     done = mx.zeros((rows,), dtype=mx.bool_)
     pending = None  # the done mask of an earlier step, read while later steps run
+    reported = reported_step = 0  # rows and steps already reported
     for step in range(limit):
         logits = model(y[:, None], cache=cache)[:, -1, :]
         if penalty is not None:
@@ -214,6 +219,11 @@ def _decode_chunk(
             flags = np.array(pending)  # waits for an earlier step only
             pending = None
             finished = int(flags.sum())
+            check("generation")
+            if reporter is not None:
+                done_now = rows - len(active) + finished
+                reporter.advance(done_now - reported, (step + 1 - reported_step) * len(active))
+                reported, reported_step = done_now, step + 1
             if finished == len(active):
                 break
             if finished >= max(1, int(settings.compact_fraction * len(active))):
@@ -231,6 +241,8 @@ def _decode_chunk(
         if (step + 1) % settings.check_every == 0:
             pending = done
     stats.decode_steps += step + 1
+    if reporter is not None:
+        reporter.advance(rows - reported, (step + 1 - reported_step) * len(active))
 
     table = np.full((rows, limit), -1, dtype=np.int64)
     for ids, first, steps in segments:
@@ -283,9 +295,10 @@ def generate_rows(
     settings: EngineSettings,
     eos_token_ids,
     seed: int | None = None,
+    reporter=None,
 ) -> tuple[list[list[Sample]], EngineStats]:
     """`counts[i]` samples of prompt i (its prefill computed once per chunk); returns the samples
-    of each prompt, in prompt order."""
+    of each prompt, in prompt order. `reporter`: see `_decode_chunk`."""
     if isinstance(counts, int):
         counts = [counts] * len(prompts)
     if any(len(p) == 0 for p in prompts):
@@ -301,7 +314,8 @@ def generate_rows(
     for chunk in plan_chunks(prompts, counts, max(1, settings.max_rows)):
         unique = [prompts[i] for i, _ in chunk]
         row_prompt = [j for j, (_, n) in enumerate(chunk) for _ in range(n)]
-        samples = _decode_chunk(model, unique, row_prompt, settings, eos, sampler, stats)
+        check("generation")
+        samples = _decode_chunk(model, unique, row_prompt, settings, eos, sampler, stats, reporter)
         for sample, j in zip(samples, row_prompt, strict=True):
             results[chunk[j][0]].append(sample)
         stats.chunks += 1

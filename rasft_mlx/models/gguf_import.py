@@ -17,6 +17,8 @@ import numpy as np
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, processors
 from tokenizers import pre_tokenizers as pre
 
+from rasft_mlx.progress import phase
+
 SUPPORTED_ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM"}
 IMPORTER_VERSION = 1
 MARKER_FILE = "gguf_import.json"
@@ -194,31 +196,37 @@ def _require(md: dict, key: str, path: Path | str):
 def _load_tensors(reader, path: Path, dequantize: bool, dtype: mx.Dtype) -> dict:
     """GGUF-named arrays; kept-quantised ones as MLX affine `weight`/`scales`/`biases` triples."""
     out = {}
-    for t in reader.tensors:
-        stem = t.name.rsplit(".", 1)[0]
-        shape = tuple(int(d) for d in reversed(t.shape))
-        if t.tensor_type in (_Q.F32, _Q.F16):
-            parts = {t.name: mx.array(t.data.reshape(shape))}
-        else:
-            try:
-                w = gguf.quants.dequantize(t.data, t.tensor_type).reshape(shape)
-            except NotImplementedError as e:
-                raise GGUFImportError(
-                    f"{path.name}: tensor {t.name!r} has unsupported type {t.tensor_type.name} "
-                    "(supported: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 and the K-quants)"
-                ) from e
-            keep = not dequantize and t.tensor_type != _Q.BF16
-            if not keep or len(shape) != 2 or shape[1] % GROUP_SIZE:
-                triple = (w,)
-            else:  # exact where the block layout allows it, else 8-bit (~0.5% rms error)
-                triple = _exact_affine(t.data, t.tensor_type, w)
-                triple = triple or mx.quantize(mx.array(w), GROUP_SIZE, 8)
-            parts = dict(zip((t.name, f"{stem}.scales", f"{stem}.biases"), triple, strict=False))
-        parts = {k: mx.array(v) for k, v in parts.items()}
-        parts = {k: v if v.dtype == mx.uint32 else v.astype(dtype) for k, v in parts.items()}
-        mx.eval(parts)
-        out.update(parts)
+    with phase(f"converting {path.name}", len(reader.tensors), unit="tensors") as reporter:
+        for t in reader.tensors:
+            out.update(_convert_tensor(t, path, dequantize, dtype))
+            reporter.advance(1)
     return out
+
+
+def _convert_tensor(t, path: Path, dequantize: bool, dtype: mx.Dtype) -> dict:
+    stem = t.name.rsplit(".", 1)[0]
+    shape = tuple(int(d) for d in reversed(t.shape))
+    if t.tensor_type in (_Q.F32, _Q.F16):
+        parts = {t.name: mx.array(t.data.reshape(shape))}
+    else:
+        try:
+            w = gguf.quants.dequantize(t.data, t.tensor_type).reshape(shape)
+        except NotImplementedError as e:
+            raise GGUFImportError(
+                f"{path.name}: tensor {t.name!r} has unsupported type {t.tensor_type.name} "
+                "(supported: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 and the K-quants)"
+            ) from e
+        keep = not dequantize and t.tensor_type != _Q.BF16
+        if not keep or len(shape) != 2 or shape[1] % GROUP_SIZE:
+            triple = (w,)
+        else:  # exact where the block layout allows it, else 8-bit (~0.5% rms error)
+            triple = _exact_affine(t.data, t.tensor_type, w)
+            triple = triple or mx.quantize(mx.array(w), GROUP_SIZE, 8)
+        parts = dict(zip((t.name, f"{stem}.scales", f"{stem}.biases"), triple, strict=False))
+    parts = {k: mx.array(v) for k, v in parts.items()}
+    parts = {k: v if v.dtype == mx.uint32 else v.astype(dtype) for k, v in parts.items()}
+    mx.eval(parts)
+    return parts
 
 
 def _exact_affine(raw: np.ndarray, qtype, w: np.ndarray):

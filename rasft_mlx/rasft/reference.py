@@ -10,31 +10,35 @@ import numpy as np
 from rasft_mlx.data.encoding import TrainingSequence
 from rasft_mlx.models.adapters import adapters_disabled, dropout_mode
 from rasft_mlx.models.response_logits import ResponseLogits
+from rasft_mlx.progress import check, phase
 from rasft_mlx.training.batching import collate
 from rasft_mlx.training.losses import token_logprobs
 
 
 def response_logprobs(
-    model, sequences: list[TrainingSequence], batch_size: int, bucket_multiple: int
+    model,
+    sequences: list[TrainingSequence],
+    batch_size: int,
+    bucket_multiple: int,
+    label: str = "log-probs",
 ) -> list[np.ndarray]:
-    """log pi(y_t) of each sequence's response tokens under the model as it is now (dropout off)."""
-    with dropout_mode(model, False):
-        return _response_logprobs(model, sequences, batch_size, bucket_multiple)
-
-
-def _response_logprobs(model, sequences, batch_size, bucket_multiple) -> list[np.ndarray]:
+    """log pi(y_t) of each sequence's response tokens under the model as it is now (dropout off),
+    reported as the phase `label`; a stop request raises progress.PhaseInterrupted."""
     order = sorted(range(len(sequences)), key=lambda i: len(sequences[i].tokens))
     logits_at = ResponseLogits(model)
     by_index: dict[int, np.ndarray] = {}
-    for start in range(0, len(order), batch_size):
-        indices = order[start : start + batch_size]
-        chunk = [sequences[i] for i in indices]
-        batch = collate(chunk, len(chunk), bucket_multiple)
-        logits = logits_at(batch.inputs, batch.positions)
-        logprobs = np.array(token_logprobs(logits, batch.targets))
-        for row, index in enumerate(indices):
-            by_index[index] = logprobs[row, : sequences[index].response_length].copy()
-        mx.clear_cache()
+    with dropout_mode(model, False), phase(label, len(sequences)) as reporter:
+        for start in range(0, len(order), batch_size):
+            check(label)
+            indices = order[start : start + batch_size]
+            chunk = [sequences[i] for i in indices]
+            batch = collate(chunk, len(chunk), bucket_multiple)
+            logits = logits_at(batch.inputs, batch.positions)
+            logprobs = np.array(token_logprobs(logits, batch.targets))
+            for row, index in enumerate(indices):
+                by_index[index] = logprobs[row, : sequences[index].response_length].copy()
+            mx.clear_cache()
+            reporter.advance(len(indices))
     return [by_index[i] for i in range(len(sequences))]
 
 
@@ -43,7 +47,9 @@ def with_reference_logprobs(
 ) -> list[TrainingSequence]:
     """The sequences with `reference_logprobs` filled in from an adapters-off forward."""
     with adapters_disabled(model):
-        logprobs = response_logprobs(model, sequences, batch_size, bucket_multiple)
+        logprobs = response_logprobs(
+            model, sequences, batch_size, bucket_multiple, label="reference log-probs"
+        )
     return [
         replace(sequence, reference_logprobs=values)
         for sequence, values in zip(sequences, logprobs, strict=True)

@@ -58,11 +58,8 @@ class RasftSource:
         self.order = {s.problem_id: index for index, s in enumerate(experts)}
         self.pending: list[str] = []  # authors: mid-band problems waiting for the refresh
         self.flushed = False  # authors: the hard pool was trained a second time
-        started = time.perf_counter()
-        self.experts = {
-            s.problem_id: s for s in with_reference_logprobs(self.model, experts, *self._batching)
-        }
-        self.timings["reference"] += time.perf_counter() - started
+        self.experts = {s.problem_id: s for s in experts}  # reference log-probs: see _prepare
+        self.prepared = False
 
     def state_dict(self) -> dict:
         """The refresh state a checkpoint needs (the current queue is saved by the trainer)."""
@@ -105,6 +102,22 @@ class RasftSource:
             )
 
     @property
+    def expert_count(self) -> int:
+        return len(self.experts)
+
+    def _prepare(self) -> None:
+        """The demos' reference log-probs (adapters off: the same whenever computed), once, in the
+        first phase that needs them, so a stop request can interrupt it like any phase."""
+        if self.prepared:
+            return
+        started = time.perf_counter()
+        demos = list(self.experts.values())
+        filled = with_reference_logprobs(self.model, demos, *self._batching)
+        self.experts = {s.problem_id: s for s in filled}
+        self.prepared = True
+        self.timings["reference"] += time.perf_counter() - started
+
+    @property
     def _batching(self) -> tuple[int, int]:
         return self.recipe.training.batch_size, self.recipe.training.bucket_multiple
 
@@ -115,6 +128,7 @@ class RasftSource:
         self.ratio_counts[2] += result.sequences
 
     def epoch_sequences(self, epoch: int) -> list[TrainingSequence]:
+        self._prepare()
         if self.authors:
             return self._authors_start()
         return self.refresh(progress=epoch / max(self.recipe.training.epochs, 1))
@@ -129,6 +143,7 @@ class RasftSource:
         """The authors' schedule when its queue runs dry: the refresh, then the hard-pool flush."""
         if not self.authors:
             return None
+        self._prepare()
         if self.pending:
             horizon = self.recipe.training.lr_schedule_steps
             return self._authors_refresh(step / horizon if horizon else progress)
@@ -143,7 +158,8 @@ class RasftSource:
 
     def _demo_nll(self, ids: list[str]) -> list[float]:
         demos = [self.experts[i] for i in ids]
-        return [-float(v.mean()) for v in response_logprobs(self.model, demos, *self._batching)]
+        logprobs = response_logprobs(self.model, demos, *self._batching, label="demo NLL")
+        return [-float(v.mean()) for v in logprobs]
 
     def _authors_start(self) -> list[TrainingSequence]:
         """Route every problem once by the starting policy's demo NLL; queue all but the mid band."""
@@ -196,7 +212,8 @@ class RasftSource:
             chosen = select_fraction(ids, config.selection_fraction, self.rng)
             return chosen, {"selected": len(chosen)}
         demos = [self.experts[i] for i in ids]
-        nll = [-float(v.mean()) for v in response_logprobs(self.model, demos, *self._batching)]
+        logprobs = response_logprobs(self.model, demos, *self._batching, label="demo NLL")
+        nll = [-float(v.mean()) for v in logprobs]
         problem_nll = dict(zip(ids, nll, strict=True))
         if self.thresholds is None:
             sample = self.rng.permutation(len(nll))[: config.calibration_size]
@@ -248,6 +265,7 @@ class RasftSource:
             self.prompts,
             self.recipe.rollout,
             seed=self.recipe.training.seed * 1000 + self.refresh_count,
+            label=f"rollouts (refresh {self.refresh_count})",
         )
         self.timings["rollout"] += time.perf_counter() - started
         started = time.perf_counter()

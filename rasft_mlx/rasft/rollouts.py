@@ -45,6 +45,7 @@ def generate_samples(
     prompts: dict[str, list[int]],
     config: RolloutConfig,
     seed: int,
+    label: str = "rollouts",
 ) -> tuple[dict[str, list[Completion]], GenerationStats]:
     """K samples per problem from the model as it is now (live adapters, no snapshot).
 
@@ -53,7 +54,12 @@ def generate_samples(
     """
     repeated = [problem for problem in problems for _ in range(config.k)]
     completions, stats = generate_completions(
-        model, tokenizer, [prompts[p.id] for p in repeated], sampling_settings(config), seed=seed
+        model,
+        tokenizer,
+        [prompts[p.id] for p in repeated],
+        sampling_settings(config),
+        seed=seed,
+        label=label,
     )
     samples: dict[str, list[Completion]] = {p.id: [] for p in problems}
     for problem, completion in zip(repeated, completions, strict=True):

@@ -73,7 +73,7 @@ def evaluate_problems(
         problems = problems[: config.limit]
     prompts = [encode_prompt(tokenizer, p.question, system_prompt) for p in problems]
     greedy = SamplingSettings(config.max_new_tokens, temperature=0.0, batch_size=config.batch_size)
-    completions, stats = generate_completions(model, tokenizer, prompts, greedy)
+    completions, stats = generate_completions(model, tokenizer, prompts, greedy, label="eval")
     records = _records(problems, completions, -1)
     tokens, seconds = stats.generated_tokens, stats.seconds
     avg_at_k = None
@@ -85,7 +85,9 @@ def evaluate_problems(
             batch_size=config.batch_size,
         )
         repeated = [p for p in prompts for _ in range(config.samples)]
-        completions, stats = generate_completions(model, tokenizer, repeated, sampled, seed=seed)
+        completions, stats = generate_completions(
+            model, tokenizer, repeated, sampled, seed=seed, label=f"eval (avg@{config.samples})"
+        )
         repeated_problems = [p for p in problems for _ in range(config.samples)]
         sampled_records = [
             EvalRecord(**{**asdict(r), "sample": i % config.samples})

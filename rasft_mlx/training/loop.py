@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-import mlx.core as mx
 import numpy as np
 from mlx.utils import tree_flatten, tree_map, tree_unflatten
 from rich.console import Console
@@ -18,17 +18,16 @@ from rasft_mlx.data.encoding import TrainingSequence
 from rasft_mlx.data.problem import Problem
 from rasft_mlx.display import TrainingDisplay
 from rasft_mlx.memory import peak_memory_gb
-from rasft_mlx.models.adapters import adapter_config_dict, save_adapters
+from rasft_mlx.models.adapters import save_adapters
 from rasft_mlx.models.loading import LoadedModel
+from rasft_mlx.progress import PhaseInterrupted
 from rasft_mlx.training.batching import collate
 from rasft_mlx.training.checkpoint import (
-    Checkpoint,
-    CheckpointError,
     mlx_random_state,
     restore_mlx_random_state,
-    write_checkpoint,
 )
 from rasft_mlx.training.evaluate import EvalSummary, evaluate_and_record
+from rasft_mlx.training.loop_checkpoint import LoopCheckpoints, assign_in_place
 from rasft_mlx.training.run_directory import MetricsLog, TrainingError
 from rasft_mlx.training.step_plan import (
     SequenceSource,
@@ -56,17 +55,7 @@ class TrainResult:
     eval_summary: EvalSummary | None
 
 
-def _assign_in_place(target, source) -> None:
-    """Copy the leaves of `source` into the containers of `target` (compiled steps hold them)."""
-    items = source.items() if isinstance(source, dict) else enumerate(source)
-    for key, value in items:
-        if isinstance(value, (dict, list)) and isinstance(target[key], (dict, list)):
-            _assign_in_place(target[key], value)
-        else:
-            target[key] = value
-
-
-class TrainingLoop:
+class TrainingLoop(LoopCheckpoints):
     """The loop: batches -> compiled step -> metrics; checkpoints, adapters and eval per epoch.
 
     Everything needed to continue exactly lives on the instance and goes into a checkpoint
@@ -106,28 +95,16 @@ class TrainingLoop:
         self.step_fn: CompiledTrainStep | None = None
         self.optimizer = None
         self.schedule = None
+        self.baseline_eval_pending = False
 
     # -- setup -----------------------------------------------------------------------------
 
     def start_fresh(self) -> None:
-        if self.recipe.eval.before_training and self.test_problems:
-            started = time.perf_counter()
-            before = evaluate_and_record(
-                self.loaded, self.recipe, self.test_problems, self.run_dir, -1, self.metrics
-            )
-            self.timings["eval"] += time.perf_counter() - started
-            self.console.print(
-                f"before training: eval pass@1 {before.pass_at_1:.3f} on {before.problems} problems"
-            )
-        self.sequences = self.source.epoch_sequences(0)
-        self.planned = planned_steps(len(self.sequences), self.recipe)
-        self.groups = self._groups(self.sequences)
+        """A new run: the step plan from the expert demos; epoch 1's sequences (a RASFT refresh)
+        and the starting model's evaluation come in `run`, after a step-0 checkpoint."""
+        self.planned = planned_steps(self.source.expert_count, self.recipe)
+        self.baseline_eval_pending = bool(self.recipe.eval.before_training and self.test_problems)
         self._build_step()
-        self.console.print(
-            f"{len(self.sequences)} training sequences in epoch 1, "
-            f"{len(self.test_problems)} test problems, "
-            f"about {self.planned} optimizer steps ({self.training.mode})"
-        )
 
     def _build_step(self) -> None:
         self.schedule = build_lr_schedule(self.training, self.planned)
@@ -141,97 +118,6 @@ class TrainingLoop:
             self.training.grad_clip,
             self.training.loss_normalization,
         )
-
-    def restore(self, checkpoint: Checkpoint) -> None:
-        state = checkpoint.state
-        self.step, self.epoch = int(state["step"]), int(state["epoch"])
-        self.position, self.groups = int(state["position"]), state["groups"]
-        self.trained_tokens, self.loss = int(state["trained_tokens"]), float(state["loss"])
-        self.planned = int(state["planned"])
-        # Recomputed rather than read, so a forced resume with more epochs or steps goes on.
-        max_steps = self.training.max_steps
-        self.completed = self.groups is None and (
-            self.epoch >= self.training.epochs or (max_steps is not None and self.step >= max_steps)
-        )
-        if state.get("eval") is not None:
-            self.eval_summary = EvalSummary(**state["eval"])
-        self._restore_weights(checkpoint)
-        self._build_step()
-        flat = checkpoint.optimizer_state()
-        _assign_in_place(self.optimizer.state, tree_unflatten(list(flat.items())))
-        mx.eval(self.optimizer.state)
-        self.rng.bit_generator.state = state["batch_rng"]
-        restore_mlx_random_state(state["mlx_random"])
-        if state.get("source") is not None:
-            self.source.load_state_dict(state["source"])
-        if self.groups is not None:
-            queue = checkpoint.queue()
-            self.sequences = queue if queue is not None else self.source.epoch_sequences(self.epoch)
-        self.last_checkpoint = checkpoint.path
-        self.console.print(
-            f"resumed from {checkpoint.path} (step {self.step}, epoch {self.epoch + 1}, "
-            f"about {self.planned} optimizer steps)"
-        )
-
-    def _restore_weights(self, checkpoint: Checkpoint) -> None:
-        weights = checkpoint.adapter_weights()
-        expected = dict(tree_flatten(self.loaded.model.trainable_parameters()))
-        problems = sorted(set(weights) ^ set(expected))
-        problems += [
-            f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(expected[k].shape)}"
-            for k, v in weights.items()
-            if k in expected and v.shape != expected[k].shape
-        ]
-        if problems:
-            raise TrainingError(
-                f"checkpoint {checkpoint.path} does not fit this model and lora settings: "
-                + "; ".join(problems[:5])
-            )
-        self.loaded.model.update(tree_unflatten(list(weights.items())))
-        mx.eval(self.loaded.model.parameters())
-
-    # -- checkpoints -----------------------------------------------------------------------
-
-    def checkpoint(self) -> Path:
-        model = self.loaded.model
-        source_state = self.source.state_dict() if hasattr(self.source, "state_dict") else None
-        metrics_path = self.metrics.path
-        state = {
-            "step": self.step,
-            "epoch": self.epoch,
-            "position": self.position,
-            "groups": self.groups,
-            "planned": self.planned,
-            "trained_tokens": self.trained_tokens,
-            "loss": self.loss,
-            "completed": self.completed,
-            "learning_rate_next": float(self.schedule(self.step)),
-            "eval": self.eval_summary.as_dict() if self.eval_summary else None,
-            "batch_rng": self.rng.bit_generator.state,
-            "mlx_random": mlx_random_state(),
-            "source": source_state,
-            "metrics_bytes": metrics_path.stat().st_size if metrics_path.exists() else 0,
-        }
-        queue = self.sequences if source_state is not None and self.groups is not None else None
-        started = time.perf_counter()
-        try:
-            path = write_checkpoint(
-                self.run_dir,
-                state,
-                dict(tree_flatten(model.trainable_parameters())),
-                adapter_config_dict(model, self.recipe.lora, self.recipe.model.path),
-                dict(tree_flatten(self.optimizer.state)),
-                queue,
-                keep=self.recipe.output.keep_checkpoints,
-            )
-        except CheckpointError as error:
-            kept = f"; the last good checkpoint is {self.last_checkpoint}" * bool(
-                self.last_checkpoint
-            )
-            raise TrainingError(f"{error}{kept}") from error
-        self.timings["checkpoint"] += time.perf_counter() - started
-        self.last_checkpoint = path
-        return path
 
     def _stop_if_requested(self, signals: StopSignals) -> None:
         if signals.stop:
@@ -248,39 +134,53 @@ class TrainingLoop:
         started = time.perf_counter()
         if self.completed:
             self.console.print(f"the run already finished at step {self.step}; nothing to do")
+        if self.last_checkpoint is None:
+            self.checkpoint()  # step 0: where --resume restarts a phase interrupted before step 1
+        if self.baseline_eval_pending:
+            self._guarded(signals, self._baseline_eval)
         with TrainingDisplay(self.console, self.planned, training.log_every) as display:
             while not self.completed:
                 if self.groups is None:  # a new epoch
-                    self._set_queue(self.source.epoch_sequences(self.epoch), display)
+                    epoch = self.epoch
+                    sequences = self._guarded(
+                        signals, functools.partial(self.source.epoch_sequences, epoch)
+                    )
+                    self._set_queue(sequences, display)
+                    display.message(
+                        f"epoch {epoch + 1}: {len(sequences)} training sequences, "
+                        f"about {self.planned} optimizer steps in all ({training.mode})"
+                    )
                 train_started = time.perf_counter()
-                while self.position < len(self.groups) and self.step < max_steps:
+                while self.step < max_steps:
+                    if self.position == len(self.groups):  # the queue ran dry
+                        paused = time.perf_counter()
+                        more = self._guarded(signals, self._continued)
+                        train_started += time.perf_counter() - paused
+                        if not more:
+                            break
+                        self._set_queue(more, display)
+                        continue
                     self._stop_if_requested(signals)
                     if not self._train_step(display, started, first_step):
                         continue
                     if self.stop_after is not None and self.step == self.stop_after:
                         signals.test_reason = f"stop_after={self.stop_after}"
-                    if self.step >= max_steps:
+                    if self.position == len(self.groups) or self.step >= max_steps:
                         continue
-                    refresh_started = time.perf_counter()
-                    progress = self.step / self.planned
-                    if self.position == len(self.groups):  # the queue ran dry
-                        more = self.source.continued_sequences(self.step, progress)
-                        if more:
-                            self._set_queue(more, display)
-                    else:
-                        refreshed = self.source.refreshed_sequences(self.step, progress)
-                        if refreshed is not None:
-                            ahead = untrained_part(
-                                self.sequences, self.groups, self.position, refreshed
-                            )
-                            full_epoch = steps_per_epoch(len(refreshed), self.recipe)
-                            self._set_queue(ahead, display, full_epoch)
-                    train_started += time.perf_counter() - refresh_started
+                    paused = time.perf_counter()
+                    refreshed = self._guarded(signals, self._refreshed)
+                    if refreshed is not None:
+                        ahead = untrained_part(
+                            self.sequences, self.groups, self.position, refreshed
+                        )
+                        full_epoch = steps_per_epoch(len(refreshed), self.recipe)
+                        self._set_queue(ahead, display, full_epoch)
+                    train_started += time.perf_counter() - paused
                     if save_every and self.step % save_every == 0 and not signals.stop:
                         self.checkpoint()
                 self.timings["train"] += time.perf_counter() - train_started
                 self._stop_if_requested(signals)  # before the epoch's eval
-                self._finish_epoch(display, max_steps)
+                self._finish_epoch(display, max_steps, signals)
                 if signals.stop and not self.completed:
                     raise signals.interruption(self.step, self.last_checkpoint)
         return TrainResult(
@@ -290,6 +190,38 @@ class TrainingLoop:
             self.loss,
             time.perf_counter() - started,
             self.eval_summary,
+        )
+
+    def _continued(self):
+        return self.source.continued_sequences(self.step, self.step / self.planned)
+
+    def _refreshed(self):
+        return self.source.refreshed_sequences(self.step, self.step / self.planned)
+
+    def _guarded(self, signals: StopSignals, phase):
+        """Run a long phase (a refresh, an evaluation). A stop request interrupts it within
+        seconds: the source's state and MLX's random state go back to the phase's start, a
+        checkpoint is written there, and the run stops; --resume redoes the phase."""
+        source_state = self.source.state_dict() if hasattr(self.source, "state_dict") else None
+        random_state = mlx_random_state()
+        try:
+            return phase()
+        except PhaseInterrupted as stopped:
+            if source_state is not None:
+                self.source.load_state_dict(source_state)
+            restore_mlx_random_state(random_state)
+            self.console.print(f"stopped during {stopped}: --resume redoes it")
+            raise signals.interruption(self.step, self.checkpoint()) from None
+
+    def _baseline_eval(self) -> None:
+        started = time.perf_counter()
+        before = evaluate_and_record(
+            self.loaded, self.recipe, self.test_problems, self.run_dir, -1, self.metrics
+        )
+        self.timings["eval"] += time.perf_counter() - started
+        self.baseline_eval_pending = False
+        self.console.print(
+            f"before training: eval pass@1 {before.pass_at_1:.3f} on {before.problems} problems"
         )
 
     def _groups(self, sequences: list[TrainingSequence]) -> list:
@@ -318,7 +250,7 @@ class TrainingLoop:
             self.schedule = build_lr_schedule(self.training, self.planned)
             display.set_total(self.planned)
 
-    def _finish_epoch(self, display: TrainingDisplay, max_steps) -> None:
+    def _finish_epoch(self, display: TrainingDisplay, max_steps, signals: StopSignals) -> None:
         """Adapters, eval, then an epoch-end checkpoint that starts the next epoch."""
         loaded, epoch = self.loaded, self.epoch
         save_adapters(
@@ -327,8 +259,11 @@ class TrainingLoop:
         last_epoch = epoch == self.training.epochs - 1 or self.step >= max_steps
         if self.test_problems and (self.training.eval_every_epoch or last_epoch):
             eval_started = time.perf_counter()
-            self.eval_summary = evaluate_and_record(
-                loaded, self.recipe, self.test_problems, self.run_dir, epoch, self.metrics
+            self.eval_summary = self._guarded(
+                signals,
+                lambda: evaluate_and_record(
+                    loaded, self.recipe, self.test_problems, self.run_dir, epoch, self.metrics
+                ),
             )
             self.timings["eval"] += time.perf_counter() - eval_started
             display.message(
@@ -357,7 +292,7 @@ class TrainingLoop:
         result = self.step_fn(micro)
         if not math.isfinite(result.loss) or not math.isfinite(result.grad_norm):
             model.update(tree_unflatten(params_before))
-            _assign_in_place(self.optimizer.state, optimizer_before)
+            assign_in_place(self.optimizer.state, optimizer_before)
             self._non_finite(result, micro, display)
             return False
         self.step += 1

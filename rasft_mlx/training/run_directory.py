@@ -24,9 +24,22 @@ class TrainingError(RuntimeError):
 
 
 def prepare_run_dir(
-    run_dir: Path, recipe: Recipe, console: Console, resume: bool = False, force: bool = False
+    run_dir: Path,
+    recipe: Recipe,
+    console: Console,
+    resume: bool | str = False,
+    force: bool = False,
 ) -> Checkpoint | None:
-    """Create the run dir and save the recipe; with resume, the checkpoint to continue from."""
+    """Create the run dir and save the recipe; with resume, the checkpoint to continue from.
+
+    resume True: a run dir without a loadable checkpoint is an error (nothing is written);
+    "auto": resume when there is one, else start fresh, saying which.
+    """
+    if resume is True and not list_checkpoints(run_dir):
+        raise TrainingError(
+            f"--resume: no checkpoint to resume in {run_dir} (a different output.name or --out?); "
+            "start without --resume, or pass --auto-resume to start fresh when there is none"
+        )
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as error:
@@ -37,11 +50,14 @@ def prepare_run_dir(
         checkpoint, skipped = load_latest(run_dir)
         for reason in skipped:
             console.print(f"[yellow]skipping an unloadable checkpoint[/yellow]: {reason}")
+        if checkpoint is None and resume is True:
+            raise TrainingError(f"--resume: no loadable checkpoint in {run_dir}")
         if checkpoint is None:
-            console.print(f"no checkpoint in {run_dir} yet: starting from the beginning")
+            console.print(f"no checkpoint in {run_dir}: starting a new run")
             remove_checkpoints(run_dir)
             MetricsLog(run_dir / "metrics.jsonl").truncate(0)
         else:
+            console.print(f"resuming from {checkpoint.path}")
             remove_newer_than(run_dir, checkpoint.step)
     else:
         existing = list_checkpoints(run_dir)

@@ -19,6 +19,7 @@ class SequenceSource(Protocol):
     """
 
     shuffle: bool
+    expert_count: int  # expert demos: the first step plan's estimate
 
     def epoch_sequences(self, epoch: int) -> list[TrainingSequence]: ...
 
@@ -38,6 +39,10 @@ class ExpertSource:
 
     sequences: list[TrainingSequence]
     shuffle: bool = True
+
+    @property
+    def expert_count(self) -> int:
+        return len(self.sequences)
 
     def epoch_sequences(self, epoch: int) -> list[TrainingSequence]:
         return self.sequences

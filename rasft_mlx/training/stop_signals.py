@@ -1,4 +1,4 @@
-"""SIGINT/SIGTERM during training: finish the step, checkpoint, then stop with a resume hint."""
+"""SIGINT/SIGTERM during training: stop at the next step or chunk, checkpoint, print a resume hint."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import threading
 from pathlib import Path
 
 from rich.console import Console
+
+from rasft_mlx.progress import clear_stop, request_stop
 
 
 class TrainingInterrupted(Exception):
@@ -32,6 +34,7 @@ class StopSignals:
         self._previous: dict = {}
 
     def __enter__(self) -> StopSignals:
+        clear_stop()
         if threading.current_thread() is threading.main_thread():
             for sig in self.CODES:
                 self._previous[sig] = signal.signal(sig, self._handle)
@@ -41,6 +44,7 @@ class StopSignals:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         self._previous.clear()
+        clear_stop()
 
     def _handle(self, signum, frame) -> None:
         sig = signal.Signals(signum)
@@ -48,9 +52,10 @@ class StopSignals:
             signal.signal(sig, self._previous.get(sig, signal.SIG_DFL))
             raise KeyboardInterrupt
         self.requested = sig
+        request_stop()  # long phases (rollouts, evaluation, reference passes) stop within seconds
         self.console.print(
-            f"[bold yellow]{sig.name}[/bold yellow]: finishing the current step, then writing a "
-            "checkpoint (send it again to stop at once)"
+            f"[bold yellow]{sig.name}[/bold yellow]: stopping after the current step or chunk, "
+            "then writing a checkpoint (send it again to stop at once)"
         )
 
     @property

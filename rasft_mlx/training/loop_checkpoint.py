@@ -1,0 +1,129 @@
+"""The training loop's checkpoints: everything needed to continue exactly, written and read back.
+
+A mixin of `TrainingLoop` (training/loop.py): the epoch, the batch plan and the position in it,
+the queue of sequences, both RNGs, the optimizer and the source's own state.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import mlx.core as mx
+from mlx.utils import tree_flatten, tree_unflatten
+
+from rasft_mlx.models.adapters import adapter_config_dict
+from rasft_mlx.training.checkpoint import (
+    Checkpoint,
+    CheckpointError,
+    mlx_random_state,
+    restore_mlx_random_state,
+    write_checkpoint,
+)
+from rasft_mlx.training.evaluate import EvalSummary
+from rasft_mlx.training.run_directory import TrainingError
+
+
+def assign_in_place(target, source) -> None:
+    """Copy the leaves of `source` into the containers of `target` (compiled steps hold them)."""
+    items = source.items() if isinstance(source, dict) else enumerate(source)
+    for key, value in items:
+        if isinstance(value, (dict, list)) and isinstance(target[key], (dict, list)):
+            assign_in_place(target[key], value)
+        else:
+            target[key] = value
+
+
+class LoopCheckpoints:
+    """checkpoint() / restore() for TrainingLoop; relies on its attributes."""
+
+    def restore(self, checkpoint: Checkpoint) -> None:
+        state = checkpoint.state
+        self.step, self.epoch = int(state["step"]), int(state["epoch"])
+        self.position, self.groups = int(state["position"]), state["groups"]
+        self.trained_tokens, self.loss = int(state["trained_tokens"]), float(state["loss"])
+        self.planned = int(state["planned"])
+        # Recomputed rather than read, so a forced resume with more epochs or steps goes on.
+        max_steps = self.training.max_steps
+        self.completed = self.groups is None and (
+            self.epoch >= self.training.epochs or (max_steps is not None and self.step >= max_steps)
+        )
+        self.baseline_eval_pending = bool(state.get("baseline_eval_pending", False))
+        if state.get("eval") is not None:
+            self.eval_summary = EvalSummary(**state["eval"])
+        self._restore_weights(checkpoint)
+        self._build_step()
+        flat = checkpoint.optimizer_state()
+        assign_in_place(self.optimizer.state, tree_unflatten(list(flat.items())))
+        mx.eval(self.optimizer.state)
+        self.rng.bit_generator.state = state["batch_rng"]
+        restore_mlx_random_state(state["mlx_random"])
+        if state.get("source") is not None:
+            self.source.load_state_dict(state["source"])
+        if self.groups is not None:
+            queue = checkpoint.queue()
+            self.sequences = queue if queue is not None else self.source.epoch_sequences(self.epoch)
+        self.last_checkpoint = checkpoint.path
+        self.console.print(
+            f"resumed from {checkpoint.path} (step {self.step}, epoch {self.epoch + 1}, "
+            f"about {self.planned} optimizer steps)"
+        )
+
+    def _restore_weights(self, checkpoint: Checkpoint) -> None:
+        weights = checkpoint.adapter_weights()
+        expected = dict(tree_flatten(self.loaded.model.trainable_parameters()))
+        problems = sorted(set(weights) ^ set(expected))
+        problems += [
+            f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(expected[k].shape)}"
+            for k, v in weights.items()
+            if k in expected and v.shape != expected[k].shape
+        ]
+        if problems:
+            raise TrainingError(
+                f"checkpoint {checkpoint.path} does not fit this model and lora settings: "
+                + "; ".join(problems[:5])
+            )
+        self.loaded.model.update(tree_unflatten(list(weights.items())))
+        mx.eval(self.loaded.model.parameters())
+
+    def checkpoint(self) -> Path:
+        model = self.loaded.model
+        source_state = self.source.state_dict() if hasattr(self.source, "state_dict") else None
+        metrics_path = self.metrics.path
+        state = {
+            "step": self.step,
+            "epoch": self.epoch,
+            "position": self.position,
+            "groups": self.groups,
+            "planned": self.planned,
+            "trained_tokens": self.trained_tokens,
+            "loss": self.loss,
+            "completed": self.completed,
+            "learning_rate_next": float(self.schedule(self.step)),
+            "eval": self.eval_summary.as_dict() if self.eval_summary else None,
+            "batch_rng": self.rng.bit_generator.state,
+            "mlx_random": mlx_random_state(),
+            "source": source_state,
+            "baseline_eval_pending": self.baseline_eval_pending,
+            "metrics_bytes": metrics_path.stat().st_size if metrics_path.exists() else 0,
+        }
+        queue = self.sequences if source_state is not None and self.groups is not None else None
+        started = time.perf_counter()
+        try:
+            path = write_checkpoint(
+                self.run_dir,
+                state,
+                dict(tree_flatten(model.trainable_parameters())),
+                adapter_config_dict(model, self.recipe.lora, self.recipe.model.path),
+                dict(tree_flatten(self.optimizer.state)),
+                queue,
+                keep=self.recipe.output.keep_checkpoints,
+            )
+        except CheckpointError as error:
+            kept = f"; the last good checkpoint is {self.last_checkpoint}" * bool(
+                self.last_checkpoint
+            )
+            raise TrainingError(f"{error}{kept}") from error
+        self.timings["checkpoint"] += time.perf_counter() - started
+        self.last_checkpoint = path
+        return path

@@ -1,0 +1,94 @@
+"""A real `rasft-mlx train` subprocess gets SIGTERM inside a rollout refresh and inside an
+evaluation: it stops within seconds each time, and the resumed run ends with the adapter bytes of
+an uninterrupted one. Progress lines appear in non-terminal output during both phases."""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+
+import yaml
+from rich.console import Console
+from test_checkpoint import TIMEOUT, adapter_bytes, start
+
+from rasft_mlx.commands.train import run_training
+from rasft_mlx.config import load_recipe
+
+EXIT_WITHIN_SECONDS = 10
+
+
+def write_recipe(tmp_path: Path, model_dir: Path) -> Path:
+    recipe = {
+        "model": {"path": str(model_dir)},
+        "data": {
+            "synthetic": {"n_train": 24, "n_test": 24, "min_level": 0, "max_level": 1},
+            "max_seq_len": 256,
+        },
+        "lora": {"rank": 4, "scale": 2.0},
+        "training": {
+            "mode": "rasft",
+            "epochs": 2,
+            "batch_size": 8,
+            "learning_rate": 1e-3,
+            "warmup_steps": 1,
+            "eval_every_epoch": True,
+        },
+        "rollout": {"k": 4, "max_new_tokens": 96, "temperature": 1.0},
+        "rasft": {"selection": "all"},
+        "eval": {"max_new_tokens": 96, "before_training": True},
+        "output": {"save_every": 1},
+    }
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+def stop_inside(process, label: str) -> tuple[int, str, float]:
+    """Read the output until a progress line of `label`, then SIGTERM: (code, output, seconds)."""
+    lines = []
+    for line in process.stdout:
+        lines.append(line)
+        if line.startswith(label):
+            sent = time.monotonic()
+            process.send_signal(signal.SIGTERM)
+            rest, _ = process.communicate(timeout=TIMEOUT)
+            return process.returncode, "".join(lines) + rest, time.monotonic() - sent
+    process.wait(timeout=TIMEOUT)
+    raise AssertionError(f"no {label!r} progress line:\n{''.join(lines)}")
+
+
+def test_sigterm_inside_refreshes_and_evaluations_then_resume(tiny_llama_dir, tmp_path):
+    recipe = write_recipe(tmp_path, tiny_llama_dir)
+    reference = tmp_path / "reference"
+    run_training(load_recipe(recipe), reference, Console(quiet=True))
+
+    run_dir = tmp_path / "stopped"
+    labels = ["eval", "rollouts (refresh 1)", "rollouts (refresh 2)", "eval"]
+    env = {"RASFT_MLX_PROGRESS_EVERY": "0"}
+    for index, label in enumerate(labels):
+        process = start(recipe, run_dir, *(["--resume"] if index else []), env=env)
+        code, output, seconds = stop_inside(process, label)
+        assert code == 143, output
+        assert seconds < EXIT_WITHIN_SECONDS, f"{label}: exited {seconds:.1f} s after SIGTERM"
+        assert "stopped during" in output, output  # inside the phase, not after it
+        assert "resume with: rasft-mlx train" in output
+
+    process = start(recipe, run_dir, "--resume")
+    output, _ = process.communicate(timeout=TIMEOUT * 4)
+    assert process.returncode == 0, output
+    assert adapter_bytes(run_dir) == adapter_bytes(reference)
+    for ledger in ("refresh-001.jsonl", "refresh-002.jsonl"):  # the same rollouts, redone
+        redone = (run_dir / "rollouts" / ledger).read_text()
+        assert redone == (reference / "rollouts" / ledger).read_text()
+    refreshes = (run_dir / "metrics.jsonl").read_text().count('"event": "refresh"')
+    assert refreshes == 2  # each refresh logged once: the interrupted ones left no record
+
+
+def test_resume_with_nothing_to_resume_is_an_error(tiny_llama_dir, tmp_path):
+    recipe = write_recipe(tmp_path, tiny_llama_dir)
+    process = start(recipe, tmp_path / "never-ran", "--resume")
+    output, _ = process.communicate(timeout=TIMEOUT)
+    assert process.returncode == 2
+    assert "no checkpoint to resume in" in output and "never-ran" in output
+    assert not (tmp_path / "never-ran").exists()
