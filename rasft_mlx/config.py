@@ -75,7 +75,9 @@ class DataConfig:
     test: str = field(default="synthetic", metadata=_range(help="same forms as train"))
     format: str = field(
         default="auto",
-        metadata=_range(choices=("auto", "gsm8k", "generic", "synthetic")),
+        metadata=_range(
+            choices=("auto", "gsm8k", "generic", "math", "authors", "messages", "synthetic")
+        ),
     )
     max_train: int | None = field(default=None, metadata=_range(1))
     max_test: int | None = field(default=None, metadata=_range(1))

@@ -9,6 +9,7 @@ import pytest
 
 from rasft_mlx.data.readers import (
     DataError,
+    DataWarning,
     detect_format,
     ends_with_boxed,
     load_problems,
@@ -160,3 +161,72 @@ def test_row_errors_name_path_and_line(tmp_path, lines, reader, expected):
     with pytest.raises(DataError) as info:
         reader(path)
     assert f"{path}{expected}" in str(info.value)
+
+
+def write_rows(path, rows):
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+def test_math_style_rows_take_the_last_boxed_answer_and_skip_rows_without_one(tmp_path):
+    path = write_rows(
+        tmp_path / "math.jsonl",
+        [
+            {
+                "problem": "Simplify 2/4.",
+                "solution": "We get $\\boxed{1}$ then $\\boxed{\\frac{1}{2}}$.",
+            },
+            {"problem": "No answer here.", "solution": "It is left as an exercise."},
+            {"problem": "Root?", "solution": "So $x = \\boxed{\\sqrt{2}}$."},
+        ],
+    )
+    assert detect_format(path) == "math"
+    with pytest.warns(DataWarning, match=r"skipped 1 rows .*'solution'.*lines 2$"):
+        problems = load_problems(str(path))
+    assert [p.answer for p in problems] == ["\\frac{1}{2}", "\\sqrt{2}"]
+    assert problems[0].question == "Simplify 2/4." and problems[1].id == "math-3"
+
+
+def test_the_authors_instruction_response_file(tmp_path):
+    rows = [{"instruction": f"Q{i}", "response": f"Work... \\boxed{{{i}}}"} for i in range(3)]
+    rows.append({"instruction": "Q3", "response": "no box"})
+    path = write_rows(tmp_path / "numina_cot_10k.jsonl", rows)
+    assert detect_format(path) == "authors"
+    with pytest.warns(DataWarning, match="skipped 1 rows"):
+        problems = load_problems(str(path), fmt="authors")
+    assert [(p.question, p.answer) for p in problems] == [("Q0", "0"), ("Q1", "1"), ("Q2", "2")]
+
+
+def test_chat_messages_rows(tmp_path):
+    path = write_rows(
+        tmp_path / "chat.jsonl",
+        [
+            {
+                "messages": [
+                    {"role": "system", "content": "Be brief."},
+                    {"role": "user", "content": "What is 6 * 7?"},
+                    {"role": "assistant", "content": "6 * 7 = 42.\n#### 42"},
+                ]
+            },
+            {"messages": [{"role": "user", "content": "Hi"}]},
+            {
+                "messages": [
+                    {"role": "user", "content": "1 + 1?"},
+                    {"role": "assistant", "content": "\\boxed{2}"},
+                ]
+            },
+        ],
+    )
+    assert detect_format(path) == "messages"
+    with pytest.warns(DataWarning, match="skipped 1 rows"):
+        problems = load_problems(str(path))
+    assert [(p.question, p.answer) for p in problems] == [("What is 6 * 7?", "42"), ("1 + 1?", "2")]
+    assert problems[0].solution.endswith("\\boxed{42}")
+
+
+def test_skip_summary_names_the_first_few_lines(tmp_path):
+    rows = [{"problem": f"P{i}", "solution": "none"} for i in range(8)]
+    rows.append({"problem": "P8", "solution": "\\boxed{8}"})
+    path = write_rows(tmp_path / "m.jsonl", rows)
+    with pytest.warns(DataWarning, match=r"skipped 8 rows .*lines 1, 2, 3, 4, 5 and 3 more"):
+        assert len(load_problems(str(path), fmt="math")) == 1

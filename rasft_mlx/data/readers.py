@@ -1,19 +1,26 @@
-"""Readers that turn GSM8K JSONL, generic JSONL, hf:// files or synthetic data into Problems."""
+"""Readers that turn JSONL files (GSM8K, generic, MATH-style, the authors' instruction/response,
+chat messages), hf:// files or synthetic data into Problems."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
 import re
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
 from rasft_mlx.data.problem import Problem
 from rasft_mlx.data.synthetic import generate_problems
+from rasft_mlx.data.verify import last_boxed
 
-FORMATS = ("auto", "gsm8k", "generic", "synthetic")
+FORMATS = ("auto", "gsm8k", "generic", "math", "authors", "messages", "synthetic")
 GSM8K_KEYS = ("question", "answer")
 GENERIC_KEYS = ("prompt", "solution", "answer")
+# Formats whose answer is the last \boxed{} of the solution: (question key, solution key).
+BOXED_FORMATS = {"math": ("problem", "solution"), "authors": ("instruction", "response")}
+MESSAGES_KEYS = ("messages",)
+SKIPPED_SHOWN = 5
 SYNTHETIC_DEFAULTS = {"seed": 0, "n_train": 2000, "n_test": 200, "min_level": 1, "max_level": 3}
 
 _CALCULATOR_NOTE = re.compile(r"<<[^<>]*>>")
@@ -22,6 +29,10 @@ _TRAILING_AFTER_BOXED = re.compile(r"[\s.$\\\]]*")
 
 class DataError(ValueError):
     """A data source that cannot be read into problems; the message names the file and line."""
+
+
+class DataWarning(UserWarning):
+    """Rows skipped while reading (no extractable answer), summarised once per file."""
 
 
 def read_gsm8k(
@@ -88,7 +99,74 @@ def load_problems(
         fmt = detect_format(path)
     if fmt == "gsm8k":
         return read_gsm8k(path, limit=limit)
+    if fmt in BOXED_FORMATS:
+        return read_boxed(path, *BOXED_FORMATS[fmt], limit=limit)
+    if fmt == "messages":
+        return read_messages(path, limit=limit)
     return read_generic(path, limit=limit)
+
+
+def read_boxed(
+    path: str | Path, question_key: str, solution_key: str, *, limit: int | None = None
+) -> list[Problem]:
+    """Rows {question_key, solution_key} whose answer is the solution's last \\boxed{}: MATH
+    (problem / solution) or the authors' training file (instruction / response). Rows without a
+    boxed answer are skipped and summarised in one warning."""
+    path = Path(path)
+    problems, skipped = [], []
+    for line_no, row in _limited(_read_rows(path), limit):
+        _require_keys(path, line_no, row, (question_key, solution_key))
+        question = _require_text(path, line_no, row, question_key).strip()
+        solution = _require_text(path, line_no, row, solution_key).strip()
+        answer = last_boxed(solution)
+        if not answer or not answer.strip():
+            skipped.append(line_no)
+            continue
+        problem_id = str(row["id"]) if row.get("id") is not None else f"{path.stem}-{line_no}"
+        problems.append(Problem(problem_id, question, solution, answer.strip()))
+    _warn_skipped(path, skipped, f"no \\boxed{{}} answer in {solution_key!r}")
+    return problems
+
+
+def read_messages(path: str | Path, *, limit: int | None = None) -> list[Problem]:
+    """Chat rows {messages: [{role, content}, ...]}: the first user message is the question, the
+    last assistant message the solution, its last \\boxed{} (or GSM8K '#### N') the answer."""
+    path = Path(path)
+    problems, skipped = [], []
+    for line_no, row in _limited(_read_rows(path), limit):
+        _require_keys(path, line_no, row, MESSAGES_KEYS)
+        messages = row["messages"]
+        if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
+            raise DataError(f"{path}:{line_no}: 'messages' must be a list of {{role, content}}")
+        users = [m.get("content") for m in messages if m.get("role") == "user"]
+        replies = [m.get("content") for m in messages if m.get("role") == "assistant"]
+        if not users or not replies or not all(isinstance(x, str) for x in users + replies):
+            skipped.append(line_no)
+            continue
+        solution = replies[-1].strip()
+        answer = last_boxed(solution)
+        if answer is None and "####" in solution:
+            reasoning, _, answer = solution.rpartition("####")
+            answer = answer.strip().replace(",", "")
+            solution = f"{reasoning.strip()}\n\\boxed{{{answer}}}"
+        if not answer or not answer.strip():
+            skipped.append(line_no)
+            continue
+        problem_id = str(row["id"]) if row.get("id") is not None else f"{path.stem}-{line_no}"
+        problems.append(Problem(problem_id, users[0].strip(), solution, answer.strip()))
+    _warn_skipped(path, skipped, "no user question, assistant answer or final answer")
+    return problems
+
+
+def _warn_skipped(path: Path, lines: list[int], reason: str) -> None:
+    if lines:
+        shown = ", ".join(str(n) for n in lines[:SKIPPED_SHOWN])
+        more = f" and {len(lines) - SKIPPED_SHOWN} more" if len(lines) > SKIPPED_SHOWN else ""
+        warnings.warn(
+            f"{path}: skipped {len(lines)} rows ({reason}): lines {shown}{more}",
+            DataWarning,
+            stacklevel=3,
+        )
 
 
 def detect_format(path: str | Path) -> str:
@@ -99,9 +177,17 @@ def detect_format(path: str | Path) -> str:
         return "gsm8k"
     if all(key in row for key in GENERIC_KEYS):
         return "generic"
+    for fmt, keys in BOXED_FORMATS.items():
+        if all(key in row for key in keys):
+            return fmt
+    if "messages" in row:
+        return "messages"
+    expected = [f"{list(GSM8K_KEYS)} (gsm8k)", f"{list(GENERIC_KEYS)} (generic)"]
+    expected += [f"{list(keys)} ({fmt})" for fmt, keys in BOXED_FORMATS.items()]
+    expected.append("['messages'] (messages)")
     raise DataError(
         f"{path}:{line_no}: cannot detect the format from keys {sorted(row)}; expected "
-        f"{list(GSM8K_KEYS)} (gsm8k) or {list(GENERIC_KEYS)} (generic)"
+        + ", ".join(expected)
     )
 
 
