@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rasft_mlx.config import Recipe
+from rasft_mlx.experiments.statistics import paired_difference
 
 
 @dataclass(frozen=True)
@@ -98,6 +99,25 @@ def _mean_of(records: list[dict], key: str) -> float | None:
     return statistics.fmean(values) if values else None
 
 
+def final_outcomes(run_dir: Path) -> list[int]:
+    """1/0 per test problem (greedy verdicts) of the run's last evaluation, in test-set order."""
+    files = [p for p in run_dir.glob("eval-epoch-*.jsonl") if p.stem.split("-")[-1].isdigit()]
+    if not files:
+        return []
+    last = max(files, key=lambda p: int(p.stem.split("-")[-1]))
+    rows = [json.loads(line) for line in last.read_text().splitlines() if line.strip()]
+    return [int(bool(row["correct"])) for row in rows if row.get("sample", -1) == -1]
+
+
+def paired_versus(runs: list[dict], mode: str, reference: str) -> dict | None:
+    """The paired bootstrap difference of `mode` to `reference` on their final test outcomes."""
+    mine = [r["outcomes"] for r in runs if r["mode"] == mode and r.get("outcomes")]
+    theirs = [r["outcomes"] for r in runs if r["mode"] == reference and r.get("outcomes")]
+    if not mine or not theirs or len({len(o) for o in mine + theirs}) != 1:
+        return None
+    return paired_difference(mine, theirs).as_dict()
+
+
 def collect_run(run_dir: Path, mode: str, seed: int, status: str) -> dict:
     """One finished run as a results.json entry."""
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -117,6 +137,7 @@ def collect_run(run_dir: Path, mode: str, seed: int, status: str) -> dict:
         "total_seconds": summary["total_seconds"],
         "wall_time_split_seconds": summary.get("wall_time_split_seconds", {}),
         "curve": run_curve(records),
+        "outcomes": final_outcomes(run_dir),
     }
     if mode == "rasft":
         entry["ratio_at_min_mean"] = _mean_of(records, "ratio_at_min")
@@ -242,6 +263,7 @@ def build_results(
         for mode, summary in summaries.items():
             if mode != reference:
                 summary[f"vs_{reference}"] = compare_to(summaries[reference], summary)
+                summary[f"paired_vs_{reference}"] = paired_versus(runs, mode, reference)
     test_problems = base_eval["problems"] if base_eval else 0
     return {
         "recipe": recipe_source,
