@@ -24,7 +24,8 @@ from rasft_mlx.typed_fields import (
 
 DEFAULT_SYSTEM_PROMPT = "Please reason step by step, and put your final answer within \\boxed{}."
 
-MODES = ("sft", "dft", "sft_kl", "asft", "profit", "rasft")
+MODES = ("sft", "dft", "sft_kl", "asft", "profit", "rasft", "rft")
+ROLLOUT_MODES = ("rasft", "rft")  # modes that refresh rollouts from the live policy
 AUTO_ROWS_HELP = "sequences decoded together; 0 = as many as half the free memory holds (<= 512)"
 
 

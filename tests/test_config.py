@@ -235,7 +235,7 @@ def test_bounds_are_inclusive(tmp_path):
 def test_choices_with_suggestion(tmp_path):
     path = write(tmp_path, "training:\n  mode: sftt\n")
     assert error_of(path) == (
-        f"{path}: 'training.mode' must be one of sft, dft, sft_kl, asft, profit, rasft; "
+        f"{path}: 'training.mode' must be one of sft, dft, sft_kl, asft, profit, rasft, rft; "
         "got 'sftt' (did you mean 'sft'?)"
     )
 
@@ -509,7 +509,7 @@ def test_describe_fields():
     assert rows["training.learning_rate"] == ("training.learning_rate", "float", "0.0001", "> 0.0")
     assert rows["lora.keys"][1:3] == ("list[str] | null", "null")
     assert rows["rasft.mid_window_start"][1:3] == ("list[float, float]", "[0.2, 0.45]")
-    assert rows["training.mode"][3] == "one of sft, dft, sft_kl, asft, profit, rasft"
+    assert rows["training.mode"][3] == "one of sft, dft, sft_kl, asft, profit, rasft, rft"
     assert rows["rollout.top_p"][3] == "in (0.0, 1.0]"
     assert rows["training.dft_factor"][1:3] == ("bool", "true")
     assert "data.synthetic.max_level" in rows

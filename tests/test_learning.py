@@ -231,3 +231,25 @@ def test_rasft_weighs_by_solvability_trains_own_solutions_and_learns(
     )
     steps = [r for r in records if r["event"] == "step"]
     assert steps[-1]["learning_rate"] > 0  # the LR plan grew with the rollouts
+
+
+def test_rft_trains_every_correct_rollout_at_weight_one(weak_base_dir, tmp_path):
+    """The rejection-sampling baseline on RASFT's rollout machinery: demos at A = 1 and each
+    kept correct rollout at weight 1 (never a wrong one), with a plain CE loss."""
+    base = learning_recipe(weak_base_dir, "rft", steps=8, n_test=4)
+    recipe = replace(
+        base,
+        training=replace(base.training, max_steps=None, dft_factor=False),
+        rollout=RolloutConfig(k=3, max_new_tokens=32, batch_size=256),
+        rasft=replace(base.rasft, selection="fraction", selection_fraction=0.5),
+    )
+    result = run_training(recipe, tmp_path / "run", Console(quiet=True))
+    records = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").open()]
+    refresh = next(r for r in records if r["event"] == "refresh")
+    assert refresh["expert_weight"] == {"mean": 1.0, "min": 1.0, "max": 1.0}
+    rows = [json.loads(x) for x in (result.run_dir / "rollouts" / "refresh-001.jsonl").open()]
+    positives = [s for row in rows for s in row["samples"] if s["role"] == "positive"]
+    assert positives and all(s["weight"] == 1.0 and s["verdict"] == "correct" for s in positives)
+    trained = [s for row in rows for s in row["samples"] if s["weight"] > 0]
+    assert trained == positives
+    assert refresh["rollouts_trained"] == len(positives)

@@ -10,7 +10,7 @@ from pathlib import Path
 import mlx.core as mx
 from rich.console import Console
 
-from rasft_mlx.config import Recipe
+from rasft_mlx.config import ROLLOUT_MODES, Recipe
 from rasft_mlx.data.encoding import encode_prompt
 from rasft_mlx.fileio import atomic_write_text
 from rasft_mlx.models.adapters import (
@@ -59,7 +59,7 @@ def refuse_if_too_big(recipe: Recipe, loaded, sequences, test_problems) -> None:
         for p in test_problems[: recipe.eval.limit]
     ]
     rollout_problems = 0
-    if recipe.training.mode == "rasft":
+    if recipe.training.mode in ROLLOUT_MODES:
         rollout_problems = expected_rollout_problems(len(sequences), recipe.rasft)
     sizing = estimate_run_memory(recipe, loaded, sequences, prompts, rollout_problems)
     problem = check_memory(sizing.memory, sizing.machine_memory)
@@ -89,7 +89,7 @@ def _run_training(recipe, run_dir, console, resume, force, stop_after, signals) 
     run_started = time.perf_counter()
     timings: Counter = Counter()
     source: SequenceSource = ExpertSource(sequences)
-    if recipe.training.mode == "rasft":
+    if recipe.training.mode in ROLLOUT_MODES:
         from rasft_mlx.rasft.refresh import RasftSource
 
         source = RasftSource(loaded, recipe, train_problems, sequences, run_dir, console, metrics)

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from rasft_mlx.config import Recipe
+from rasft_mlx.config import ROLLOUT_MODES, Recipe
 from rasft_mlx.experiments.statistics import paired_difference
 
 
@@ -139,7 +139,7 @@ def collect_run(run_dir: Path, mode: str, seed: int, status: str) -> dict:
         "curve": run_curve(records),
         "outcomes": final_outcomes(run_dir),
     }
-    if mode == "rasft":
+    if mode in ROLLOUT_MODES:
         entry["ratio_at_min_mean"] = _mean_of(records, "ratio_at_min")
         entry["ratio_at_max_mean"] = _mean_of(records, "ratio_at_max")
         entry["refreshes"] = _refresh_rows(records)

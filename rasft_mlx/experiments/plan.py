@@ -11,7 +11,7 @@ import mlx.core as mx
 import numpy as np
 from mlx.utils import tree_flatten, tree_unflatten
 
-from rasft_mlx.config import Recipe
+from rasft_mlx.config import ROLLOUT_MODES, Recipe
 from rasft_mlx.data.encoding import encode_prompt
 from rasft_mlx.generation.completions import SamplingSettings, generate_completions
 from rasft_mlx.memory import (
@@ -135,7 +135,7 @@ def build_plan(recipe: Recipe, *, loaded=None, probe_steps: int = 0) -> RunPlan:
     sequences, report = encode_training_data(tokenizer, train_problems, recipe)
     test_problems = test_problems[: evaluation.limit]
     test_prompts = [encode_prompt(tokenizer, p.question, system) for p in test_problems]
-    rasft = training.mode == "rasft"
+    rasft = training.mode in ROLLOUT_MODES
     per_epoch = steps_per_epoch(len(sequences), recipe)
     planned = max_planned = planned_steps(len(sequences), recipe)
     selected = expected_rollout_problems(len(sequences), recipe.rasft) if rasft else 0
@@ -231,7 +231,7 @@ def run_probe(loaded, recipe, plan, sequences, prompts, settings, steps: int) ->
     restore_mlx_random_state(saved_random)
     per_step = statistics.median(times[1:]) if len(times) > 1 else times[0]
     forwards = 0
-    if training.mode == "rasft":  # reference log-probs: demos once, new rollouts each refresh
+    if training.mode in ROLLOUT_MODES:  # reference log-probs: demos once, new rollouts each refresh
         rollouts = plan.rollout_problems_per_refresh * recipe.rollout.k
         band = plan.sequences_per_epoch if recipe.rasft.selection == "nll_band" else 0
         forwards = -(-plan.sequences_per_epoch // training.batch_size)

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 from rich.table import Table
 
+from rasft_mlx.config import ROLLOUT_MODES
 from rasft_mlx.display import format_bytes
 from rasft_mlx.protocols import protocol_report
 
@@ -33,7 +34,7 @@ def plan_rows(plan: RunPlan) -> list[tuple[str, str]]:
         ("largest bucket", f"{plan.largest_bucket} tokens"),
         ("optimizer steps", steps),
     ]
-    if plan.mode == "rasft":
+    if plan.mode in ROLLOUT_MODES:
         volume = f"<= {plan.rollout_tokens_per_refresh:,} tokens"
         rows.append(
             ("rollouts / refresh", f"{plan.rollout_problems_per_refresh} problems, {volume}")

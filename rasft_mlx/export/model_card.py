@@ -24,6 +24,8 @@ BIBTEX = """@article{miao2026rasft,
   year    = {2026}
 }"""
 MODE_DESCRIPTIONS = {
+    "rft": "rejection-sampling fine-tuning: cross-entropy on the expert demonstrations and the "
+    "model's own verified correct rollouts, every weight 1",
     "rasft": "RASFT (Rollout-Adaptive Supervised Fine-Tuning): expert demonstrations plus the "
     "model's own verified on-policy rollouts, with per-token weights stop_grad(rho * A * p) * CE "
     "from the rollouts' advantages",

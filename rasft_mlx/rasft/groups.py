@@ -98,3 +98,15 @@ def build_group(rollouts: Sequence[Rollout], config: RasftConfig) -> RolloutGrou
     dropped["wrong"] = dropped.pop("negative", 0) + dropped.pop("negative_left_out", 0)
     dropped["untrained_positive"] = dropped.pop("positive", 0) - len(trained)
     return RolloutGroup(weights, trained, len(kept), roles, +dropped)
+
+
+def rejection_sampling_group(group: RolloutGroup, rollouts: Sequence[Rollout]) -> RolloutGroup:
+    """The `rft` baseline on the same group: the demo and every kept correct rollout at weight 1,
+    whatever the group statistics (rejection-sampling fine-tuning, which isolates what RASFT's
+    weighting adds to on-policy data). A problem with no correct rollout keeps its demo alone."""
+    positives = tuple(r for r in rollouts if group.roles[r.sample] == "positive")
+    route = "rft" if positives else "fallback_unsolved"
+    weights = ProblemWeights(1.0, (1.0,) * len(positives), group.weights.solvability, route)
+    dropped = Counter(group.dropped)
+    dropped.pop("untrained_positive", None)
+    return RolloutGroup(weights, positives, group.group_size, group.roles, +dropped)

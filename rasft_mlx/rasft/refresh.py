@@ -15,7 +15,7 @@ from rich.table import Table
 from rasft_mlx.data.encoding import TrainingSequence, encode_prompt
 from rasft_mlx.fileio import atomic_write_text
 from rasft_mlx.rasft.authors_schedule import route_once, select_for_refresh
-from rasft_mlx.rasft.groups import RolloutGroup, build_group
+from rasft_mlx.rasft.groups import RolloutGroup, build_group, rejection_sampling_group
 from rasft_mlx.rasft.reference import response_logprobs, with_reference_logprobs
 from rasft_mlx.rasft.rollouts import Rollout, generate_samples, verify_samples
 from rasft_mlx.rasft.routing import (
@@ -30,7 +30,7 @@ from rasft_mlx.rasft.weights import (
     solvability_histogram,
 )
 
-SOLVED_ROUTES = ("weighted", "fallback_degenerate")  # a correct rollout was kept
+SOLVED_ROUTES = ("weighted", "fallback_degenerate", "rft")  # a correct rollout was kept
 
 
 class RasftSource:
@@ -277,6 +277,8 @@ class RasftSource:
         rollout_sequences, ledger = [], []
         for problem in problems:
             group = build_group(verified[problem.id], self.recipe.rasft)
+            if self.recipe.training.mode == "rft":
+                group = rejection_sampling_group(group, verified[problem.id])
             weights[problem.id] = group.weights
             dropped += group.dropped
             trained = {}

@@ -14,6 +14,7 @@ LINEAR_EXPERT_WEIGHT_MIN = 0.2
 LINEAR_ROLLOUT_WEIGHT_MAX = 0.5
 
 ROUTES = ("fallback_unsolved", "fallback_degenerate", "fallback_empty", "weighted", "no_rollouts")
+ROUTES += ("rft",)  # the rejection-sampling baseline: every correct rollout at weight 1
 _STD_EPS = 1e-6
 
 

@@ -79,7 +79,7 @@ def token_weights(
     probability = mx.exp(mx.stop_gradient(policy_logprobs))
     rho = mx.ones(policy_logprobs.shape[:1])
     mode = settings.mode
-    if mode in ("sft", "sft_kl"):
+    if mode in ("sft", "sft_kl", "rft"):  # rft: CE on demos and correct rollouts alike
         weights = mx.ones_like(policy_logprobs)
     elif mode in ("dft", "asft"):
         weights = probability

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from mlx.utils import tree_flatten
 
-from rasft_mlx.config import Recipe
+from rasft_mlx.config import ROLLOUT_MODES, Recipe
 from rasft_mlx.data.encoding import TrainingSequence
 from rasft_mlx.display import format_bytes
 from rasft_mlx.memory import (
@@ -136,7 +136,7 @@ def estimate_run_memory(
     longest_response = max(s.response_length for s in sequences)
     generation = []
     rollout_rows = 0
-    if training.mode == "rasft":
+    if training.mode in ROLLOUT_MODES:
         longest = max(longest, min(longest_prompt + rollout.max_new_tokens + 1, data.max_seq_len))
         longest_response = max(longest_response, rollout.max_new_tokens + 1)
         context = longest_prompt + rollout.max_new_tokens
