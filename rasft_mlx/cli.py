@@ -135,9 +135,17 @@ def train(
 @app.command("eval")
 def evaluate(
     model: Annotated[str, typer.Option(help="Hub id, local dir, .gguf file or builtin:NAME")],
-    data: Annotated[str, typer.Option(help="JSONL file (GSM8K or generic) or 'synthetic'")],
+    data: Annotated[
+        str,
+        typer.Option(
+            help="Comma-separated benchmarks (gsm8k, math500, aime24), files (JSONL, parquet, "
+            "CSV) or 'synthetic'; or YAML: '{hub: ID, config: ..., split: test[:200]}'"
+        ),
+    ],
     adapter: Annotated[Path | None, typer.Option(help="Adapter directory to apply")] = None,
-    limit: Annotated[int | None, typer.Option(min=1, help="Evaluate the first N problems")] = None,
+    limit: Annotated[
+        int | None, typer.Option(min=1, help="Evaluate the first N problems of each")
+    ] = None,
     samples: Annotated[
         int | None, typer.Option(min=1, help="K samples per problem for avg@K [default: 1]")
     ] = None,
@@ -155,37 +163,45 @@ def evaluate(
         ),
     ] = "project",
     data_format: Annotated[
-        str, typer.Option("--format", help="auto, gsm8k, generic or synthetic")
+        str,
+        typer.Option("--format", help="auto, gsm8k, generic, math, authors, messages or synthetic"),
+    ] = "auto",
+    grader: Annotated[
+        str,
+        typer.Option(help="auto (math-verify for MATH-style data), builtin or math-verify"),
     ] = "auto",
     out: Annotated[Path | None, typer.Option(help="Results directory")] = None,
     seed: int = 0,
 ) -> None:
-    """Greedy pass@1 (and avg@K with --samples K) with verified final answers."""
-    from rasft_mlx.commands.evaluate import eval_config, run_evaluation
+    """Greedy pass@1 (and avg@K with --samples K) with verified final answers, per benchmark."""
+    from rasft_mlx.commands.evaluate import eval_config, parse_data_sources, run_benchmarks
+    from rasft_mlx.display import benchmark_results_table
 
     out = out or Path("runs") / f"eval-{time.strftime('%Y%m%d-%H%M%S')}"
     try:
         given = {"samples": samples, "temperature": temperature, "top_p": top_p}
         given |= {"max_new_tokens": max_new_tokens}
         config = eval_config(protocol, limit=limit, batch_size=batch_size, **given)
-        summary, results_path, summary_path = run_evaluation(
-            model, data, out, config, adapter=adapter, data_format=data_format, seed=seed
+        sources = parse_data_sources(data)
+        if len(sources) == 1:
+            sources = [("eval", sources[0][1])]
+        results = run_benchmarks(
+            model,
+            sources,
+            out,
+            config,
+            adapter=adapter,
+            data_format=data_format,
+            grader=grader,
+            seed=seed,
         )
     except _user_errors() as error:
         _fail(error)
-    table = Table(title=f"eval: {model}" + (f" + {adapter}" if adapter else ""))
-    table.add_column("problems", justify="right")
-    table.add_column("pass@1 (greedy)", justify="right")
-    if summary.avg_at_k is not None:
-        table.add_column(f"avg@{summary.samples} (T={summary.temperature})", justify="right")
-    table.add_column("tok/s", justify="right")
-    row = [str(summary.problems), f"{summary.pass_at_1:.3f}"]
-    if summary.avg_at_k is not None:
-        row.append(f"{summary.avg_at_k:.3f}")
-    row.append(f"{summary.generated_tokens / max(summary.seconds, 1e-9):.0f}")
-    table.add_row(*row)
-    console.print(table)
-    console.print(f"results: {results_path}\nsummary: {summary_path}")
+    console.print(benchmark_results_table(model, adapter, results))
+    for result in results:
+        console.print(f"results: {result.results_path}\nsummary: {result.summary_path}")
+    if len(results) > 1:
+        console.print(f"table: {out / 'benchmarks.json'}")
 
 
 @app.command()

@@ -9,6 +9,13 @@ from pathlib import Path
 
 import yaml
 
+from rasft_mlx.dataset_config import (  # noqa: F401  (re-exported: the recipe's data section)
+    DEFAULT_SYSTEM_PROMPT,
+    ColumnsConfig,
+    DataConfig,
+    DatasetSource,
+    SyntheticConfig,
+)
 from rasft_mlx.fileio import atomic_write_text
 from rasft_mlx.protocols import PROTOCOLS, apply_protocol
 from rasft_mlx.typed_fields import (
@@ -17,21 +24,18 @@ from rasft_mlx.typed_fields import (
     build_dataclass,
     check_leaf,
     constraint_text,
+    field_meta,
     format_default,
     leaves,
     type_label,
 )
-
-DEFAULT_SYSTEM_PROMPT = "Please reason step by step, and put your final answer within \\boxed{}."
 
 MODES = ("sft", "dft", "sft_kl", "asft", "profit", "rasft", "rft")
 ROLLOUT_MODES = ("rasft", "rft")  # modes that refresh rollouts from the live policy
 AUTO_ROWS_HELP = "sequences decoded together; 0 = as many as half the free memory holds (<= 512)"
 
 
-def _range(lo=None, hi=None, *, lo_open=False, choices=None, help=""):
-    """Field metadata: inclusive bounds (exclusive when lo_open), allowed choices, help text."""
-    return {"lo": lo, "hi": hi, "lo_open": lo_open, "choices": choices, "help": help}
+_range = field_meta
 
 
 @dataclass(frozen=True)
@@ -56,35 +60,6 @@ class ModelConfig:
     )
     revision: str | None = field(default=None, metadata=_range(help="Hub revision"))
     trust_remote_code: bool = False
-
-
-@dataclass(frozen=True)
-class SyntheticConfig:
-    seed: int = 0
-    n_train: int = field(default=2000, metadata=_range(1))
-    n_test: int = field(default=200, metadata=_range(1))
-    min_level: int = field(default=1, metadata=_range(0, 5))
-    max_level: int = field(default=3, metadata=_range(0, 5))
-
-
-@dataclass(frozen=True)
-class DataConfig:
-    train: str = field(
-        default="synthetic",
-        metadata=_range(help="JSONL path, hf://REPO/FILE, or 'synthetic'"),
-    )
-    test: str = field(default="synthetic", metadata=_range(help="same forms as train"))
-    format: str = field(
-        default="auto",
-        metadata=_range(
-            choices=("auto", "gsm8k", "generic", "math", "authors", "messages", "synthetic")
-        ),
-    )
-    max_train: int | None = field(default=None, metadata=_range(1))
-    max_test: int | None = field(default=None, metadata=_range(1))
-    max_seq_len: int = field(default=1024, metadata=_range(16))
-    system_prompt: str = DEFAULT_SYSTEM_PROMPT
-    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
 
 @dataclass(frozen=True)
@@ -303,6 +278,14 @@ def _check_cross_fields(recipe: Recipe, source: str, overridden: dict[str, str])
             raise RecipeError(
                 f"{overridden.get(path, source)}: '{path}' must be [lo, hi] with "
                 f"0 <= lo < hi <= 1, got [{lo}, {hi}]"
+            )
+    for path in ("data.train", "data.test"):
+        spec = lookup(path)
+        if isinstance(spec, DatasetSource) and not spec.hub.strip():
+            blamed = overridden.get(f"{path}.hub") or overridden.get(path) or source
+            raise RecipeError(
+                f"{blamed}: '{path}.hub' is required: a Hub dataset id (openai/gsm8k), a local "
+                "dataset directory, or a builder (parquet, csv, json) with data_files"
             )
 
 

@@ -11,6 +11,7 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from rich.table import Table
 
 from rasft_mlx.progress import sharing
 
@@ -80,3 +81,33 @@ class TrainingDisplay:
 
     def message(self, text: str) -> None:
         self.console.print(text)
+
+
+def benchmark_results_table(model: str, adapter, results) -> Table:
+    """One row per benchmark and, for several, their mean (as the authors' harness reports)."""
+    first = results[0].summary
+    sampled = all(r.summary.avg_at_k is not None for r in results)
+    table = Table(title=f"eval: {model}" + (f" + {adapter}" if adapter else ""))
+    if len(results) > 1:
+        table.add_column("benchmark")
+    table.add_column("problems", justify="right")
+    table.add_column("pass@1 (greedy)", justify="right")
+    if sampled:
+        table.add_column(f"avg@{first.samples} (T={first.temperature})", justify="right")
+    table.add_column("tok/s", justify="right")
+    for result in results:
+        summary = result.summary
+        row = [result.name] if len(results) > 1 else []
+        row += [str(summary.problems), f"{summary.pass_at_1:.3f}"]
+        if sampled:
+            row.append(f"{summary.avg_at_k:.3f}")
+        row.append(f"{summary.generated_tokens / max(summary.seconds, 1e-9):.0f}")
+        table.add_row(*row)
+    if len(results) > 1:
+        count = len(results)
+        mean = ["mean", str(sum(r.summary.problems for r in results))]
+        mean.append(f"{sum(r.summary.pass_at_1 for r in results) / count:.3f}")
+        if sampled:
+            mean.append(f"{sum(r.summary.avg_at_k for r in results) / count:.3f}")
+        table.add_row(*mean, "", end_section=True)
+    return table

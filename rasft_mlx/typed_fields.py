@@ -23,6 +23,11 @@ _EXPECTED = {int: "an integer", float: "a number", bool: "a boolean (true/false)
 _PLURAL = {int: "integers", float: "numbers", bool: "booleans", str: "strings"}
 
 
+def field_meta(lo=None, hi=None, *, lo_open=False, choices=None, help=""):
+    """Field metadata: inclusive bounds (exclusive when lo_open), allowed choices, help text."""
+    return {"lo": lo, "hi": hi, "lo_open": lo_open, "choices": choices, "help": help}
+
+
 class RecipeError(ValueError):
     """An invalid recipe; the message names the source (file or --set) and the dotted key."""
 
@@ -36,6 +41,14 @@ def _is_union(hint) -> bool:
     return typing.get_origin(hint) in (typing.Union, types.UnionType)
 
 
+def section_choice(hint) -> type | None:
+    """The dataclass of a `str | Section` field (a value or a whole section), else None."""
+    if not _is_union(hint):
+        return None
+    sections = [arg for arg in typing.get_args(hint) if is_dataclass(arg)]
+    return sections[0] if sections else None
+
+
 def _is_variadic(hint) -> bool:
     args = typing.get_args(hint)
     return len(args) == 2 and args[1] is Ellipsis
@@ -47,6 +60,10 @@ def _convert(hint, value):
         if value is None and _NONE_TYPE in typing.get_args(hint):
             return None
         for arg in typing.get_args(hint):
+            if is_dataclass(arg):
+                if isinstance(value, arg):
+                    return value
+                continue
             converted = _convert(arg, value) if arg is not _NONE_TYPE else _NO_MATCH
             if converted is not _NO_MATCH:
                 return converted
@@ -78,13 +95,21 @@ def _convert(hint, value):
 def _expected(hint) -> str:
     if _is_union(hint):
         args = typing.get_args(hint)
-        parts = [_expected(a) for a in args if a is not _NONE_TYPE]
+        parts = [
+            _section_expected(a) if is_dataclass(a) else _expected(a)
+            for a in args
+            if a is not _NONE_TYPE
+        ]
         return " or ".join(parts + (["null"] if _NONE_TYPE in args else []))
     if typing.get_origin(hint) is tuple:
         args = typing.get_args(hint)
         count = "" if _is_variadic(hint) else f"{len(args)} "
         return f"a list of {count}{_PLURAL[args[0]]}"
     return _EXPECTED[hint]
+
+
+def _section_expected(cls: type) -> str:
+    return "a mapping with keys " + ", ".join(f.name for f in fields(cls))
 
 
 def type_label(hint) -> str:
@@ -94,6 +119,8 @@ def type_label(hint) -> str:
         args = typing.get_args(hint)
         inner = args[0].__name__ if _is_variadic(hint) else ", ".join(a.__name__ for a in args)
         return f"list[{inner}]"
+    if is_dataclass(hint):
+        return "mapping"
     return "null" if hint is _NONE_TYPE else hint.__name__
 
 
@@ -161,6 +188,9 @@ def build_dataclass(cls: type, data: dict, prefix: str, source: str, overridden:
             if value is not None and not isinstance(value, dict):
                 raise section_error(source, path, value)
             kwargs[f.name] = build_dataclass(hint, value or {}, path + ".", source, overridden)
+        elif section_choice(hint) and isinstance(value, dict):
+            section, section_source = section_choice(hint), overridden.get(path, source)
+            kwargs[f.name] = build_dataclass(section, value, path + ".", section_source, overridden)
         else:
             value_source = overridden.get(path, source)
             kwargs[f.name] = check_leaf(hint, f.metadata, value, value_source, path)
@@ -171,7 +201,7 @@ def leaves(obj, prefix: str = "") -> Iterator[tuple[str, typing.Any, dict, typin
     """Yield (dotted key, type hint, metadata, value) for every non-section field."""
     for f in fields(obj):
         hint, value = field_hints(type(obj))[f.name], getattr(obj, f.name)
-        if is_dataclass(hint):
+        if is_dataclass(hint) or (section_choice(hint) and is_dataclass(value)):
             yield from leaves(value, f"{prefix}{f.name}.")
         else:
             yield f"{prefix}{f.name}", hint, dict(f.metadata), value
@@ -186,6 +216,8 @@ def parse_override_value(hint, raw: str, source: str):
         if accepts_str:
             return raw
         raise RecipeError(f"{source}: cannot parse value {raw!r}: {exc}") from exc
+    if section_choice(hint) and isinstance(value, dict):
+        return value  # e.g. data.train={hub: openai/gsm8k, config: main}
     if accepts_str and not isinstance(value, str) and not (value is None and _is_union(hint)):
         return raw  # e.g. output.name=123 or a prompt containing ': '
     return value
@@ -212,13 +244,19 @@ def apply_override(
             raise RecipeError(
                 f"{source}: '{path}' is a section; set one of its keys, e.g. '{example}=...'"
             )
-        if is_dataclass(hint):
+        section = hint if is_dataclass(hint) else section_choice(hint)
+        if section and not is_last:
             child = node.get(part)
             if child is None:
                 child = node[part] = {}
+            elif not isinstance(child, dict) and section is not hint:
+                raise RecipeError(
+                    f"{source}: '{path}' is {child!r} in {file_source}, not a mapping; set it "
+                    f"whole instead, e.g. --set '{path}={{{fields(section)[0].name}: ...}}'"
+                )
             elif not isinstance(child, dict):
                 raise section_error(file_source, path, child)
-            node, cls = child, hint
+            node, cls = child, section
         elif not is_last:
             raise RecipeError(f"{source}: '{path}' is a value, not a section")
         else:

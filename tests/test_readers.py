@@ -12,10 +12,10 @@ from rasft_mlx.data.readers import (
     DataWarning,
     detect_format,
     ends_with_boxed,
-    load_problems,
     read_generic,
     read_gsm8k,
 )
+from rasft_mlx.data.sources import load_problems
 from rasft_mlx.data.synthetic import level_of
 
 REAL_GSM8K_TRAIN = Path(__file__).resolve().parents[2] / "shared/data/gsm8k/train.jsonl"

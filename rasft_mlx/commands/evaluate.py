@@ -1,15 +1,24 @@
-"""`rasft-mlx eval`: a model (with optional adapters) on a problem set, verified answers written out."""
+"""`rasft-mlx eval`: a model (with optional adapters) on one or several problem sets (named
+benchmarks, files, Hub datasets), verified answers written out, one table with the mean."""
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
+
 from rasft_mlx.config import DataConfig, EvalConfig, ModelConfig, RecipeError
-from rasft_mlx.data.readers import load_problems
+from rasft_mlx.data.hub_datasets import parse_split
+from rasft_mlx.data.sources import BENCHMARKS, load_problems, resolve_source
+from rasft_mlx.dataset_config import DatasetSource
+from rasft_mlx.fileio import atomic_write_text
 from rasft_mlx.models.adapters import load_adapters_into
 from rasft_mlx.models.loading import load_model
 from rasft_mlx.protocols import PRESETS
 from rasft_mlx.training.evaluate import EvalSummary, evaluate_problems, write_eval_outputs
+from rasft_mlx.typed_fields import build_dataclass
 
 
 def eval_config(protocol: str = "project", **given) -> EvalConfig:
@@ -22,26 +31,144 @@ def eval_config(protocol: str = "project", **given) -> EvalConfig:
     return EvalConfig(**values)
 
 
+@dataclass(frozen=True)
+class BenchmarkResult:
+    name: str
+    summary: EvalSummary
+    results_path: Path
+    summary_path: Path
+
+
+def parse_data_sources(text: str) -> list[tuple[str, str | DatasetSource]]:
+    """`--data` as (name, source) pairs: comma-separated names and paths (gsm8k,math500,FILE),
+    or YAML: one mapping {hub: ..., split: ...} or a list of names and mappings."""
+    text = text.strip()
+    if text.startswith(("{", "[")):
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise RecipeError(f"--data: invalid YAML: {exc}") from exc
+        items = value if isinstance(value, list) else [value]
+    else:
+        items = [part.strip() for part in text.split(",") if part.strip()]
+    if not items:
+        raise RecipeError("--data: expected a benchmark name, a file or {hub: ...}")
+    sources = []
+    for item in items:
+        if isinstance(item, dict):
+            source = build_dataclass(DatasetSource, item, "", "--data", {})
+            if not source.hub:
+                raise RecipeError("--data: a mapping needs 'hub' (a dataset id or directory)")
+        elif isinstance(item, str):
+            source = item
+            looks_like_a_name = "/" not in item and "." not in item and not Path(item).exists()
+            if looks_like_a_name and item not in BENCHMARKS and item != "synthetic":
+                raise RecipeError(
+                    f"--data: {item}: no such file, and not a named benchmark "
+                    f"({', '.join(BENCHMARKS)})"
+                )
+        else:
+            raise RecipeError(f"--data: expected names, paths or mappings, got {item!r}")
+        sources.append((_source_name(source), source))
+    names = [name for name, _ in sources]
+    duplicated = sorted({n for n in names if names.count(n) > 1})
+    if duplicated:
+        raise RecipeError(f"--data: {', '.join(duplicated)} given twice")
+    return sources
+
+
+def _source_name(source: str | DatasetSource) -> str:
+    resolved = resolve_source(source)
+    if isinstance(source, str) and isinstance(resolved, DatasetSource):
+        return source  # a named benchmark
+    if isinstance(resolved, DatasetSource):
+        split = parse_split(resolved.split)[0]
+        return f"{Path(resolved.hub.rstrip('/')).name}-{split}".replace("/", "-")
+    return Path(source).stem if source != "synthetic" else "synthetic"
+
+
 def run_evaluation(
     model: str,
-    data: str,
+    data: str | DatasetSource,
     out: Path,
     config: EvalConfig | None = None,
     *,
     adapter: str | Path | None = None,
     data_format: str = "auto",
+    grader: str = "auto",
     seed: int = 0,
 ) -> tuple[EvalSummary, Path, Path]:
-    """Evaluate `model` (+ `adapter`) on `data`; returns the summary and the two files written."""
-    config = config or EvalConfig()
-    problems = load_problems(
-        data, fmt=data_format, split="test", synthetic={"n_test": config.limit or 200}
+    """Evaluate `model` (+ `adapter`) on `data`; returns the summary and the two files written
+    (`eval.jsonl`, `eval-summary.json`)."""
+    [result] = run_benchmarks(
+        model,
+        [("eval", data)],
+        out,
+        config,
+        adapter=adapter,
+        data_format=data_format,
+        grader=grader,
+        seed=seed,
     )
+    return result.summary, result.results_path, result.summary_path
+
+
+def run_benchmarks(
+    model: str,
+    sources: list[tuple[str, str | DatasetSource]],
+    out: Path,
+    config: EvalConfig | None = None,
+    *,
+    adapter: str | Path | None = None,
+    data_format: str = "auto",
+    grader: str = "auto",
+    seed: int = 0,
+) -> list[BenchmarkResult]:
+    """Evaluate one model on every (name, source), each graded by its own grader; writes
+    NAME.jsonl and NAME-summary.json per source and, for several, `benchmarks.json` with the mean."""
+    config = config or EvalConfig()
+    problem_sets = [
+        (
+            name,
+            load_problems(
+                source,
+                fmt=data_format,
+                split="test",
+                grader=grader,
+                limit=config.limit,
+                synthetic={"n_test": config.limit or 200},
+            ),
+        )
+        for name, source in sources
+    ]
     loaded = load_model(ModelConfig(path=model))
     if adapter is not None:
         load_adapters_into(loaded.model, adapter)
-    records, summary = evaluate_problems(
-        loaded.model, loaded.tokenizer, problems, config, DataConfig().system_prompt, seed=seed
-    )
-    results_path, summary_path = write_eval_outputs(records, summary, out)
-    return summary, results_path, summary_path
+    results = []
+    for name, problems in problem_sets:
+        records, summary = evaluate_problems(
+            loaded.model, loaded.tokenizer, problems, config, DataConfig().system_prompt, seed=seed
+        )
+        results_path, summary_path = write_eval_outputs(records, summary, out, name=name)
+        results.append(BenchmarkResult(name, summary, results_path, summary_path))
+    if len(results) > 1:
+        atomic_write_text(
+            Path(out) / "benchmarks.json", json.dumps(benchmark_table(results), indent=2) + "\n"
+        )
+    return results
+
+
+def benchmark_table(results: list[BenchmarkResult]) -> dict:
+    """Each benchmark's accuracy and the unweighted mean over benchmarks (the authors' harness
+    reports the mean of per-benchmark accuracies, not of problems)."""
+    rows = [
+        {
+            "name": r.name,
+            **{k: getattr(r.summary, k) for k in ("problems", "pass_at_1", "avg_at_k")},
+        }
+        for r in results
+    ]
+    mean = {"pass_at_1": sum(r["pass_at_1"] for r in rows) / len(rows)}
+    if all(r["avg_at_k"] is not None for r in rows):
+        mean["avg_at_k"] = sum(r["avg_at_k"] for r in rows) / len(rows)
+    return {"benchmarks": rows, "mean": mean}

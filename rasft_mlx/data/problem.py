@@ -11,3 +11,4 @@ class Problem:
     question: str
     solution: str
     answer: str
+    grader: str = "builtin"  # how rollouts and evaluations are graded: builtin or math-verify

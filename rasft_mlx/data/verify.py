@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import re
 from dataclasses import dataclass
 from fractions import Fraction
@@ -182,16 +181,6 @@ def parse_number(s: str) -> Fraction | None:
     return None
 
 
-@functools.cache
-def _symbolic_verifier():
-    """math_verify's (parse, verify) when that optional package is installed, else None."""
-    try:
-        from math_verify import parse, verify
-    except ImportError:
-        return None
-    return parse, verify
-
-
 def _canonical_text(s: str) -> str:
     return re.sub(r"\s+", "", normalize_answer(s)).lower()
 
@@ -200,7 +189,7 @@ def answers_match(
     predicted: str | None, gold: str, *, rel_tol: float = 1e-6, abs_tol: float = 1e-9
 ) -> bool:
     """Whether a predicted answer equals the gold one: numerically within tolerance when both are
-    numbers, else as normalised text (or symbolically, if math_verify is installed)."""
+    numbers, else as normalised text (symbolic LaTeX equivalence: grader math-verify)."""
     if predicted is None:
         return False
     predicted_value, gold_value = parse_number(predicted), parse_number(gold)
@@ -212,16 +201,7 @@ def answers_match(
         difference = abs(predicted_value - gold_value)
         scale = max(abs(predicted_value), abs(gold_value))
         return difference <= max(Fraction(rel_tol) * scale, Fraction(abs_tol))
-    if _canonical_text(predicted) == _canonical_text(gold):
-        return True
-    symbolic = _symbolic_verifier()
-    if symbolic is None:
-        return False
-    parse, verify = symbolic
-    try:
-        return bool(verify(parse(f"${gold}$"), parse(f"${predicted}$")))
-    except Exception:  # math_verify raises on unparsable input; that is just "no match"
-        return False
+    return _canonical_text(predicted) == _canonical_text(gold)
 
 
 @dataclass(frozen=True)

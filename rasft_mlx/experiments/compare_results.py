@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rasft_mlx.config import ROLLOUT_MODES, Recipe
+from rasft_mlx.dataset_config import source_label
 from rasft_mlx.experiments.statistics import paired_difference
 
 
@@ -269,7 +270,7 @@ def build_results(
         "recipe": recipe_source,
         "compare_dir": str(out_dir),
         "model": recipe.model.path,
-        "data": {"train": recipe.data.train, "test": recipe.data.test},
+        "data": {"train": source_label(recipe.data.train), "test": source_label(recipe.data.test)},
         "train_problems": base["train_problems"],
         "test_problems": test_problems,
         "eval": {"greedy": True, "max_new_tokens": recipe.eval.max_new_tokens},

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from rasft_mlx.config import RolloutConfig
+from rasft_mlx.data.graders import grade
 from rasft_mlx.data.problem import Problem
-from rasft_mlx.data.verify import verify_completion
 from rasft_mlx.generation.completions import (
     Completion,
     GenerationStats,
@@ -71,7 +71,12 @@ def verify_samples(problem: Problem, completions: list[Completion]) -> list[Roll
     """Verdicts against the gold answer; truncated or answerless samples are incorrect."""
     rollouts = []
     for index, completion in enumerate(completions):
-        verdict = verify_completion(completion.text, problem.answer, truncated=completion.truncated)
+        verdict = grade(
+            completion.text,
+            problem.answer,
+            truncated=completion.truncated,
+            grader=problem.grader,
+        )
         rollouts.append(
             Rollout(
                 problem_id=problem.id,

@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING
 
 from rasft_mlx.config import EvalConfig
 from rasft_mlx.data.encoding import encode_prompt
+from rasft_mlx.data.graders import grade
 from rasft_mlx.data.problem import Problem
-from rasft_mlx.data.verify import verify_completion
 from rasft_mlx.fileio import atomic_write_text
 from rasft_mlx.generation.completions import SamplingSettings, generate_completions
 
@@ -30,6 +30,7 @@ class EvalRecord:
     correct: bool
     verdict: str
     sample: int  # -1 for the greedy completion, 0..K-1 for sampled ones
+    grader: str = "builtin"
 
 
 @dataclass(frozen=True)
@@ -49,7 +50,12 @@ class EvalSummary:
 def _records(problems, completions, sample_index: int) -> list[EvalRecord]:
     records = []
     for problem, completion in zip(problems, completions, strict=True):
-        verdict = verify_completion(completion.text, problem.answer, truncated=completion.truncated)
+        verdict = grade(
+            completion.text,
+            problem.answer,
+            truncated=completion.truncated,
+            grader=problem.grader,
+        )
         records.append(
             EvalRecord(
                 id=problem.id,
@@ -60,6 +66,7 @@ def _records(problems, completions, sample_index: int) -> list[EvalRecord]:
                 correct=verdict.correct,
                 verdict=verdict.reason,
                 sample=sample_index,
+                grader=problem.grader,
             )
         )
     return records

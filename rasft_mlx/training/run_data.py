@@ -7,19 +7,16 @@ from dataclasses import asdict
 from rasft_mlx.config import Recipe
 from rasft_mlx.data.encoding import encode_expert_sequences
 from rasft_mlx.data.problem import Problem
-from rasft_mlx.data.readers import load_problems
+from rasft_mlx.data.sources import load_problems
 from rasft_mlx.training.run_directory import TrainingError
 
 
 def load_run_data(recipe: Recipe) -> tuple[list[Problem], list[Problem]]:
     data = recipe.data
     synthetic = asdict(data.synthetic)
-    train = load_problems(
-        data.train, fmt=data.format, limit=data.max_train, split="train", synthetic=synthetic
-    )
-    test = load_problems(
-        data.test, fmt=data.format, limit=data.max_test, split="test", synthetic=synthetic
-    )
+    common = {"fmt": data.format, "synthetic": synthetic, "grader": data.grader}
+    train = load_problems(data.train, limit=data.max_train, split="train", **common)
+    test = load_problems(data.test, limit=data.max_test, split="test", **common)
     return train, test
 
 

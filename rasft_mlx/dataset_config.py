@@ -1,0 +1,97 @@
+"""Recipe schema of the data section: where train and test problems come from and how answers are
+graded (a file path, a named benchmark, or a Hugging Face dataset with its config, split and
+columns)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from rasft_mlx.typed_fields import field_meta
+
+DEFAULT_SYSTEM_PROMPT = "Please reason step by step, and put your final answer within \\boxed{}."
+FORMATS = ("auto", "gsm8k", "generic", "math", "authors", "messages", "synthetic")
+GRADERS = ("auto", "builtin", "math-verify")
+
+
+@dataclass(frozen=True)
+class SyntheticConfig:
+    seed: int = 0
+    n_train: int = field(default=2000, metadata=field_meta(1))
+    n_test: int = field(default=200, metadata=field_meta(1))
+    min_level: int = field(default=1, metadata=field_meta(0, 5))
+    max_level: int = field(default=3, metadata=field_meta(0, 5))
+
+
+@dataclass(frozen=True)
+class ColumnsConfig:
+    """Which of a dataset's columns hold the question, the expert solution, the final answer and
+    the id; the answer defaults to the solution's last \\boxed{} (or its GSM8K '#### N')."""
+
+    question: str | None = None
+    solution: str | None = None
+    answer: str | None = None
+    id: str | None = None
+
+
+@dataclass(frozen=True)
+class DatasetSource:
+    """A dataset read with the `datasets` library: `load_dataset(hub, config, data_files=...,
+    revision=...)[split]`, cached as that library caches (works offline once cached)."""
+
+    hub: str = field(
+        default="",
+        metadata=field_meta(
+            help="Hub dataset id (openai/gsm8k), a local dataset directory, or a builder "
+            "(json, csv, parquet, arrow) with data_files"
+        ),
+    )
+    config: str | None = field(default=None, metadata=field_meta(help="the dataset's config"))
+    split: str = field(
+        default="train",
+        metadata=field_meta(help="split, optionally sliced: test[:200], train[10%:20%]"),
+    )
+    data_files: str | tuple[str, ...] | None = field(
+        default=None, metadata=field_meta(help="files inside the repo or local paths")
+    )
+    revision: str | None = None
+    format: str | None = field(
+        default=None,
+        metadata=field_meta(choices=FORMATS, help="null: data.format; ignored with columns"),
+    )
+    columns: ColumnsConfig = field(default_factory=ColumnsConfig)
+
+
+SOURCE_HELP = (
+    "JSONL/parquet/CSV path, hf://OWNER/REPO/FILE.jsonl, a named benchmark (gsm8k, math500, "
+    "aime24), 'synthetic', or {hub: ID, config: ..., split: ..., columns: {...}}"
+)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    train: str | DatasetSource = field(default="synthetic", metadata=field_meta(help=SOURCE_HELP))
+    test: str | DatasetSource = field(
+        default="synthetic", metadata=field_meta(help="same forms as train")
+    )
+    format: str = field(default="auto", metadata=field_meta(choices=FORMATS))
+    grader: str = field(
+        default="auto",
+        metadata=field_meta(
+            choices=GRADERS,
+            help="auto: math-verify for LaTeX (math, authors) data, builtin for numeric answers",
+        ),
+    )
+    max_train: int | None = field(default=None, metadata=field_meta(1))
+    max_test: int | None = field(default=None, metadata=field_meta(1))
+    max_seq_len: int = field(default=1024, metadata=field_meta(16))
+    system_prompt: str = DEFAULT_SYSTEM_PROMPT
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+
+
+def source_label(source: str | DatasetSource) -> str:
+    """A data source in one line: the string itself, or "hub (config) split [data_files]"."""
+    if isinstance(source, str):
+        return source
+    config = f" ({source.config})" if source.config else ""
+    files = f" {source.data_files}" if source.data_files else ""
+    return f"{source.hub}{config} {source.split}{files}"
