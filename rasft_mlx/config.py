@@ -200,6 +200,21 @@ class EvalConfig:
     before_training: bool = field(
         default=False, metadata=_range(help="also evaluate the starting model (eval-epoch-0)")
     )
+    drift_problems: int = field(
+        default=0,
+        metadata=_range(
+            0,
+            help="after training, KL(ref || policy) and the NLL rise on the starting model's "
+            "greedy answers to the first N test problems (summary.json 'drift'); 0 = off",
+        ),
+    )
+    extra_sets: tuple[str, ...] = field(
+        default=(),
+        metadata=_range(
+            help="more test sets evaluated after training (and before, with before_training): "
+            "named benchmarks, files, or synthetic-ood",
+        ),
+    )
 
 
 @dataclass(frozen=True)
@@ -245,6 +260,7 @@ class Recipe:
 # (lower key, upper key, operator): cross-field orderings checked by validate_recipe.
 _ORDERED_PAIRS = (
     ("data.synthetic.min_level", "data.synthetic.max_level", "<="),
+    ("data.synthetic.ood_min_level", "data.synthetic.ood_max_level", "<="),
     ("rasft.r_min", "rasft.r_max", "<="),
     ("rasft.ratio_min", "rasft.ratio_max", "<="),
     ("rasft.rollout_adv_floor", "rasft.rollout_adv_cap", "<="),

@@ -20,6 +20,11 @@ class SyntheticConfig:
     n_test: int = field(default=200, metadata=field_meta(1))
     min_level: int = field(default=1, metadata=field_meta(0, 5))
     max_level: int = field(default=3, metadata=field_meta(0, 5))
+    n_ood: int = field(
+        default=500, metadata=field_meta(1, help="size of the 'synthetic-ood' test set")
+    )
+    ood_min_level: int = field(default=2, metadata=field_meta(1, 5))
+    ood_max_level: int = field(default=4, metadata=field_meta(1, 5))
 
 
 @dataclass(frozen=True)
@@ -63,7 +68,7 @@ class DatasetSource:
 
 SOURCE_HELP = (
     "JSONL/parquet/CSV path, hf://OWNER/REPO/FILE.jsonl, a named benchmark (gsm8k, math500, "
-    "aime24), 'synthetic', or {hub: ID, config: ..., split: ..., columns: {...}}"
+    "aime24), 'synthetic' ('synthetic-ood': other names, objects, phrasings, larger numbers), or {hub: ID, config: ..., split: ..., columns: {...}}"
 )
 
 

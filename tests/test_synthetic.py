@@ -8,12 +8,22 @@ from collections import Counter
 import pytest
 
 from rasft_mlx.data.problem import Problem
-from rasft_mlx.data.synthetic import MAX_LEVEL, generate_problems, level_of
+from rasft_mlx.data.synthetic import (
+    CONTAINERS,
+    MAX_LEVEL,
+    NAMES,
+    OBJECTS,
+    OOD_NAMES,
+    OOD_OBJECTS,
+    generate_problems,
+    level_of,
+)
 
 EQUATION = re.compile(r"(\d+) ([-+*/]) (\d+) = (\d+)")
 NUMBER = re.compile(r"\d+")
 # Operands that the question states in words rather than digits.
 WORD_OPERANDS = {"half": 2, "third": 3, "quarter": 4, "doubles": 2, "triples": 3}
+OOD_WORD_OPERANDS = {"twice as many": 2, "three times as large": 3, "with a friend": 2}
 
 
 def solution_errors(problem: Problem) -> list[str]:
@@ -29,6 +39,7 @@ def solution_errors(problem: Problem) -> list[str]:
         return errors
     known = {int(number) for number in NUMBER.findall(problem.question)}
     known |= {value for word, value in WORD_OPERANDS.items() if f"{word}." in problem.question}
+    known |= {value for word, value in OOD_WORD_OPERANDS.items() if word in problem.question}
     steps = lines[:-1]
     if len(steps) != level:
         errors.append(f"{len(steps)} steps for level {level}")
@@ -158,3 +169,34 @@ def test_invalid_arguments_are_rejected(kwargs):
 def test_asking_for_more_than_a_level_holds_fails_clearly():
     with pytest.raises(ValueError, match="could not find"):
         generate_problems(5000, seed=0, min_level=0, max_level=0, split="test")
+
+
+def _words(problems: list[Problem]) -> set[str]:
+    return {word.strip(".,?") for p in problems for word in p.question.split()}
+
+
+def test_the_ood_split_has_new_surface_forms_larger_numbers_and_correct_solutions():
+    ood = generate_problems(500, seed=0, min_level=2, max_level=4, split="ood")
+    train = generate_problems(600, seed=0, min_level=1, max_level=3, split="train")
+    assert len({p.question for p in ood}) == 500
+    assert all(p.id.startswith("synthetic-ood-L") for p in ood)
+    assert {level_of(p) for p in ood} == {2, 3, 4}
+    for problem in ood:
+        assert solution_errors(problem) == [], problem
+    ood_words, train_words = _words(ood), _words(train)
+    surface = set(NAMES) | set(OBJECTS) | {plural for _, plural in CONTAINERS}
+    assert not ood_words & surface  # no training name, object or container
+    assert set(OOD_NAMES) | set(OOD_OBJECTS) <= ood_words and not train_words & set(OOD_NAMES)
+    assert "How many" not in " ".join(p.question for p in ood)  # another question wording
+    starts = [
+        int(NUMBER.search(p.question).group())
+        for p in ood
+        if level_of(p) == 2 and "each holding" not in p.question
+    ]
+    assert starts and min(starts) > 20  # level 2 trains on starts <= 20
+    assert generate_problems(20, seed=0, min_level=2, max_level=4, split="ood") == ood[:20]
+
+
+def test_the_ood_split_starts_at_level_one():
+    with pytest.raises(ValueError, match="ood split starts at level 1"):
+        generate_problems(5, seed=0, min_level=0, max_level=2, split="ood")

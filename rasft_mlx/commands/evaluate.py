@@ -11,7 +11,12 @@ import yaml
 
 from rasft_mlx.config import DataConfig, EvalConfig, ModelConfig, RecipeError
 from rasft_mlx.data.hub_datasets import parse_split
-from rasft_mlx.data.sources import BENCHMARKS, load_problems, resolve_source
+from rasft_mlx.data.sources import (
+    BENCHMARKS,
+    SYNTHETIC_SOURCES,
+    load_problems,
+    resolve_source,
+)
 from rasft_mlx.dataset_config import DatasetSource
 from rasft_mlx.fileio import atomic_write_text
 from rasft_mlx.models.adapters import load_adapters_into
@@ -62,7 +67,7 @@ def parse_data_sources(text: str) -> list[tuple[str, str | DatasetSource]]:
         elif isinstance(item, str):
             source = item
             looks_like_a_name = "/" not in item and "." not in item and not Path(item).exists()
-            if looks_like_a_name and item not in BENCHMARKS and item != "synthetic":
+            if looks_like_a_name and item not in BENCHMARKS and item not in SYNTHETIC_SOURCES:
                 raise RecipeError(
                     f"--data: {item}: no such file, and not a named benchmark "
                     f"({', '.join(BENCHMARKS)})"
@@ -84,7 +89,7 @@ def _source_name(source: str | DatasetSource) -> str:
     if isinstance(resolved, DatasetSource):
         split = parse_split(resolved.split)[0]
         return f"{Path(resolved.hub.rstrip('/')).name}-{split}".replace("/", "-")
-    return Path(source).stem if source != "synthetic" else "synthetic"
+    return source if source in SYNTHETIC_SOURCES else Path(source).stem
 
 
 def run_evaluation(
@@ -136,7 +141,7 @@ def run_benchmarks(
                 split="test",
                 grader=grader,
                 limit=config.limit,
-                synthetic={"n_test": config.limit or 200},
+                synthetic={"n_test": config.limit or 200, "n_ood": config.limit or 500},
             ),
         )
         for name, source in sources

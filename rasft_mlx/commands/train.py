@@ -19,8 +19,13 @@ from rasft_mlx.models.adapters import (
     trainable_parameter_count,
 )
 from rasft_mlx.models.loading import load_model
-from rasft_mlx.progress import attached
+from rasft_mlx.progress import PhaseInterrupted, attached
 from rasft_mlx.rasft.routing import expected_rollout_problems
+from rasft_mlx.training.final_evaluation import (
+    drift_from_start,
+    evaluate_extra_sets,
+    load_extra_sets,
+)
 from rasft_mlx.training.loop import TrainingLoop, TrainResult
 from rasft_mlx.training.memory_estimate import check_memory, estimate_run_memory
 from rasft_mlx.training.run_data import encode_training_data, load_run_data
@@ -70,6 +75,7 @@ def refuse_if_too_big(recipe: Recipe, loaded, sequences, test_problems) -> None:
 def _run_training(recipe, run_dir, console, resume, force, stop_after, signals) -> TrainResult:
     mx.random.seed(recipe.training.seed)
     train_problems, test_problems = load_run_data(recipe)
+    extra_sets = load_extra_sets(recipe)
     loaded = load_model(recipe.model)
     apply_adapters(loaded.model, recipe.lora)
     console.print(
@@ -97,11 +103,28 @@ def _run_training(recipe, run_dir, console, resume, force, stop_after, signals) 
     loop = TrainingLoop(
         loaded, recipe, source, run_dir, console, test_problems, metrics, timings, stop_after
     )
+    extra: dict = {}
     if checkpoint is not None:
         loop.restore(checkpoint)
     else:
         loop.start_fresh()
+        if recipe.eval.before_training and extra_sets:
+            evaluate_extra_sets(loaded, recipe, extra_sets, run_dir, "start", metrics, timings)
     result = loop.run(signals)
+    started = {
+        name: json.loads(path.read_text())
+        for name, _ in extra_sets
+        if (path := run_dir / f"eval-start-{name}-summary.json").is_file()
+    }
+    extra["eval_extra_before_training"] = started or None
+    try:
+        if extra_sets:
+            extra["eval_extra"] = evaluate_extra_sets(
+                loaded, recipe, extra_sets, run_dir, "final", metrics, timings
+            )
+        extra["drift"] = drift_from_start(loaded, recipe, test_problems, metrics, timings)
+    except PhaseInterrupted as stopped:
+        console.print(f"stopped during {stopped}: final extra evaluations skipped")
     total_seconds = time.perf_counter() - run_started
     timings["other"] = max(total_seconds - sum(timings.values()), 0.0)
     summary = {
@@ -114,6 +137,7 @@ def _run_training(recipe, run_dir, console, resume, force, stop_after, signals) 
         "skipped_too_long": report.skipped_too_long,
         "eval": result.eval_summary.as_dict() if result.eval_summary else None,
         "wall_time_split_seconds": {k: round(v, 2) for k, v in timings.items()},
+        **{key: value for key, value in extra.items() if value is not None},
     }
     before = run_dir / "eval-epoch-0-summary.json"
     if before.is_file():

@@ -21,7 +21,17 @@ from rasft_mlx.data.rows import DataError, RowSource, jsonl_rows
 from rasft_mlx.data.synthetic import generate_problems
 from rasft_mlx.dataset_config import FORMATS, GRADERS, ColumnsConfig, DatasetSource
 
-SYNTHETIC_DEFAULTS = {"seed": 0, "n_train": 2000, "n_test": 200, "min_level": 1, "max_level": 3}
+SYNTHETIC_DEFAULTS = {
+    "seed": 0,
+    "n_train": 2000,
+    "n_test": 200,
+    "min_level": 1,
+    "max_level": 3,
+    "n_ood": 500,
+    "ood_min_level": 2,
+    "ood_max_level": 4,
+}
+SYNTHETIC_SOURCES = {"synthetic": None, "synthetic-ood": "ood"}  # source -> split override
 # Formats whose answers are LaTeX (graded by math-verify under grader "auto").
 LATEX_FORMATS = ("math", "authors")
 
@@ -64,7 +74,8 @@ def load_problems(
         raise DataError(f"unknown data format {fmt!r}; expected one of {FORMATS}")
     if grader not in GRADERS:
         raise DataError(f"unknown grader {grader!r}; expected one of {GRADERS}")
-    if isinstance(source, str) and (source == "synthetic" or fmt == "synthetic"):
+    if isinstance(source, str) and (source in SYNTHETIC_SOURCES or fmt == "synthetic"):
+        split = SYNTHETIC_SOURCES.get(source) or split
         problems = _synthetic_problems(split, synthetic)[:limit]
         return _graded(problems, "builtin" if grader == "auto" else grader)
     spec = resolve_source(source)
@@ -102,7 +113,8 @@ def _file_rows(source: str) -> RowSource:
         return file_rows(path)
     if not path.exists() and "/" not in source and "." not in source:
         raise DataError(
-            f"{source}: no such file, and not a named benchmark ({', '.join(BENCHMARKS)}); "
+            f"{source}: no such file, and not a named benchmark ({', '.join(BENCHMARKS)}) "
+            "or synthetic, synthetic-ood; "
             "for a Hub dataset write {hub: OWNER/NAME, split: ...}"
         )
     return jsonl_rows(path)
@@ -148,14 +160,15 @@ def _synthetic_problems(split: str, settings: dict | None) -> list[Problem]:
         raise DataError(
             f"unknown synthetic settings {unknown}; known: {sorted(SYNTHETIC_DEFAULTS)}"
         )
-    if split not in ("train", "test"):
-        raise DataError(f"synthetic data has splits 'train' and 'test', not {split!r}")
+    if split not in ("train", "test", "ood"):
+        raise DataError(f"synthetic data has splits 'train', 'test' and 'ood', not {split!r}")
+    levels = ("ood_min_level", "ood_max_level") if split == "ood" else ("min_level", "max_level")
     try:
         return generate_problems(
             merged[f"n_{split}"],
             seed=merged["seed"],
-            min_level=merged["min_level"],
-            max_level=merged["max_level"],
+            min_level=merged[levels[0]],
+            max_level=merged[levels[1]],
             split=split,
         )
     except ValueError as exc:

@@ -17,6 +17,10 @@ From level 2 on each solution line reads "After selling: 24 - 5 = 19 apples.".
 Problems are deterministic in (seed, split). A question belongs to the test split iff a hash of
 its text says so, so train and test never share a question, for any seed; within a split
 questions are unique. Ids encode the level: "synthetic-train-L2-17".
+
+The "ood" split is out of distribution: other names, objects, event phrasings and question
+wording than any train or test problem, and numbers from a higher range (starts above the
+level's training range, up to three times it), at the levels asked for (ids "synthetic-ood-L3-5").
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from dataclasses import dataclass
 from rasft_mlx.data.problem import Problem
 
 MAX_LEVEL = 5
-SPLITS = ("train", "test")
+SPLITS = ("train", "test", "ood")
 TEST_FRACTION_DENOMINATOR = 5  # one question in five (by hash) belongs to the test split
 MAX_ATTEMPTS_PER_PROBLEM = 2000
 
@@ -68,6 +72,70 @@ DIV_EVENTS = (
     ("{name} keeps only half.", 2, "After keeping half"),
     ("{name} keeps only a third.", 3, "After keeping a third"),
     ("{name} keeps only a quarter.", 4, "After keeping a quarter"),
+)
+
+# The "ood" split's surface forms: none of these appear in train or test problems.
+OOD_NAMES = ("Priya", "Kenji", "Olga", "Tariq", "Lucia", "Emeka", "Hana", "Mateo", "Ines", "Ravi")
+OOD_OBJECTS = ("bolts", "tickets", "beads", "crayons", "buttons", "acorns", "keys", "badges")
+OOD_CONTAINERS = (("crate", "crates"), ("tray", "trays"), ("sack", "sacks"))
+OOD_ADD_EVENTS = (
+    ("Later, {name} collects another {b}.", "After collecting"),
+    ("{other} hands over {b} extra to {name}.", "After receiving"),
+)
+OOD_SUB_EVENTS = (
+    ("Then {name} donates {b} to a school.", "After donating"),
+    ("{b} of them get broken and are thrown away.", "After throwing some away"),
+)
+OOD_MUL_EVENTS = (
+    ("After a trade, {name} owns twice as many {obj}.", 2, "After the trade"),
+    ("A prize makes the pile three times as large.", 3, "After the prize"),
+)
+OOD_DIV_EVENTS = (
+    ("{name} splits them evenly with a friend and keeps one share.", 2, "After sharing"),
+    ("{name} divides them into 3 equal piles and keeps one pile.", 3, "After dividing"),
+)
+
+
+@dataclass(frozen=True)
+class _Surface:
+    names: tuple[str, ...]
+    objects: tuple[str, ...]
+    containers: tuple[tuple[str, str], ...]
+    add: tuple
+    sub: tuple
+    mul: tuple
+    div: tuple
+    opening: str  # "{name} has {value} {obj}."
+    grouped: str  # "{name} has {groups} {containers} with {per_group} {obj} in each {container}."
+    question: str  # "How many {obj} does {name} have now?"
+    number_scale: int  # starts and operands drawn above the level's range, up to this multiple
+
+
+_TRAIN_SURFACE = _Surface(
+    NAMES,
+    OBJECTS,
+    CONTAINERS,
+    ADD_EVENTS,
+    SUB_EVENTS,
+    MUL_EVENTS,
+    DIV_EVENTS,
+    "{name} has {value} {obj}.",
+    "{name} has {groups} {containers} with {per_group} {obj} in each {container}.",
+    "How many {obj} does {name} have now?",
+    1,
+)
+_OOD_SURFACE = _Surface(
+    OOD_NAMES,
+    OOD_OBJECTS,
+    OOD_CONTAINERS,
+    OOD_ADD_EVENTS,
+    OOD_SUB_EVENTS,
+    OOD_MUL_EVENTS,
+    OOD_DIV_EVENTS,
+    "At the start, {name} owns {value} {obj}.",
+    "{name} starts with {groups} {containers}, each holding {per_group} {obj}.",
+    "What is the final number of {obj} that {name} owns?",
+    3,
 )
 
 _ID_LEVEL = re.compile(r"^synthetic-[a-z]+-L(\d+)-\d+$")
@@ -121,6 +189,8 @@ def generate_problems(
         )
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    if split == "ood" and min_level < 1:
+        raise ValueError("the ood split starts at level 1 (level 0 has no events to rephrase)")
     rng = random.Random(f"rasft-synthetic:{seed}:{split}")
     levels = range(min_level, max_level + 1)
     seen_questions: set[str] = set()
@@ -128,8 +198,9 @@ def generate_problems(
     for index in range(n):
         level = levels[index % len(levels)]
         for _ in range(MAX_ATTEMPTS_PER_PROBLEM):
-            question, solution, answer = _make_problem(rng, level)
-            if question not in seen_questions and split_of_question(question) == split:
+            question, solution, answer = _make_problem(rng, level, split == "ood")
+            in_split = split == "ood" or split_of_question(question) == split
+            if question not in seen_questions and in_split:
                 break
         else:
             raise ValueError(
@@ -148,10 +219,27 @@ def generate_problems(
     return problems
 
 
-def _make_problem(rng: random.Random, level: int) -> tuple[str, str, int]:
+def _make_problem(rng: random.Random, level: int, ood: bool = False) -> tuple[str, str, int]:
     if level == 0:
         return _read_off_problem(rng)
-    return _chain_problem(rng, _LEVEL_SPECS[level])
+    if ood:
+        return _chain_problem(rng, _scaled(_LEVEL_SPECS[level], 3), _OOD_SURFACE)
+    return _chain_problem(rng, _LEVEL_SPECS[level], _TRAIN_SURFACE)
+
+
+def _scaled(spec: _LevelSpec, scale: int) -> _LevelSpec:
+    """Numbers above the level's range: starts in (start_max, scale x start_max], operands and
+    the value cap `scale` times larger."""
+    return _LevelSpec(
+        spec.steps,
+        spec.start_max + 1,
+        spec.start_max * scale,
+        spec.operand_max * scale,
+        spec.factor_max,
+        spec.product_start_probability,
+        spec.ops,
+        spec.value_cap * scale,
+    )
 
 
 def _read_off_problem(rng: random.Random) -> tuple[str, str, int]:
@@ -168,28 +256,35 @@ def _read_off_problem(rng: random.Random) -> tuple[str, str, int]:
     return question, f"{fact}\n\\boxed{{{count}}}", count
 
 
-def _chain_problem(rng: random.Random, spec: _LevelSpec) -> tuple[str, str, int]:
+def _chain_problem(rng: random.Random, spec: _LevelSpec, surface: _Surface) -> tuple[str, str, int]:
     """A story that starts with a quantity and changes it step by step, one equation per step."""
-    name, other = rng.sample(NAMES, 2)
-    obj = rng.choice(OBJECTS)
+    name, other = rng.sample(surface.names, 2)
+    obj = rng.choice(surface.objects)
     sentences = []
     steps = []  # (label, expression, value)
     if rng.random() < spec.product_start_probability:
         groups, per_group = rng.randint(2, spec.factor_max), rng.randint(2, spec.factor_max)
-        container, containers = rng.choice(CONTAINERS)
+        container, containers = rng.choice(surface.containers)
         value = groups * per_group
         sentences.append(
-            f"{name} has {groups} {containers} with {per_group} {obj} in each {container}."
+            surface.grouped.format(
+                name=name,
+                groups=groups,
+                containers=containers,
+                per_group=per_group,
+                obj=obj,
+                container=container,
+            )
         )
         steps.append(("At first", f"{groups} * {per_group}", value))
     else:
         value = rng.randint(spec.start_min, spec.start_max)
-        sentences.append(f"{name} has {value} {obj}.")
+        sentences.append(surface.opening.format(name=name, value=value, obj=obj))
     while len(steps) < spec.steps:
-        sentence, label, expression, value = _next_event(rng, spec, value)
+        sentence, label, expression, value = _next_event(rng, spec, value, surface)
         sentences.append(sentence.format(name=name, other=other, obj=obj))
         steps.append((label, expression, value))
-    sentences.append(f"How many {obj} does {name} have now?")
+    sentences.append(surface.question.format(name=name, obj=obj))
     if spec.steps == 1:
         lines = [f"{expression} = {result}" for _, expression, result in steps]
     else:
@@ -198,41 +293,43 @@ def _chain_problem(rng: random.Random, spec: _LevelSpec) -> tuple[str, str, int]
     return " ".join(sentences), "\n".join(lines), value
 
 
-def _next_event(rng: random.Random, spec: _LevelSpec, value: int) -> tuple[str, str, str, int]:
+def _next_event(
+    rng: random.Random, spec: _LevelSpec, value: int, surface: _Surface
+) -> tuple[str, str, str, int]:
     """One feasible event on the current value: (sentence template, label, expression, result).
 
     Subtraction takes at most half and division leaves at least 2, so every intermediate value
     stays >= 2 (plural nouns read right, and chains do not collapse to 0 or 1).
     """
-    feasible = [op for op in spec.ops if _is_feasible(op, spec, value)]
+    feasible = [op for op in spec.ops if _is_feasible(op, spec, value, surface)]
     op = rng.choice(feasible)
     if op == "add":
         operand = rng.randint(1, min(spec.operand_max, spec.value_cap - value))
-        sentence, label = rng.choice(ADD_EVENTS)
+        sentence, label = rng.choice(surface.add)
         return sentence.replace("{b}", str(operand)), label, f"{value} + {operand}", value + operand
     if op == "sub":
         operand = rng.randint(1, min(spec.operand_max, value // 2))
-        sentence, label = rng.choice(SUB_EVENTS)
+        sentence, label = rng.choice(surface.sub)
         return sentence.replace("{b}", str(operand)), label, f"{value} - {operand}", value - operand
     if op == "mul":
         sentence, factor, label = rng.choice(
-            [event for event in MUL_EVENTS if value * event[1] <= spec.value_cap]
+            [event for event in surface.mul if value * event[1] <= spec.value_cap]
         )
         return sentence, label, f"{value} * {factor}", value * factor
     sentence, divisor, label = rng.choice(
-        [event for event in DIV_EVENTS if _divides(event[1], value)]
+        [event for event in surface.div if _divides(event[1], value)]
     )
     return sentence, label, f"{value} / {divisor}", value // divisor
 
 
-def _is_feasible(op: str, spec: _LevelSpec, value: int) -> bool:
+def _is_feasible(op: str, spec: _LevelSpec, value: int, surface: _Surface) -> bool:
     if op == "add":
         return value < spec.value_cap
     if op == "sub":
         return value >= 3
     if op == "mul":
-        return any(value * factor <= spec.value_cap for _, factor, _ in MUL_EVENTS)
-    return any(_divides(divisor, value) for _, divisor, _ in DIV_EVENTS)
+        return any(value * factor <= spec.value_cap for _, factor, _ in surface.mul)
+    return any(_divides(divisor, value) for _, divisor, _ in surface.div)
 
 
 def _divides(divisor: int, value: int) -> bool:

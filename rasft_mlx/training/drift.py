@@ -1,0 +1,94 @@
+"""Drift from the starting model: on the starting model's own greedy answers to held-out prompts,
+the mean per-token KL(pi_ref || pi_theta) over the full vocabulary and the mean rise in NLL
+(log pi_ref(y) - log pi_theta(y)). The reference is the same weights with the adapters off."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import mlx.core as mx
+import numpy as np
+
+from rasft_mlx.data.encoding import TrainingSequence, encode_prompt
+from rasft_mlx.data.problem import Problem
+from rasft_mlx.generation.completions import SamplingSettings, generate_completions
+from rasft_mlx.models.adapters import adapters_disabled, dropout_mode
+from rasft_mlx.models.response_logits import ResponseLogits
+from rasft_mlx.progress import check, phase
+from rasft_mlx.training.batching import collate
+from rasft_mlx.training.losses import reference_kl, token_logprobs
+
+
+@dataclass(frozen=True)
+class DriftReport:
+    kl_ref_policy: float  # mean over answer tokens of KL(pi_ref || pi_theta), full vocabulary
+    nll_increase: float  # mean over answer tokens of log pi_ref(y_t) - log pi_theta(y_t)
+    problems: int
+    tokens: int
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def reference_answers(
+    model,
+    tokenizer,
+    problems: list[Problem],
+    system_prompt: str,
+    max_new_tokens: int,
+    batch_size: int,
+) -> list[TrainingSequence]:
+    """The starting model's greedy answers (adapters off) as prompt + answer sequences."""
+    prompts = [encode_prompt(tokenizer, p.question, system_prompt) for p in problems]
+    settings = SamplingSettings(max_new_tokens=max_new_tokens, batch_size=batch_size)
+    with adapters_disabled(model):
+        completions, _ = generate_completions(
+            model, tokenizer, prompts, settings, label="drift: starting model's answers"
+        )
+    return [
+        TrainingSequence(problem.id, tuple(prompt + list(done.token_ids)), len(prompt))
+        for problem, prompt, done in zip(problems, prompts, completions, strict=True)
+        if done.token_ids
+    ]
+
+
+def drift_statistics(
+    kl: np.ndarray, log_ratio: np.ndarray, mask: np.ndarray
+) -> tuple[float, float]:
+    """Token means of KL and of the log-ratio over the unmasked positions (all rows pooled)."""
+    count = mask.sum()
+    if count == 0:
+        return 0.0, 0.0
+    return float((kl * mask).sum() / count), float((log_ratio * mask).sum() / count)
+
+
+def measure_drift(
+    model, sequences: list[TrainingSequence], batch_size: int, bucket_multiple: int = 32
+) -> DriftReport:
+    """KL(pi_ref || pi_theta) and the NLL rise on `sequences`' answer tokens, dropout off."""
+    logits_at = ResponseLogits(model)
+    kl_parts, ratio_parts, mask_parts = [], [], []
+    with dropout_mode(model, False), phase("drift", len(sequences)) as reporter:
+        for start in range(0, len(sequences), batch_size):
+            check("drift")
+            chunk = sequences[start : start + batch_size]
+            batch = collate(chunk, len(chunk), bucket_multiple)
+            policy = logits_at(batch.inputs, batch.positions)
+            with adapters_disabled(model):
+                reference = logits_at(batch.inputs, batch.positions)
+            kl = reference_kl(policy, reference)
+            log_ratio = token_logprobs(reference, batch.targets) - token_logprobs(
+                policy, batch.targets
+            )
+            mx.eval(kl, log_ratio)
+            kl_parts.append(np.array(kl).ravel())
+            ratio_parts.append(np.array(log_ratio).ravel())
+            mask_parts.append(np.array(batch.mask, dtype=np.float64).ravel())
+            reporter.advance(len(chunk))
+    if not sequences:
+        return DriftReport(0.0, 0.0, 0, 0)
+    mask = np.concatenate(mask_parts)
+    kl_mean, nll_rise = drift_statistics(
+        np.concatenate(kl_parts), np.concatenate(ratio_parts), mask
+    )
+    return DriftReport(kl_mean, nll_rise, len(sequences), int(mask.sum()))
