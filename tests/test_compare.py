@@ -35,7 +35,15 @@ def write_recipe(path, model_dir):
         "data": {
             "train": "synthetic",
             "test": "synthetic",
-            "synthetic": {"n_train": 16, "n_test": 6, "min_level": 0, "max_level": 1},
+            "synthetic": {
+                "n_train": 16,
+                "n_test": 6,
+                "min_level": 0,
+                "max_level": 1,
+                "n_ood": 4,
+                "ood_min_level": 1,
+                "ood_max_level": 2,
+            },
             "max_seq_len": 256,
         },
         "lora": {"rank": 4, "scale": 2.0},
@@ -48,7 +56,7 @@ def write_recipe(path, model_dir):
             "seed": 3,
             "eval_every_epoch": True,
         },
-        "eval": {"max_new_tokens": 8},
+        "eval": {"max_new_tokens": 8, "extra_sets": ["synthetic-ood"], "drift_problems": 2},
         "output": {"dir": str(path.parent / "runs" / "{name}"), "name": "compare-test"},
     }
     path.write_text(yaml.safe_dump(recipe))
@@ -107,6 +115,23 @@ def test_compare_two_modes_two_seeds_then_reuse(tiny_llama_dir, tmp_path):
     assert "| sft | 2 |" in markdown and "| dft | 2 |" in markdown and "Budget" in markdown
     assert "Held-out pass@1 over training" in markdown
     assert "pass@1" in result.output and "dft" in result.output
+    # The extra (out-of-distribution) set and the drift, per run and per mode.
+    base_ood = json.loads((out / "base" / "eval-synthetic-ood-summary.json").read_text())
+    assert results["base_extra"]["synthetic-ood"]["pass_at_1"] == base_ood["pass_at_1"]
+    for mode in ("sft", "dft"):
+        runs = [r for r in results["runs"] if r["mode"] == mode]
+        ood = [r["extra"]["synthetic-ood"]["pass_at_1"] for r in runs]
+        assert all(len(r["extra"]["synthetic-ood"]["outcomes"]) == 4 for r in runs)
+        summary = results["summary"][mode]
+        assert summary["extra"]["synthetic-ood"]["pass_at_1_mean"] == pytest.approx(
+            statistics.mean(ood)
+        )
+        kl = [r["drift"]["kl_ref_policy"] for r in runs]
+        assert min(kl) > 0 and summary["drift"]["kl_ref_policy_mean"] == pytest.approx(
+            statistics.mean(kl)
+        )
+    assert "synthetic-ood" in results["summary"]["dft"]["extra_paired_vs_sft"]
+    assert "## Other test sets" in markdown and "## Drift from the starting model" in markdown
     assert results["command"].startswith("rasft-mlx compare") and "Command:" in markdown
 
     # Seeds differ: different LoRA init and batch order give different adapters.
@@ -183,6 +208,24 @@ def test_budget_rules_and_helpers(tiny_llama_dir, tmp_path):
     assert compare_to(a, b)["beyond_spread"] is True
     wide = {**b, "pass_at_1_std": 0.2}
     assert compare_to(a, wide)["beyond_spread"] is False
+
+
+def test_paired_differences_on_an_extra_set_use_its_own_outcomes():
+    from rasft_mlx.experiments.compare_results import paired_versus
+
+    def run(mode, seed, main, ood):
+        return {"mode": mode, "seed": seed, "outcomes": main, "extra": {"ood": {"outcomes": ood}}}
+
+    runs = [
+        run("sft", 0, [1, 1, 0, 0] * 10, [0] * 40),
+        run("rasft", 0, [1, 1, 0, 0] * 10, [1] * 30 + [0] * 10),
+    ]
+    main = paired_versus(runs, "rasft", "sft")
+    ood = paired_versus(runs, "rasft", "sft", extra="ood")
+    assert main["difference"] == 0 and main["verdict"] == "no detectable difference"
+    assert ood["difference"] == pytest.approx(0.75) and ood["verdict"] == "better"
+    assert ood["low"] > 0.5 and ood["problems"] == 40
+    assert paired_versus(runs, "rasft", "sft", extra="missing") is None
 
 
 def test_mode_statistics_over_seeds():

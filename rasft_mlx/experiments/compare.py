@@ -134,6 +134,7 @@ def base_model_results(recipe: Recipe, out_dir: Path, console: Console) -> dict:
         return cached
     from rasft_mlx.models.loading import load_model
     from rasft_mlx.training.evaluate import evaluate_problems, write_eval_outputs
+    from rasft_mlx.training.final_evaluation import load_extra_sets
     from rasft_mlx.training.run_data import encode_training_data, load_run_data
 
     train_problems, test_problems = load_run_data(recipe)
@@ -152,6 +153,19 @@ def base_model_results(recipe: Recipe, out_dir: Path, console: Console) -> dict:
         )
         write_eval_outputs(records, summary, out_dir / BASE_DIR, name="eval")
         evaluation = summary.as_dict()
+    extra = {}
+    for name, problems in load_extra_sets(recipe):
+        console.print(f"base model: evaluating the extra test set {name}")
+        records, summary = evaluate_problems(
+            loaded.model,
+            loaded.tokenizer,
+            problems,
+            recipe.eval,
+            recipe.data.system_prompt,
+            seed=recipe.training.seed,
+        )
+        write_eval_outputs(records, summary, out_dir / BASE_DIR, name=f"eval-{name}")
+        extra[name] = summary.as_dict()
     del loaded
     _free_memory()
     result = {
@@ -160,6 +174,7 @@ def base_model_results(recipe: Recipe, out_dir: Path, console: Console) -> dict:
         "expert_sequences": len(sequences),
         "skipped_too_long": report.skipped_too_long,
         "eval": evaluation,
+        "eval_extra": extra,
     }
     atomic_write_text(path, json.dumps(result, indent=2) + "\n")
     return result

@@ -43,6 +43,77 @@ def _versus(summary: dict, reference: str) -> str:
     return text + (" (beyond spread)" if comparison["beyond_spread"] else " (within spread)")
 
 
+def _paired_text(paired: dict | None) -> str:
+    if not paired:
+        return ""
+    return (
+        f" ({paired['difference']:+.3f} [{paired['low']:+.3f}, {paired['high']:+.3f}] "
+        f"{paired['verdict']})"
+    )
+
+
+def _extra_set_lines(results: dict) -> list[str]:
+    """Each extra test set (e.g. synthetic-ood): mean ± std per mode and the paired difference."""
+    modes, reference, summaries = results["modes"], results["modes"][0], results["summary"]
+    names = sorted({n for s in summaries.values() for n in s.get("extra", {})})
+    if not names:
+        return []
+    lines = [
+        "## Other test sets (greedy pass@1, mean ± std over seeds; vs "
+        f"{reference} with its 95 % paired interval)",
+        "",
+        "| mode | " + " | ".join(names) + " |",
+        "|---|" + "---|" * len(names),
+    ]
+    base_extra = results.get("base_extra") or {}
+    if base_extra:
+        cells = [_pct(base_extra.get(n, {}).get("pass_at_1")) for n in names]
+        lines.append("| base model | " + " | ".join(cells) + " |")
+    for mode in modes:
+        if mode not in summaries:
+            continue
+        summary, cells = summaries[mode], []
+        paired = summary.get(f"extra_paired_vs_{reference}", {})
+        for name in names:
+            value = summary.get("extra", {}).get(name)
+            text = (
+                "-"
+                if not value
+                else f"{value['pass_at_1_mean']:.3f} ± {value['pass_at_1_std']:.3f}"
+            )
+            cells.append(text + _paired_text(paired.get(name)))
+        lines.append(f"| {mode} | " + " | ".join(cells) + " |")
+    sizes = ", ".join(f"{n} {base_extra[n]['problems']}" for n in names if n in base_extra)
+    return lines + ["", f"Problems per set: {sizes}." if sizes else "", ""]
+
+
+def _drift_lines(results: dict) -> list[str]:
+    summaries = results["summary"]
+    rows = [
+        (m, summaries[m]["drift"]) for m in results["modes"] if summaries.get(m, {}).get("drift")
+    ]
+    if not rows:
+        return []
+    lines = [
+        "## Drift from the starting model (per answer token, mean ± std over seeds)",
+        "",
+        "| mode | KL(pi_ref ‖ pi_theta) | NLL rise of the starting model's answers |",
+        "|---|---|---|",
+    ]
+    for mode, drift in rows:
+        lines.append(
+            f"| {mode} | {drift['kl_ref_policy_mean']:.4f} ± {drift['kl_ref_policy_std']:.4f} "
+            f"| {drift['nll_increase_mean']:.4f} ± {drift['nll_increase_std']:.4f} |"
+        )
+    problems = rows[0][1]["problems"]
+    return lines + [
+        "",
+        f"On the starting model's own greedy answers to {problems} held-out test prompts; the "
+        "reference is the same weights with the adapters off (0 before training).",
+        "",
+    ]
+
+
 def results_markdown(results: dict) -> str:
     modes, reference = results["modes"], results["modes"][0]
     base, summaries = results["base"], results["summary"]
@@ -90,6 +161,8 @@ def results_markdown(results: dict) -> str:
         "the interval excludes 0; 'detectable': the smallest true difference this test set finds "
         "with 80 % power at 5 % (paired).",
         "",
+        *_extra_set_lines(results),
+        *_drift_lines(results),
         "## Held-out pass@1 over training (mean ± std over seeds; @ mean step)",
         "",
     ]

@@ -100,20 +100,38 @@ def _mean_of(records: list[dict], key: str) -> float | None:
     return statistics.fmean(values) if values else None
 
 
+def _greedy_outcomes(path: Path) -> list[int]:
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [int(bool(row["correct"])) for row in rows if row.get("sample", -1) == -1]
+
+
+def extra_set_outcomes(run_dir: Path, name: str) -> list[int]:
+    """1/0 per problem of the extra test set `name` at the end of the run (eval-final-NAME)."""
+    path = run_dir / f"eval-final-{name}.jsonl"
+    return _greedy_outcomes(path) if path.is_file() else []
+
+
 def final_outcomes(run_dir: Path) -> list[int]:
     """1/0 per test problem (greedy verdicts) of the run's last evaluation, in test-set order."""
     files = [p for p in run_dir.glob("eval-epoch-*.jsonl") if p.stem.split("-")[-1].isdigit()]
     if not files:
         return []
-    last = max(files, key=lambda p: int(p.stem.split("-")[-1]))
-    rows = [json.loads(line) for line in last.read_text().splitlines() if line.strip()]
-    return [int(bool(row["correct"])) for row in rows if row.get("sample", -1) == -1]
+    return _greedy_outcomes(max(files, key=lambda p: int(p.stem.split("-")[-1])))
 
 
-def paired_versus(runs: list[dict], mode: str, reference: str) -> dict | None:
-    """The paired bootstrap difference of `mode` to `reference` on their final test outcomes."""
-    mine = [r["outcomes"] for r in runs if r["mode"] == mode and r.get("outcomes")]
-    theirs = [r["outcomes"] for r in runs if r["mode"] == reference and r.get("outcomes")]
+def paired_versus(runs: list[dict], mode: str, reference: str, extra: str | None = None):
+    """The paired bootstrap difference of `mode` to `reference` on their final test outcomes
+    (of the extra test set `extra` when given), or None when either has none."""
+
+    def outcomes(run: dict) -> list[int]:
+        return (
+            run["outcomes"]
+            if extra is None
+            else run.get("extra", {}).get(extra, {}).get("outcomes", [])
+        )
+
+    mine = [outcomes(r) for r in runs if r["mode"] == mode and outcomes(r)]
+    theirs = [outcomes(r) for r in runs if r["mode"] == reference and outcomes(r)]
     if not mine or not theirs or len({len(o) for o in mine + theirs}) != 1:
         return None
     return paired_difference(mine, theirs).as_dict()
@@ -139,6 +157,11 @@ def collect_run(run_dir: Path, mode: str, seed: int, status: str) -> dict:
         "wall_time_split_seconds": summary.get("wall_time_split_seconds", {}),
         "curve": run_curve(records),
         "outcomes": final_outcomes(run_dir),
+        "extra": {
+            name: {"pass_at_1": result["pass_at_1"], "outcomes": extra_set_outcomes(run_dir, name)}
+            for name, result in (summary.get("eval_extra") or {}).items()
+        },
+        "drift": summary.get("drift"),
     }
     if mode in ROLLOUT_MODES:
         entry["ratio_at_min_mean"] = _mean_of(records, "ratio_at_min")
@@ -173,6 +196,23 @@ def summarize_mode(runs: list[dict]) -> dict:
     for key in ("trained_tokens", "steps", "total_seconds"):
         result[f"{key}_mean"] = statistics.fmean(r[key] for r in runs)
     result["total_seconds_sum"] = sum(r["total_seconds"] for r in runs)
+    names = sorted({name for r in runs for name in r.get("extra", {})})
+    result["extra"] = {}
+    for name in names:
+        mean, std = mean_std([r["extra"][name]["pass_at_1"] for r in runs if name in r["extra"]])
+        result["extra"][name] = {"pass_at_1_mean": mean, "pass_at_1_std": std}
+    drifts = [r["drift"] for r in runs if r.get("drift")]
+    result["drift"] = None
+    if drifts:
+        kl_mean, kl_std = mean_std([d["kl_ref_policy"] for d in drifts])
+        nll_mean, nll_std = mean_std([d["nll_increase"] for d in drifts])
+        result["drift"] = {
+            "kl_ref_policy_mean": kl_mean,
+            "kl_ref_policy_std": kl_std,
+            "nll_increase_mean": nll_mean,
+            "nll_increase_std": nll_std,
+            "problems": drifts[0]["problems"],
+        }
     return result
 
 
@@ -265,6 +305,10 @@ def build_results(
             if mode != reference:
                 summary[f"vs_{reference}"] = compare_to(summaries[reference], summary)
                 summary[f"paired_vs_{reference}"] = paired_versus(runs, mode, reference)
+                summary[f"extra_paired_vs_{reference}"] = {
+                    name: paired_versus(runs, mode, reference, extra=name)
+                    for name in summary["extra"]
+                }
     test_problems = base_eval["problems"] if base_eval else 0
     return {
         "recipe": recipe_source,
@@ -287,6 +331,7 @@ def build_results(
         },
         "complete": len(runs) == len(modes) * len(seeds),
         "base": base_eval,
+        "base_extra": base.get("eval_extra") or {},
         "summary": summaries,
         "curves": curves,
         "runs": runs,
