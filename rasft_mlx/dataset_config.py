@@ -23,6 +23,12 @@ class SyntheticConfig:
     n_ood: int = field(
         default=500, metadata=field_meta(1, help="size of the 'synthetic-ood' test set")
     )
+    n_validation: int = field(
+        default=200,
+        metadata=field_meta(
+            1, help="size of 'synthetic-validation': train-split questions outside n_train"
+        ),
+    )
     ood_min_level: int = field(default=2, metadata=field_meta(1, 5))
     ood_max_level: int = field(default=4, metadata=field_meta(1, 5))
 

@@ -17,6 +17,7 @@ from rasft_mlx.data.synthetic import (
     OOD_OBJECTS,
     generate_problems,
     level_of,
+    split_of_question,
 )
 
 EQUATION = re.compile(r"(\d+) ([-+*/]) (\d+) = (\d+)")
@@ -158,7 +159,7 @@ def test_ids_encode_split_level_and_index():
         {"min_level": 3, "max_level": 2},
         {"max_level": 6},
         {"min_level": -1},
-        {"split": "validation"},
+        {"split": "dev"},
     ],
 )
 def test_invalid_arguments_are_rejected(kwargs):
@@ -200,3 +201,29 @@ def test_the_ood_split_has_new_surface_forms_larger_numbers_and_correct_solution
 def test_the_ood_split_starts_at_level_one():
     with pytest.raises(ValueError, match="ood split starts at level 1"):
         generate_problems(5, seed=0, min_level=0, max_level=2, split="ood")
+
+
+def test_validation_problems_are_train_split_questions_outside_the_training_set():
+    from rasft_mlx.data.sources import load_problems
+
+    settings = {"seed": 4, "n_train": 300, "min_level": 1, "max_level": 2, "n_validation": 120}
+    train = load_problems("synthetic", split="train", synthetic=settings)
+    validation = load_problems("synthetic-validation", synthetic=settings)
+    test = load_problems("synthetic", split="test", synthetic={**settings, "n_test": 300})
+    assert len(validation) == 120 and validation[0].id.startswith("synthetic-validation-L1-")
+    questions = {p.question for p in validation}
+    assert not questions & {p.question for p in train}
+    assert not questions & {p.question for p in test}
+    assert all(split_of_question(q) == "train" for q in questions)
+    for problem in validation:
+        assert solution_errors(problem) == [], problem
+
+
+def test_validation_skips_training_questions_even_where_collisions_are_likely():
+    from rasft_mlx.data.sources import load_problems
+
+    # Level 0 has a few thousand questions, so 1,200 training ones cover much of the space.
+    settings = {"seed": 0, "n_train": 1200, "min_level": 0, "max_level": 0, "n_validation": 300}
+    train = {p.question for p in load_problems("synthetic", split="train", synthetic=settings)}
+    validation = [p.question for p in load_problems("synthetic-validation", synthetic=settings)]
+    assert len(set(validation)) == 300 and not train & set(validation)

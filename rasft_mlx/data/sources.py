@@ -28,10 +28,16 @@ SYNTHETIC_DEFAULTS = {
     "min_level": 1,
     "max_level": 3,
     "n_ood": 500,
+    "n_validation": 200,
     "ood_min_level": 2,
     "ood_max_level": 4,
 }
-SYNTHETIC_SOURCES = {"synthetic": None, "synthetic-ood": "ood"}  # source -> split override
+# source -> the split it always reads (None: the split asked for)
+SYNTHETIC_SOURCES = {
+    "synthetic": None,
+    "synthetic-ood": "ood",
+    "synthetic-validation": "validation",
+}
 # Formats whose answers are LaTeX (graded by math-verify under grader "auto").
 LATEX_FORMATS = ("math", "authors")
 
@@ -160,17 +166,22 @@ def _synthetic_problems(split: str, settings: dict | None) -> list[Problem]:
         raise DataError(
             f"unknown synthetic settings {unknown}; known: {sorted(SYNTHETIC_DEFAULTS)}"
         )
-    if split not in ("train", "test", "ood"):
-        raise DataError(f"synthetic data has splits 'train', 'test' and 'ood', not {split!r}")
-    levels = ("ood_min_level", "ood_max_level") if split == "ood" else ("min_level", "max_level")
-    try:
-        return generate_problems(
-            merged[f"n_{split}"],
-            seed=merged["seed"],
-            min_level=merged[levels[0]],
-            max_level=merged[levels[1]],
-            split=split,
+    if split not in ("train", "test", "ood", "validation"):
+        raise DataError(
+            f"synthetic data has splits 'train', 'test', 'ood' and 'validation', not {split!r}"
         )
+    levels = ("ood_min_level", "ood_max_level") if split == "ood" else ("min_level", "max_level")
+    common = {
+        "seed": merged["seed"],
+        "min_level": merged[levels[0]],
+        "max_level": merged[levels[1]],
+    }
+    try:
+        exclude: frozenset[str] = frozenset()
+        if split == "validation":
+            training = generate_problems(merged["n_train"], split="train", **common)
+            exclude = frozenset(p.question for p in training)
+        return generate_problems(merged[f"n_{split}"], split=split, exclude=exclude, **common)
     except ValueError as exc:
         raise DataError(f"synthetic data: {exc}") from exc
 

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from rasft_mlx.data.problem import Problem
 
 MAX_LEVEL = 5
-SPLITS = ("train", "test", "ood")
+SPLITS = ("train", "test", "ood", "validation")
 TEST_FRACTION_DENOMINATOR = 5  # one question in five (by hash) belongs to the test split
 MAX_ATTEMPTS_PER_PROBLEM = 2000
 
@@ -178,9 +178,18 @@ def level_of(problem: Problem) -> int:
 
 
 def generate_problems(
-    n: int, *, seed: int, min_level: int = 1, max_level: int = 3, split: str = "train"
+    n: int,
+    *,
+    seed: int,
+    min_level: int = 1,
+    max_level: int = 3,
+    split: str = "train",
+    exclude: frozenset[str] = frozenset(),
 ) -> list[Problem]:
-    """n unique problems of `split`; levels cycle min_level..max_level, so any prefix is balanced."""
+    """n unique problems of `split`; levels cycle min_level..max_level, so any prefix is balanced.
+
+    "validation" draws from the train split's questions (the test split stays untouched) with its
+    own random stream, skipping the questions in `exclude` (the training set's)."""
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n}")
     if not 0 <= min_level <= max_level <= MAX_LEVEL:
@@ -199,8 +208,9 @@ def generate_problems(
         level = levels[index % len(levels)]
         for _ in range(MAX_ATTEMPTS_PER_PROBLEM):
             question, solution, answer = _make_problem(rng, level, split == "ood")
-            in_split = split == "ood" or split_of_question(question) == split
-            if question not in seen_questions and in_split:
+            membership = "train" if split == "validation" else split
+            in_split = split == "ood" or split_of_question(question) == membership
+            if question not in seen_questions and question not in exclude and in_split:
                 break
         else:
             raise ValueError(
