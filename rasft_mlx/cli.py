@@ -40,8 +40,12 @@ def _user_errors() -> tuple[type[Exception], ...]:
     from rasft_mlx.export.hub import HubError
     from rasft_mlx.models.gguf_import import GGUFImportError
     from rasft_mlx.models.loading import ModelError
+    from rasft_mlx.reporting.run_reader import ReportError
+    from rasft_mlx.reporting.trackers import TrackerError
 
     return (
+        ReportError,
+        TrackerError,
         RecipeError,
         DataError,
         ModelError,
@@ -186,6 +190,23 @@ def evaluate(
     table.add_row(*row)
     console.print(table)
     console.print(f"results: {results_path}\nsummary: {summary_path}")
+
+
+@app.command()
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="Run directory made by rasft-mlx train")],
+    output: Annotated[
+        Path | None, typer.Option(help="Where to write the page (default RUN_DIR/report.html)")
+    ] = None,
+) -> None:
+    """Write a self-contained HTML report of a run: curves, refreshes, rollouts, recipe."""
+    from rasft_mlx.reporting.run_report import write_run_report
+
+    try:
+        path = write_run_report(run_dir, output)
+    except _user_errors() as error:
+        _fail(error)
+    console.print(f"report: {path}")
 
 
 @app.command()

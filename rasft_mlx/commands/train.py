@@ -10,7 +10,7 @@ from pathlib import Path
 import mlx.core as mx
 from rich.console import Console
 
-from rasft_mlx.config import ROLLOUT_MODES, Recipe
+from rasft_mlx.config import ROLLOUT_MODES, Recipe, recipe_to_dict
 from rasft_mlx.data.encoding import encode_prompt
 from rasft_mlx.fileio import atomic_write_text
 from rasft_mlx.models.adapters import (
@@ -21,6 +21,8 @@ from rasft_mlx.models.adapters import (
 from rasft_mlx.models.loading import load_model
 from rasft_mlx.progress import attached
 from rasft_mlx.rasft.routing import expected_rollout_problems
+from rasft_mlx.reporting.run_report import REPORT_FILE, write_report_quietly
+from rasft_mlx.reporting.trackers import check_installed, tracking
 from rasft_mlx.training.loop import TrainingLoop, TrainResult
 from rasft_mlx.training.memory_estimate import check_memory, estimate_run_memory
 from rasft_mlx.training.run_data import encode_training_data, load_run_data
@@ -68,6 +70,7 @@ def refuse_if_too_big(recipe: Recipe, loaded, sequences, test_problems) -> None:
 
 
 def _run_training(recipe, run_dir, console, resume, force, stop_after, signals) -> TrainResult:
+    check_installed(recipe.output.report_to)  # before the model loads
     mx.random.seed(recipe.training.seed)
     train_problems, test_problems = load_run_data(recipe)
     loaded = load_model(recipe.model)
@@ -86,6 +89,30 @@ def _run_training(recipe, run_dir, console, resume, force, stop_after, signals) 
     checkpoint = prepare_run_dir(run_dir, recipe, console, resume=resume, force=force)
     metrics = MetricsLog(run_dir / "metrics.jsonl")
     metrics.truncate(checkpoint.state["metrics_bytes"] if checkpoint is not None else None)
+    config = recipe_to_dict(recipe)
+    with tracking(metrics, recipe.output.report_to, run_dir, config):
+        result = _train(
+            recipe,
+            run_dir,
+            console,
+            loaded,
+            sequences,
+            report,
+            test_problems,
+            train_problems,
+            metrics,
+            checkpoint,
+            stop_after,
+            signals,
+        )
+    if recipe.output.report and write_report_quietly(run_dir, console):
+        console.print(f"report: {run_dir / REPORT_FILE}")
+    return result
+
+
+def _train(recipe, run_dir, console, loaded, sequences, report, test_problems, train_problems,
+           metrics, checkpoint, stop_after, signals) -> TrainResult:  # fmt: skip
+    """The loop, then summary.json."""
     run_started = time.perf_counter()
     timings: Counter = Counter()
     source: SequenceSource = ExpertSource(sequences)
@@ -95,8 +122,9 @@ def _run_training(recipe, run_dir, console, resume, force, stop_after, signals) 
         source = RasftSource(loaded, recipe, train_problems, sequences, run_dir, console, metrics)
         timings = source.timings
     loop = TrainingLoop(
-        loaded, recipe, source, run_dir, console, test_problems, metrics, timings, stop_after
-    )
+        loaded, recipe, source, run_dir, console, test_problems, metrics, timings, stop_after,
+        on_epoch_end=(lambda: write_report_quietly(run_dir, console)) if recipe.output.report else None,
+    )  # fmt: skip
     if checkpoint is not None:
         loop.restore(checkpoint)
     else:
