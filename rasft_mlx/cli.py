@@ -331,7 +331,9 @@ def compare(
     console.print(curves_table(results))
     console.print(results_table(results))
     console.print(
-        f"results: {out_dir / 'results.json'}\n         {out_dir / 'results.md'}", soft_wrap=True
+        f"results: {out_dir / 'results.json'}\n         {out_dir / 'results.md'}\n"
+        f"         {out_dir / 'compare.html'}",
+        soft_wrap=True,
     )
 
 

@@ -108,6 +108,12 @@ def test_compare_two_modes_two_seeds_then_reuse(tiny_llama_dir, tmp_path):
     assert "Held-out pass@1 over training" in markdown
     assert "pass@1" in result.output and "dft" in result.output
     assert results["command"].startswith("rasft-mlx compare") and "Command:" in markdown
+    page = (out / "compare.html").read_text()  # the page: curves with seed spread, paired diffs
+    for chart in ('id="compare-loss"', 'id="compare-accuracy"', 'id="compare-paired"'):
+        assert chart in page
+    assert "dft − sft" in page and all(
+        (out / f"{m}-seed3" / "report.html").is_file() for m in ("sft", "dft")
+    )
 
     # Seeds differ: different LoRA init and batch order give different adapters.
     first, second = adapter_weights(out / "sft-seed3"), adapter_weights(out / "sft-seed4")

@@ -151,3 +151,16 @@ def example_completions(eval_rows: list[dict], per_verdict: int = 3) -> list[dic
     correct = [r for r in greedy if r.get("correct")]
     wrong = [r for r in greedy if not r.get("correct")]
     return correct[:per_verdict] + wrong[:per_verdict]
+
+
+def seed_spread(
+    curves: list[tuple[list[int], list[float]]],
+) -> tuple[list[int], list[float], list[float], list[float]]:
+    """Across seeds, per step: (steps, mean, min, max) over the seeds that logged that step."""
+    by_step: dict[int, list[float]] = {}
+    for steps, values in curves:
+        for step, value in zip(steps, values, strict=True):
+            by_step.setdefault(step, []).append(value)
+    steps = sorted(by_step)
+    means = [sum(by_step[s]) / len(by_step[s]) for s in steps]
+    return steps, means, [min(by_step[s]) for s in steps], [max(by_step[s]) for s in steps]
