@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -53,7 +54,10 @@ def open_page(page: Path, screenshot: Path) -> PageCheck:
     profile = tempfile.mkdtemp(prefix="chromium-profile-")
     options.add_argument(f"--user-data-dir={profile}")
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(options=options, service=Service(shutil.which("chromedriver")))
+    # The test run preloads OpenBLAS (rasft_mlx.blas); Chromium's renderer fails to start with it.
+    env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "OPENBLAS_CORETYPE")}
+    service = Service(shutil.which("chromedriver"), env=env)
+    driver = webdriver.Chrome(options=options, service=service)
     try:
         driver.set_page_load_timeout(60)
         driver.get(page.resolve().as_uri())

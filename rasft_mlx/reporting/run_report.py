@@ -174,7 +174,12 @@ def refresh_section(run: RunFiles) -> Section | None:
         for r in rows
     ]
     headers = ["refresh", "selected", "generated", "trained", "selection", "expert A", "rollout w"]
-    return Section("refreshes", "RASFT refreshes", found, table(headers, summary_rows))
+    body = table(headers, summary_rows)
+    if not any(sample for _, sample in rollout):
+        body += note(
+            "No rollout has been trained on yet (none correct and kept): no rollout weights."
+        )
+    return Section("refreshes", "RASFT refreshes", found, body)
 
 
 def _stats_text(stats: dict | None) -> str:
