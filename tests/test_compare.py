@@ -111,7 +111,7 @@ def test_compare_two_modes_two_seeds_then_reuse(tiny_llama_dir, tmp_path):
     page = (out / "compare.html").read_text()  # the page: curves with seed spread, paired diffs
     for chart in ('id="compare-loss"', 'id="compare-accuracy"', 'id="compare-paired"'):
         assert chart in page
-    assert "dft − sft" in page and all(
+    assert "vs sft (paired, 95 %)" in page and all(
         (out / f"{m}-seed3" / "report.html").is_file() for m in ("sft", "dft")
     )
 
