@@ -40,8 +40,12 @@ def _user_errors() -> tuple[type[Exception], ...]:
     from rasft_mlx.export.hub import HubError
     from rasft_mlx.models.gguf_import import GGUFImportError
     from rasft_mlx.models.loading import ModelError
+    from rasft_mlx.reporting.run_reader import ReportError
+    from rasft_mlx.reporting.trackers import TrackerError
 
     return (
+        ReportError,
+        TrackerError,
         RecipeError,
         DataError,
         ModelError,
@@ -205,6 +209,23 @@ def evaluate(
 
 
 @app.command()
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="Run directory made by rasft-mlx train")],
+    output: Annotated[
+        Path | None, typer.Option(help="Where to write the page (default RUN_DIR/report.html)")
+    ] = None,
+) -> None:
+    """Write a self-contained HTML report of a run: curves, refreshes, rollouts, recipe."""
+    from rasft_mlx.reporting.run_report import write_run_report
+
+    try:
+        path = write_run_report(run_dir, output)
+    except _user_errors() as error:
+        _fail(error)
+    console.print(f"report: {path}")
+
+
+@app.command()
 def export(
     run_dir: Annotated[Path, typer.Argument(help="Run directory made by rasft-mlx train")],
     fmt: Annotated[
@@ -326,7 +347,9 @@ def compare(
     console.print(curves_table(results))
     console.print(results_table(results))
     console.print(
-        f"results: {out_dir / 'results.json'}\n         {out_dir / 'results.md'}", soft_wrap=True
+        f"results: {out_dir / 'results.json'}\n         {out_dir / 'results.md'}\n"
+        f"         {out_dir / 'compare.html'}",
+        soft_wrap=True,
     )
 
 

@@ -30,6 +30,7 @@ from rasft_mlx.typed_fields import (
     type_label,
 )
 
+TRACKERS = ("wandb", "tensorboard", "trackio")
 MODES = ("sft", "dft", "sft_kl", "asft", "profit", "rasft", "rft")
 ROLLOUT_MODES = ("rasft", "rft")  # modes that refresh rollouts from the live policy
 AUTO_ROWS_HELP = "sequences decoded together; 0 = as many as half the free memory holds (<= 512)"
@@ -226,6 +227,17 @@ class OutputConfig:
     )
     keep_checkpoints: int = field(
         default=2, metadata=_range(1, help="how many of the newest checkpoints to keep")
+    )
+    report: bool = field(
+        default=True,
+        metadata=_range(help="write RUN_DIR/report.html after each epoch and at the end"),
+    )
+    report_to: tuple[str, ...] = field(
+        default=(),
+        metadata=_range(
+            choices=TRACKERS,
+            help="experiment trackers that get every metrics.jsonl record: " + ", ".join(TRACKERS),
+        ),
     )
 
 

@@ -147,13 +147,17 @@ def check_leaf(hint, meta, value, source: str, path: str):
     if converted is None or not meta:
         return converted
     choices = meta.get("choices")
-    if choices and converted not in choices:
-        close = get_close_matches(str(converted), list(choices), n=1)
-        suggestion = f" (did you mean '{close[0]}'?)" if close else ""
-        allowed = ", ".join(choices)
-        raise RecipeError(
-            f"{source}: '{path}' must be one of {allowed}; got {converted!r}{suggestion}"
-        )
+    # A list field with choices (output.report_to) checks each item.
+    for item in converted if isinstance(converted, tuple) else (converted,):
+        if choices and item not in choices:
+            close = get_close_matches(str(item), list(choices), n=1)
+            suggestion = f" (did you mean '{close[0]}'?)" if close else ""
+            allowed = ", ".join(choices)
+            raise RecipeError(
+                f"{source}: '{path}' must be one of {allowed}; got {item!r}{suggestion}"
+            )
+    if isinstance(converted, tuple) and choices and len(set(converted)) != len(converted):
+        raise RecipeError(f"{source}: '{path}' lists an entry twice: {list(converted)}")
     lo, hi = meta.get("lo"), meta.get("hi")
     if isinstance(converted, (int, float)) and not isinstance(converted, bool):
         too_low = lo is not None and (converted <= lo if meta.get("lo_open") else converted < lo)

@@ -136,3 +136,17 @@ def test_sigkill_at_random_points_then_resume_gives_the_same_adapter(tiny_llama_
     assert [step for _, step in tried] == sorted(step for _, step in tried)
     assert any(kind == "mid-write" for kind, _ in tried)
     assert adapter_bytes(run_dir) == adapter_bytes(reference)
+
+
+def test_keys_added_since_a_run_was_saved_are_no_difference_at_their_defaults():
+    from rasft_mlx.training.checkpoint import recipe_differences
+
+    defaults = {"eval": {"drift_problems": 0, "limit": None}, "output": {"report": True}}
+    old = {"eval": {"limit": 5}, "output": {}}  # saved before drift_problems and report existed
+    same = {"eval": {"drift_problems": 0, "limit": 5}, "output": {"report": True}}
+    assert recipe_differences(old, same, defaults=defaults) == []
+    changed = {"eval": {"drift_problems": 8, "limit": 5}, "output": {"report": True}}
+    assert recipe_differences(old, changed, defaults=defaults) == [
+        ("eval.drift_problems", "<unset>", 8)
+    ]
+    assert recipe_differences(old, same) != []  # without defaults every new key differs

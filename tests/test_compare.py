@@ -133,6 +133,12 @@ def test_compare_two_modes_two_seeds_then_reuse(tiny_llama_dir, tmp_path):
     assert "synthetic-ood" in results["summary"]["dft"]["extra_paired_vs_sft"]
     assert "## Other test sets" in markdown and "## Drift from the starting model" in markdown
     assert results["command"].startswith("rasft-mlx compare") and "Command:" in markdown
+    page = (out / "compare.html").read_text()  # the page: curves with seed spread, paired diffs
+    for chart in ('id="compare-loss"', 'id="compare-accuracy"', 'id="compare-paired"'):
+        assert chart in page
+    assert "vs sft (paired, 95 %)" in page and all(
+        (out / f"{m}-seed3" / "report.html").is_file() for m in ("sft", "dft")
+    )
 
     # Seeds differ: different LoRA init and batch order give different adapters.
     first, second = adapter_weights(out / "sft-seed3"), adapter_weights(out / "sft-seed4")

@@ -515,3 +515,17 @@ def test_describe_fields():
     assert "data.synthetic.max_level" in rows
     assert "data.synthetic" not in rows
     assert len(rows) == len(describe_fields())
+
+
+def test_report_to_lists_known_trackers_once():
+    recipe = recipe_from_dict({"output": {"report_to": ["wandb", "tensorboard"]}})
+    assert recipe.output.report_to == ("wandb", "tensorboard") and recipe.output.report
+    assert recipe_from_dict({}).output.report_to == ()
+    with pytest.raises(
+        RecipeError, match=r"'output.report_to' must be one of .*did you mean 'wandb'"
+    ):
+        recipe_from_dict({"output": {"report_to": ["wandbb"]}})
+    with pytest.raises(RecipeError, match="lists an entry twice"):
+        recipe_from_dict({"output": {"report_to": ["trackio", "trackio"]}})
+    with pytest.raises(RecipeError, match="must be a list of strings"):
+        recipe_from_dict({"output": {"report_to": "wandb"}})

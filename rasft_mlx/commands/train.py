@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import mlx.core as mx
 from rich.console import Console
 
-from rasft_mlx.config import ROLLOUT_MODES, Recipe
+from rasft_mlx.config import ROLLOUT_MODES, Recipe, recipe_to_dict
 from rasft_mlx.data.encoding import encode_prompt
 from rasft_mlx.fileio import atomic_write_text
 from rasft_mlx.models.adapters import (
@@ -21,6 +22,8 @@ from rasft_mlx.models.adapters import (
 from rasft_mlx.models.loading import load_model
 from rasft_mlx.progress import PhaseInterrupted, attached
 from rasft_mlx.rasft.routing import expected_rollout_problems
+from rasft_mlx.reporting.run_report import REPORT_FILE, write_report_quietly
+from rasft_mlx.reporting.trackers import check_installed, tracking
 from rasft_mlx.training.final_evaluation import (
     drift_from_start,
     evaluate_extra_sets,
@@ -72,7 +75,25 @@ def refuse_if_too_big(recipe: Recipe, loaded, sequences, test_problems) -> None:
         raise TrainingError(problem)
 
 
+@dataclass
+class _Run:
+    """What a run trains on and writes to, once the data, model and run dir are ready."""
+
+    recipe: Recipe
+    run_dir: Path
+    console: Console
+    loaded: object
+    train_problems: list
+    test_problems: list
+    extra_sets: list
+    sequences: list
+    encoding: object
+    metrics: MetricsLog
+    checkpoint: object
+
+
 def _run_training(recipe, run_dir, console, resume, force, stop_after, signals) -> TrainResult:
+    check_installed(recipe.output.report_to)  # before the model loads
     mx.random.seed(recipe.training.seed)
     train_problems, test_problems = load_run_data(recipe)
     extra_sets = load_extra_sets(recipe)
@@ -82,47 +103,63 @@ def _run_training(recipe, run_dir, console, resume, force, stop_after, signals) 
         f"model {recipe.model.path}: {total_parameter_count(loaded.model) / 1e6:.1f}M parameters, "
         f"{trainable_parameter_count(loaded.model) / 1e6:.2f}M trainable ({recipe.lora.type})"
     )
-    sequences, report = encode_training_data(loaded.tokenizer, train_problems, recipe)
-    if report.skipped_too_long:
+    sequences, encoding = encode_training_data(loaded.tokenizer, train_problems, recipe)
+    if encoding.skipped_too_long:
         console.print(
-            f"skipped {report.skipped_too_long} rows longer than {recipe.data.max_seq_len} tokens"
+            f"skipped {encoding.skipped_too_long} rows longer than {recipe.data.max_seq_len} tokens"
         )
     if not (resume or force):
         refuse_if_too_big(recipe, loaded, sequences, test_problems)
     checkpoint = prepare_run_dir(run_dir, recipe, console, resume=resume, force=force)
     metrics = MetricsLog(run_dir / "metrics.jsonl")
     metrics.truncate(checkpoint.state["metrics_bytes"] if checkpoint is not None else None)
+    run = _Run(
+        recipe, run_dir, console, loaded, train_problems, test_problems, extra_sets, sequences,
+        encoding, metrics, checkpoint,
+    )  # fmt: skip
+    with tracking(metrics, recipe.output.report_to, run_dir, recipe_to_dict(recipe)):
+        result = _train(run, stop_after, signals)
+    if recipe.output.report and write_report_quietly(run_dir, console):
+        console.print(f"report: {run_dir / REPORT_FILE}")
+    return result
+
+
+def _train(run: _Run, stop_after, signals) -> TrainResult:
+    """The loop, the final extra evaluations and drift, then summary.json."""
+    recipe, run_dir, console, loaded, metrics = (
+        run.recipe, run.run_dir, run.console, run.loaded, run.metrics
+    )  # fmt: skip
     run_started = time.perf_counter()
     timings: Counter = Counter()
-    source: SequenceSource = ExpertSource(sequences)
+    source: SequenceSource = ExpertSource(run.sequences)
     if recipe.training.mode in ROLLOUT_MODES:
         from rasft_mlx.rasft.refresh import RasftSource
 
-        source = RasftSource(loaded, recipe, train_problems, sequences, run_dir, console, metrics)
+        source = RasftSource(
+            loaded, recipe, run.train_problems, run.sequences, run_dir, console, metrics
+        )
         timings = source.timings
-    loop = TrainingLoop(
-        loaded, recipe, source, run_dir, console, test_problems, metrics, timings, stop_after
+    on_epoch_end = (
+        (lambda: write_report_quietly(run_dir, console)) if recipe.output.report else None
     )
-    extra: dict = {}
-    if checkpoint is not None:
-        loop.restore(checkpoint)
+    loop = TrainingLoop(
+        loaded, recipe, source, run_dir, console, run.test_problems, metrics, timings, stop_after,
+        on_epoch_end=on_epoch_end,
+    )  # fmt: skip
+    if run.checkpoint is not None:
+        loop.restore(run.checkpoint)
     else:
         loop.start_fresh()
-        if recipe.eval.before_training and extra_sets:
-            evaluate_extra_sets(loaded, recipe, extra_sets, run_dir, "start", metrics, timings)
+        if recipe.eval.before_training and run.extra_sets:
+            evaluate_extra_sets(loaded, recipe, run.extra_sets, run_dir, "start", metrics, timings)
     result = loop.run(signals)
-    started = {
-        name: json.loads(path.read_text())
-        for name, _ in extra_sets
-        if (path := run_dir / f"eval-start-{name}-summary.json").is_file()
-    }
-    extra["eval_extra_before_training"] = started or None
+    extra = {"eval_extra_before_training": _started_extra(run)}
     try:
-        if extra_sets:
+        if run.extra_sets:
             extra["eval_extra"] = evaluate_extra_sets(
-                loaded, recipe, extra_sets, run_dir, "final", metrics, timings
+                loaded, recipe, run.extra_sets, run_dir, "final", metrics, timings
             )
-        extra["drift"] = drift_from_start(loaded, recipe, test_problems, metrics, timings)
+        extra["drift"] = drift_from_start(loaded, recipe, run.test_problems, metrics, timings)
     except PhaseInterrupted as stopped:
         console.print(f"stopped during {stopped}: final extra evaluations skipped")
     total_seconds = time.perf_counter() - run_started
@@ -134,16 +171,26 @@ def _run_training(recipe, run_dir, console, resume, force, stop_after, signals) 
         "final_loss": result.final_loss,
         "train_seconds": round(result.seconds, 2),
         "total_seconds": round(total_seconds, 2),
-        "skipped_too_long": report.skipped_too_long,
+        "skipped_too_long": run.encoding.skipped_too_long,
         "eval": result.eval_summary.as_dict() if result.eval_summary else None,
         "wall_time_split_seconds": {k: round(v, 2) for k, v in timings.items()},
-        **{key: value for key, value in extra.items() if value is not None},
+        **{key: value for key, value in extra.items() if value},
     }
     before = run_dir / "eval-epoch-0-summary.json"
     if before.is_file():
         summary["eval_before_training"] = json.loads(before.read_text())
     atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     return result
+
+
+def _started_extra(run: _Run) -> dict:
+    """The extra sets' evaluations of the starting model (files of this or an earlier session)."""
+    found = {}
+    for name, _ in run.extra_sets:
+        path = run.run_dir / f"eval-start-{name}-summary.json"
+        if path.is_file():
+            found[name] = json.loads(path.read_text())
+    return found
 
 
 __all__ = [

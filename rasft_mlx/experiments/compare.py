@@ -1,8 +1,9 @@
 """Compare training modes over seeds: same model, data, step budget and evaluation for each.
 
 `run_compare` trains one run per (mode, seed) in `OUT/<mode>-seed<seed>/` with the trainer, evaluates
-the base model once (`OUT/base/`), and writes `OUT/results.json` and `OUT/results.md` after every
-run (`compare_results` aggregates, `compare_report` renders), so partial results are readable while a comparison goes on. A run dir that already holds a
+the base model once (`OUT/base/`), and writes `OUT/results.json`, `OUT/results.md` and the page
+`OUT/compare.html` after every run (`compare_results` aggregates, `compare_report` renders,
+`reporting/compare_page` draws), so partial results are readable while a comparison goes on. A run dir that already holds a
 finished run (its `summary.json`) is reused; one with checkpoints but no summary is resumed; so
 running the same command again continues an interrupted comparison.
 
@@ -32,6 +33,7 @@ from rasft_mlx.config import MODES, Recipe, recipe_to_dict, save_recipe
 from rasft_mlx.experiments.compare_report import write_results
 from rasft_mlx.experiments.compare_results import Budget, build_results, collect_run
 from rasft_mlx.fileio import atomic_write_text
+from rasft_mlx.reporting.compare_page import COMPARE_FILE, write_compare_report
 from rasft_mlx.training.checkpoint import list_checkpoints, recipe_differences
 from rasft_mlx.training.step_plan import steps_per_epoch
 
@@ -93,7 +95,7 @@ def _differences_text(saved: Path, recipe: Recipe) -> str | None:
         old = yaml.safe_load(saved.read_text()) or {}
     except (OSError, yaml.YAMLError) as error:
         raise CompareError(f"{saved}: cannot read the saved recipe: {error}") from error
-    differences = recipe_differences(old, _recipe_dict(recipe))
+    differences = recipe_differences(old, _recipe_dict(recipe), defaults=_recipe_dict(Recipe()))
     if not differences:
         return None
     return "\n".join(f"  {key}: {a!r} -> {b!r}" for key, a, b in differences)
@@ -270,4 +272,15 @@ def run_compare(
                 console.print(f"reusing the finished run in {run_dir}")
             runs.append(collect_run(run_dir, mode, seed, status))
             write_results(out_dir, results())
+            _write_page(out_dir, results(), console)
     return results()
+
+
+def _write_page(out_dir: Path, results: dict, console: Console) -> None:
+    """compare.html next to results.json; a failure warns and the comparison goes on."""
+    try:
+        write_compare_report(out_dir, results)
+    except Exception as error:
+        console.print(
+            f"[yellow]warning[/yellow]: could not write {out_dir / COMPARE_FILE}: {error}"
+        )

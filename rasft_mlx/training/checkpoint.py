@@ -287,14 +287,23 @@ def load_latest(run_dir: Path) -> tuple[Checkpoint | None, list[str]]:
 # ---------------------------------------------------------------------------------------------
 
 
-def recipe_differences(old: dict, new: dict, prefix: str = "") -> list[tuple[str, object, object]]:
-    """(dotted key, old value, new value) for every leaf that differs between two recipe dicts."""
+def recipe_differences(
+    old: dict, new: dict, prefix: str = "", defaults: dict | None = None
+) -> list[tuple[str, object, object]]:
+    """(dotted key, old value, new value) for every leaf that differs between two recipe dicts.
+    A key the old recipe lacks (saved by an older version) that the new one holds at its
+    default in `defaults` is no difference."""
     differences = []
+    defaults = defaults or {}
     for key in sorted(set(old) | set(new), key=str):
         path = f"{prefix}{key}"
         a, b = old.get(key, "<unset>"), new.get(key, "<unset>")
+        default = defaults.get(key, "<unset>") if isinstance(defaults, dict) else "<unset>"
         if isinstance(a, dict) and isinstance(b, dict):
-            differences += recipe_differences(a, b, path + ".")
+            nested = default if isinstance(default, dict) else None
+            differences += recipe_differences(a, b, path + ".", nested)
+        elif a == "<unset>" and b == default:
+            continue
         elif a != b:
             differences.append((path, a, b))
     return differences

@@ -6,6 +6,7 @@ import functools
 import math
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,8 +75,11 @@ class TrainingLoop(LoopCheckpoints):
         metrics: MetricsLog,
         timings: Counter,
         stop_after: int | None = None,
+        *,
+        on_epoch_end: Callable[[], None] | None = None,
     ):
         self.loaded, self.recipe, self.source = loaded, recipe, source
+        self.on_epoch_end = on_epoch_end  # after each epoch's checkpoint (the report)
         self.run_dir, self.console = run_dir, console
         self.test_problems, self.metrics, self.timings = test_problems, metrics, timings
         self.stop_after = stop_after
@@ -273,6 +277,8 @@ class TrainingLoop(LoopCheckpoints):
         self.epoch, self.groups, self.sequences, self.position = epoch + 1, None, None, 0
         self.completed = last_epoch
         self.checkpoint()
+        if self.on_epoch_end is not None:
+            self.on_epoch_end()
 
     def _train_step(self, display: TrainingDisplay, started: float, first_step: int) -> bool:
         """One optimizer step on the next group; False when a non-finite batch was skipped."""

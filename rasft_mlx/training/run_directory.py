@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import yaml
@@ -87,7 +88,8 @@ def check_saved_recipe(run_dir: Path, recipe: Recipe, console: Console, force: b
     except (OSError, yaml.YAMLError) as error:
         raise TrainingError(f"{saved}: cannot read the run's saved recipe: {error}") from error
     new = yaml.safe_load(yaml.safe_dump(recipe_to_dict(recipe), sort_keys=False))
-    differences = recipe_differences(old, new)
+    defaults = yaml.safe_load(yaml.safe_dump(recipe_to_dict(Recipe()), sort_keys=False))
+    differences = recipe_differences(old, new, defaults=defaults)
     if not differences:
         return
     lines = "\n".join(f"  {key}: {a!r} -> {b!r}" for key, a, b in differences)
@@ -100,10 +102,15 @@ def check_saved_recipe(run_dir: Path, recipe: Recipe, console: Console, force: b
 
 
 class MetricsLog:
-    """Appends one JSON record per line to metrics.jsonl."""
+    """Appends one JSON record per line to metrics.jsonl, and hands it to each sink (trackers).
 
-    def __init__(self, path: Path):
+    A sink is anything with write(record); one that raises is switched off with a warning, so
+    a tracker's failure never stops training.
+    """
+
+    def __init__(self, path: Path, sinks=()):
         self.path = path
+        self.sinks = list(sinks)
 
     def truncate(self, size: int | None) -> None:
         """Drop records written after a checkpoint (size None: keep everything)."""
@@ -114,3 +121,11 @@ class MetricsLog:
     def write(self, record: dict) -> None:
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
+        for sink in list(self.sinks):
+            try:
+                sink.write(record)
+            except Exception as error:
+                warnings.warn(
+                    f"{type(sink).__name__} failed and gets no more metrics: {error}", stacklevel=2
+                )
+                self.sinks.remove(sink)
