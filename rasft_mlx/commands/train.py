@@ -114,9 +114,18 @@ def _run_training(recipe, run_dir, console, resume, force, stop_after, signals) 
     metrics = MetricsLog(run_dir / "metrics.jsonl")
     metrics.truncate(checkpoint.state["metrics_bytes"] if checkpoint is not None else None)
     run = _Run(
-        recipe, run_dir, console, loaded, train_problems, test_problems, extra_sets, sequences,
-        encoding, metrics, checkpoint,
-    )  # fmt: skip
+        recipe=recipe,
+        run_dir=run_dir,
+        console=console,
+        loaded=loaded,
+        train_problems=train_problems,
+        test_problems=test_problems,
+        extra_sets=extra_sets,
+        sequences=sequences,
+        encoding=encoding,
+        metrics=metrics,
+        checkpoint=checkpoint,
+    )
     with tracking(metrics, recipe.output.report_to, run_dir, recipe_to_dict(recipe)):
         result = _train(run, stop_after, signals)
     if recipe.output.report and write_report_quietly(run_dir, console):
@@ -127,8 +136,12 @@ def _run_training(recipe, run_dir, console, resume, force, stop_after, signals) 
 def _train(run: _Run, stop_after, signals) -> TrainResult:
     """The loop, the final extra evaluations and drift, then summary.json."""
     recipe, run_dir, console, loaded, metrics = (
-        run.recipe, run.run_dir, run.console, run.loaded, run.metrics
-    )  # fmt: skip
+        run.recipe,
+        run.run_dir,
+        run.console,
+        run.loaded,
+        run.metrics,
+    )
     run_started = time.perf_counter()
     timings: Counter = Counter()
     source: SequenceSource = ExpertSource(run.sequences)
@@ -143,9 +156,17 @@ def _train(run: _Run, stop_after, signals) -> TrainResult:
         (lambda: write_report_quietly(run_dir, console)) if recipe.output.report else None
     )
     loop = TrainingLoop(
-        loaded, recipe, source, run_dir, console, run.test_problems, metrics, timings, stop_after,
+        loaded,
+        recipe,
+        source,
+        run_dir,
+        console,
+        run.test_problems,
+        metrics,
+        timings,
+        stop_after,
         on_epoch_end=on_epoch_end,
-    )  # fmt: skip
+    )
     if run.checkpoint is not None:
         loop.restore(run.checkpoint)
     else:

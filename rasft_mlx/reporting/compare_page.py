@@ -104,11 +104,13 @@ def build_compare_report(results: dict) -> str:
     if paired:
         found.append(
             charts.interval_chart(
-                "compare-paired", f"Paired differences to {reference}", paired,
+                "compare-paired",
+                f"Paired differences to {reference}",
+                paired,
                 xlabel="difference in pass@1",
                 caption="paired bootstrap over test problems and seeds, 95 % interval",
             )
-        )  # fmt: skip
+        )
     rows = []
     base = results.get("base")
     if base:
@@ -133,10 +135,15 @@ def build_compare_report(results: dict) -> str:
     if not results.get("complete", True):
         body += note("Partial: some runs have not finished yet.")
     per_seed = [
-        (r["mode"], r["seed"], "-" if r["pass_at_1"] is None else f"{r['pass_at_1']:.3f}",
-         r["steps"], r["run_dir"])
+        (
+            r["mode"],
+            r["seed"],
+            "-" if r["pass_at_1"] is None else f"{r['pass_at_1']:.3f}",
+            r["steps"],
+            r["run_dir"],
+        )
         for r in results["runs"]
-    ]  # fmt: skip
+    ]
     runs = table(["mode", "seed", "pass@1", "steps", "run dir"], per_seed)
     sections = [
         Section("modes", "Modes over seeds", found, body),
