@@ -190,6 +190,23 @@ def test_report_has_every_section_and_chart_and_loads_nothing_from_outside(tmp_p
     assert "builtin:tiny" in page and "mlx-lm" in page  # recipe, versions
 
 
+def test_the_extra_test_sets_and_drift_show_start_final_and_change(tmp_path):
+    from rasft_mlx.reporting.run_report import beyond_section
+
+    assert beyond_section([evaluation(0, 0.5)]) is None
+    records = [
+        {"event": "eval_extra", "set": "synthetic-ood", "stage": "start", "problems": 500,
+         "pass_at_1": 0.125},
+        {"event": "eval_extra", "set": "synthetic-ood", "stage": "final", "problems": 500,
+         "pass_at_1": 0.3},
+        {"event": "drift", "kl_ref_policy": 0.04321, "nll_increase": 0.0125, "problems": 64,
+         "tokens": 3000},
+    ]  # fmt: skip
+    body = beyond_section(records).body
+    assert "<td>synthetic-ood</td><td>500</td><td>0.125</td><td>0.300</td><td>+0.175</td>" in body
+    assert "KL(pi_ref || pi_theta) 0.0432 per token, NLL rise 0.0125" in body.replace("&#x27;", "'")
+
+
 def test_report_of_an_sft_run_shows_evaluation_completions_and_no_refreshes(tmp_path):
     run_dir = tmp_path / "sft"
     run_dir.mkdir()

@@ -73,6 +73,34 @@ def accuracy_section(records: list[dict]) -> Section | None:
     return Section("accuracy", "Held-out accuracy", [chart], table(["after", "pass@1"], rows))
 
 
+def beyond_section(records: list[dict]) -> Section | None:
+    """The extra test sets (start and end of training) and the drift from the starting model."""
+    by_set: dict[str, dict[str, dict]] = {}
+    for record in records:
+        if record.get("event") == "eval_extra":
+            by_set.setdefault(record["set"], {})[record["stage"]] = record
+    drift = next((r for r in reversed(records) if r.get("event") == "drift"), None)
+    if not by_set and drift is None:
+        return None
+    body = ""
+    if by_set:
+        rows = []
+        for name, stages in sorted(by_set.items()):
+            start, final = stages.get("start"), stages.get("final")
+            cells = [f"{s['pass_at_1']:.3f}" if s else "-" for s in (start, final)]
+            change = f"{final['pass_at_1'] - start['pass_at_1']:+.3f}" if start and final else "-"
+            problems = (final or start)["problems"]
+            rows.append((name, str(problems), *cells, change))
+        body += table(["test set", "problems", "starting model", "after training", "change"], rows)
+    if drift is not None:
+        body += note(
+            f"Drift from the starting model on its own greedy answers to {drift['problems']} "
+            f"held-out prompts ({drift['tokens']} tokens): KL(pi_ref || pi_theta) "
+            f"{drift['kl_ref_policy']:.4f} per token, NLL rise {drift['nll_increase']:.4f} per token."
+        )
+    return Section("beyond", "Other test sets and drift", [], body)
+
+
 def _count_groups(rows: list[dict], key: str) -> tuple[list[str], list[tuple[str, list[float]]]]:
     """Categories = refreshes, groups = the keys of each record's `key` dict (counts)."""
     names = sorted({name for r in rows for name in (r.get(key) or {})})
@@ -284,6 +312,7 @@ def build_run_report(run_dir: str | Path) -> str:
     builders = (
         training_section,
         accuracy_section,
+        beyond_section,
         refresh_section,
         wall_time_section,
         examples_section,
@@ -292,7 +321,9 @@ def build_run_report(run_dir: str | Path) -> str:
     sections = []
     for build in builders:
         section = (
-            build(run.records) if build in (training_section, accuracy_section) else build(run)
+            build(run.records)
+            if build in (training_section, accuracy_section, beyond_section)
+            else build(run)
         )
         if section is not None:
             sections.append(section)
