@@ -1,0 +1,146 @@
+"""One run over two processes (ring backend over loopback) equals one process with the same global
+batch; rollouts are shared out; resume needs the same world size; a dead rank ends the others."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlx.core as mx
+import numpy as np
+import pytest
+import yaml
+from rich.console import Console
+
+import rasft_mlx.distributed as distributed
+from rasft_mlx.commands.train import run_training
+from rasft_mlx.config import load_recipe
+
+QUIET = Console(quiet=True)
+ROOT = Path(__file__).resolve().parent.parent
+TOLERANCE = 1e-5
+RANK_TIMEOUT = 240
+
+
+def free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def start_ranks(tmp_path: Path, args: list[str], world: int = 2, env: dict | None = None):
+    """`world` processes of `rasft-mlx ARGS`, one run over the ring backend on loopback."""
+    hostfile = tmp_path / f"hosts-{time.monotonic_ns()}.json"
+    hostfile.write_text(json.dumps([[f"127.0.0.1:{p}"] for p in free_ports(world)]))
+    processes = []
+    for rank in range(world):
+        rank_env = {
+            **os.environ,
+            "PYTHONPATH": str(ROOT),
+            "MLX_RANK": str(rank),
+            "MLX_HOSTFILE": str(hostfile),
+            "OMP_NUM_THREADS": "1",
+            **(env or {}),
+        }
+        processes.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "rasft_mlx.cli", *args],
+                env=rank_env,
+                cwd=tmp_path,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
+    return processes
+
+
+def run_ranks(tmp_path: Path, args: list[str], world: int = 2) -> list[str]:
+    processes = start_ranks(tmp_path, args, world)
+    outputs = [p.communicate(timeout=RANK_TIMEOUT)[0] for p in processes]
+    for rank, (process, output) in enumerate(zip(processes, outputs, strict=True)):
+        assert process.returncode == 0, f"rank {rank} failed:\n{output}"
+    return outputs
+
+
+def recipe_file(tmp_path: Path, model_dir: Path, mode: str = "sft", **sections) -> Path:
+    data = {
+        "model": {"path": str(model_dir)},
+        "data": {
+            "synthetic": {"n_train": 22, "n_test": 3, "min_level": 0, "max_level": 1},
+            "max_seq_len": 256,
+        },
+        "lora": {"rank": 4, "scale": 2.0, "dropout": 0.0},
+        "training": {
+            "mode": mode,
+            "epochs": 2,
+            "batch_size": 4,
+            "grad_accumulation": 2,
+            "learning_rate": 1e-3,
+            "warmup_steps": 1,
+            "eval_every_epoch": False,
+        },
+        "eval": {"max_new_tokens": 4},
+        "output": {"save_every": 2},
+    }
+    for section, values in sections.items():
+        data[section] = {**data.get(section, {}), **values}
+    path = tmp_path / f"recipe-{mode}-{len(list(tmp_path.glob('recipe-*')))}.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def adapters(run_dir: Path) -> dict[str, np.ndarray]:
+    weights = mx.load(str(run_dir / "adapters" / "adapters.safetensors"))
+    return {k: np.array(v) for k, v in weights.items()}
+
+
+def largest_difference(a: dict, b: dict) -> float:
+    assert a.keys() == b.keys()
+    return max(float(np.abs(a[k] - b[k]).max()) for k in a)
+
+
+def records(run_dir: Path, event: str) -> list[dict]:
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if r["event"] == event]
+
+
+# -- sharding helpers (in one process: the shares of every rank are computed directly) --------
+
+
+@pytest.mark.parametrize(("count", "block"), [(0, 1), (7, 1), (7, 3), (10, 2), (5, 8)])
+def test_shards_are_disjoint_and_cover_every_item(count, block, monkeypatch):
+    monkeypatch.setattr(distributed, "world_size", lambda: 3)
+    shares = [distributed.shard_indices(count, block, rank) for rank in range(3)]
+    flat = [i for share in shares for i in share]
+    assert sorted(flat) == list(range(count))
+    assert len(flat) == len(set(flat))
+    items = [f"item{i}" for i in range(count)]
+    assert distributed.unshard([[items[i] for i in s] for s in shares], count, block) == items
+
+
+# -- two processes ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("normalization", ["token_mean", "micro_batch_mean"])
+def test_sft_on_two_ranks_equals_one_process(tiny_llama_dir, tmp_path, normalization):
+    # 22 demos in batches of 4: the last micro-batch of each epoch has 2 rows, one per rank
+    path = recipe_file(tmp_path, tiny_llama_dir, training={"loss_normalization": normalization})
+    one = run_training(load_recipe(path), tmp_path / "one", QUIET).run_dir
+    run_ranks(tmp_path, ["train", str(path), "--out", str(tmp_path / "two")])
+    two = tmp_path / "two"
+    assert largest_difference(adapters(one), adapters(two)) < TOLERANCE
+    steps_one, steps_two = records(one, "step"), records(two, "step")
+    assert [r["trained_tokens"] for r in steps_one] == [r["trained_tokens"] for r in steps_two]
+    assert [r["sequences"] for r in steps_one] == [r["sequences"] for r in steps_two]
+    assert np.allclose([r["loss"] for r in steps_one], [r["loss"] for r in steps_two], atol=1e-5)
+    assert not list(tmp_path.glob("rasft-rank*")), "rank 1 wrote outside its scratch dir"
