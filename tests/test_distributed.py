@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import yaml
 from rich.console import Console
+from tiny_models import make_weak_base_model
 
 import rasft_mlx.distributed as distributed
 from rasft_mlx.commands.train import run_training
@@ -144,3 +145,72 @@ def test_sft_on_two_ranks_equals_one_process(tiny_llama_dir, tmp_path, normaliza
     assert [r["sequences"] for r in steps_one] == [r["sequences"] for r in steps_two]
     assert np.allclose([r["loss"] for r in steps_one], [r["loss"] for r in steps_two], atol=1e-5)
     assert not list(tmp_path.glob("rasft-rank*")), "rank 1 wrote outside its scratch dir"
+
+
+@pytest.fixture(scope="module")
+def weak_base_dir(tmp_path_factory) -> Path:
+    return make_weak_base_model(tmp_path_factory.mktemp("weak-base"))
+
+
+def rasft_recipe(tmp_path: Path, model_dir: Path, temperature: float, mode="rasft") -> Path:
+    """Level-0 problems the weak base solves about 40% of. Rollout batches of 2 problems x k=2:
+    each rank decodes whole chunks of the one-process decode."""
+    return recipe_file(
+        tmp_path,
+        model_dir,
+        mode,
+        data={
+            "synthetic": {"n_train": 12, "n_test": 3, "min_level": 0, "max_level": 0},
+            "max_seq_len": 256,
+        },
+        training={"epochs": 2, "batch_size": 4, "grad_accumulation": 1, "bucket_multiple": 16},
+        rollout={"k": 2, "max_new_tokens": 24, "temperature": temperature, "batch_size": 4},
+        rasft={"selection": "all", "refresh_every_steps": 0},
+        eval={"max_new_tokens": 16, "batch_size": 2},
+    )
+
+
+def ledger(run_dir: Path) -> list[list[dict]]:
+    files = sorted((run_dir / "rollouts").glob("refresh-*.jsonl"))
+    return [[json.loads(line) for line in f.read_text().splitlines()] for f in files]
+
+
+# Greedy rollouts of one problem are identical, so RASFT's groups are degenerate (solved or not:
+# the expert weight still comes from them) and no rollout is trained; "rft" (the same machinery)
+# trains the correct ones, so the rollouts themselves join the training set.
+@pytest.mark.parametrize("mode", ["rasft", "rft"])
+def test_greedy_rollout_modes_on_two_ranks_equal_one_process(weak_base_dir, tmp_path, mode):
+    path = rasft_recipe(tmp_path, weak_base_dir, temperature=0.0, mode=mode)
+    one = run_training(load_recipe(path), tmp_path / "one", QUIET).run_dir
+    run_ranks(tmp_path, ["train", str(path), "--out", str(tmp_path / "two")])
+    two = tmp_path / "two"
+    refreshes_one, refreshes_two = ledger(one), ledger(two)
+    assert len(refreshes_one) == 2
+    for rows_one, rows_two in zip(refreshes_one, refreshes_two, strict=True):
+        assert {row["rank"] for row in rows_two} == {0, 1}
+        assert rows_one == [{k: v for k, v in row.items() if k != "rank"} for row in rows_two]
+    trained = [s for rows in refreshes_one for row in rows for s in row["samples"] if s["weight"]]
+    routes = {row["route"] for rows in refreshes_one for row in rows}
+    if mode == "rft":
+        assert trained, "no correct rollout joined the training set: the test shows too little"
+    else:
+        assert {"fallback_unsolved", "fallback_degenerate"} <= routes
+    assert largest_difference(adapters(one), adapters(two)) < TOLERANCE
+    evals = [json.loads((d / "eval-epoch-2-summary.json").read_text()) for d in (one, two)]
+    assert evals[0]["pass_at_1"] == evals[1]["pass_at_1"]
+    assert (one / "eval-epoch-2.jsonl").read_text() == (two / "eval-epoch-2.jsonl").read_text()
+
+
+def test_sampled_rollouts_are_shared_out_without_overlap(weak_base_dir, tmp_path):
+    path = rasft_recipe(tmp_path, weak_base_dir, temperature=1.0)
+    run_ranks(tmp_path, ["train", str(path), "--out", str(tmp_path / "two")])
+    refreshes = ledger(tmp_path / "two")
+    selected = [r["problems_selected"] for r in records(tmp_path / "two", "refresh")]
+    assert len(refreshes) == len(selected) == 2
+    for rows, count in zip(refreshes, selected, strict=True):
+        ids = [row["problem_id"] for row in rows]
+        assert len(ids) == len(set(ids)) == count  # every selected problem, rolled out once
+        shares = [{row["problem_id"] for row in rows if row["rank"] == r} for r in (0, 1)]
+        assert shares[0] and shares[1] and not shares[0] & shares[1]
+        assert shares[0] | shares[1] == set(ids)
+        assert all(len(row["samples"]) == 2 for row in rows)
