@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 from collections import Counter
 
 import mlx.core as mx
@@ -17,7 +18,14 @@ def group():
     """The global group; `mx.distributed.init()` once (a group of one without a launcher)."""
     global _group
     if _group is None:
-        _group = mx.distributed.init()
+        # The backend's own threads must never take SIGINT/SIGTERM: a send or receive cut short
+        # by a signal loses the ring's step. They inherit the mask at their creation, here.
+        stop_signals = {signal.SIGINT, signal.SIGTERM}
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
+        try:
+            _group = mx.distributed.init()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
     return _group
 
 
@@ -82,11 +90,12 @@ def sum_tree(arrays: list[mx.array], what: str = "gradients") -> list[mx.array]:
     return [part.reshape(a.shape) for part, a in zip(mx.split(total, sizes), arrays, strict=True)]
 
 
-def any_rank(flag: bool) -> bool:
-    """True when the flag is set on any rank (a stop request seen by one process stops all)."""
+def max_over_ranks(value: int) -> int:
+    """The largest of the ranks' values (one process: the value itself)."""
     if not distributed():
-        return flag
-    return bool(all_sum(mx.array([int(flag)], dtype=mx.int32), "control").item() > 0)
+        return value
+    exchanged_bytes["control"] += 4
+    return int(mx.distributed.all_max(mx.array([value], dtype=mx.int32), group=group()).item())
 
 
 def all_gather_bytes(data: bytes, what: str = "payload") -> list[bytes]:

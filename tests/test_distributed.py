@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -19,8 +20,11 @@ from rich.console import Console
 from tiny_models import make_weak_base_model
 
 import rasft_mlx.distributed as distributed
-from rasft_mlx.commands.train import run_training
+from rasft_mlx.cli import STOP_AFTER_ENV
+from rasft_mlx.commands.train import TrainingError, run_training
 from rasft_mlx.config import load_recipe
+from rasft_mlx.peer_watchdog import EXIT_PEER_LOST
+from rasft_mlx.training.checkpoint import SLEEP_ENV, list_checkpoints, read_checkpoint
 
 QUIET = Console(quiet=True)
 ROOT = Path(__file__).resolve().parent.parent
@@ -67,6 +71,10 @@ def start_ranks(tmp_path: Path, args: list[str], world: int = 2, env: dict | Non
 
 def run_ranks(tmp_path: Path, args: list[str], world: int = 2) -> list[str]:
     processes = start_ranks(tmp_path, args, world)
+    return finish(processes)
+
+
+def finish(processes) -> list[str]:
     outputs = [p.communicate(timeout=RANK_TIMEOUT)[0] for p in processes]
     for rank, (process, output) in enumerate(zip(processes, outputs, strict=True)):
         assert process.returncode == 0, f"rank {rank} failed:\n{output}"
@@ -214,3 +222,49 @@ def test_sampled_rollouts_are_shared_out_without_overlap(weak_base_dir, tmp_path
         assert shares[0] and shares[1] and not shares[0] & shares[1]
         assert shares[0] | shares[1] == set(ids)
         assert all(len(row["samples"]) == 2 for row in rows)
+
+
+def wait_for_steps(run_dir: Path, count: int, processes) -> None:
+    deadline = time.monotonic() + RANK_TIMEOUT
+    while time.monotonic() < deadline:
+        metrics = run_dir / "metrics.jsonl"
+        if metrics.exists() and metrics.read_text().count('"event": "step"') >= count:
+            return
+        assert all(p.poll() is None for p in processes), "a rank ended early"
+        time.sleep(0.05)
+    raise AssertionError(f"no {count} steps in {run_dir}")
+
+
+def test_interrupted_run_resumes_on_the_same_world_size_only(tiny_llama_dir, tmp_path):
+    path = recipe_file(tmp_path, tiny_llama_dir, output={"save_every": 1})
+    straight = run_training(load_recipe(path), tmp_path / "straight", QUIET).run_dir
+    run_dir = tmp_path / "two"
+    args = ["train", str(path), "--out", str(run_dir)]
+    processes = start_ranks(tmp_path, args, env={STOP_AFTER_ENV: "3"})
+    outputs = [p.communicate(timeout=RANK_TIMEOUT)[0] for p in processes]
+    assert [p.returncode for p in processes] == [0, 0], outputs
+    assert "interrupted" in outputs[0]
+    stopped_at = read_checkpoint(list_checkpoints(run_dir)[0]).step
+    assert stopped_at == 3
+
+    with pytest.raises(TrainingError, match="over 2 process"):
+        run_training(load_recipe(path), run_dir, QUIET, resume=True)
+    run_ranks(tmp_path, [*args, "--resume"])
+    assert largest_difference(adapters(straight), adapters(run_dir)) < TOLERANCE
+    assert [r["step"] for r in records(run_dir, "step")] == list(range(1, 7))
+
+
+def test_a_killed_rank_ends_the_other_within_a_minute(tiny_llama_dir, tmp_path):
+    path = recipe_file(tmp_path, tiny_llama_dir, training={"epochs": 20})
+    run_dir = tmp_path / "two"
+    processes = start_ranks(
+        tmp_path, ["train", str(path), "--out", str(run_dir)], env={SLEEP_ENV: "0.2"}
+    )
+    wait_for_steps(run_dir, 2, processes)
+    processes[1].send_signal(signal.SIGKILL)
+    killed = time.monotonic()
+    output = processes[0].communicate(timeout=60)[0]
+    assert time.monotonic() - killed < 60
+    processes[1].wait()
+    assert processes[0].returncode == EXIT_PEER_LOST, output
+    assert "lost rank 1" in output

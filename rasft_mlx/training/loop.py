@@ -121,7 +121,7 @@ class TrainingLoop(LoopCheckpoints):
         )
 
     def _stop_if_requested(self, signals: StopSignals) -> None:
-        if distributed.any_rank(signals.stop):  # every rank stops at the same step
+        if signals.agree():  # over several ranks: every rank stops at the same step
             path = self.checkpoint()
             raise signals.interruption(self.step, path)
 
@@ -177,12 +177,12 @@ class TrainingLoop(LoopCheckpoints):
                         full_epoch = steps_per_epoch(len(refreshed), self.recipe)
                         self._set_queue(ahead, display, full_epoch)
                     train_started += time.perf_counter() - paused
-                    if save_every and self.step % save_every == 0 and not signals.stop:
+                    if save_every and self.step % save_every == 0 and not signals.agree():
                         self.checkpoint()
                 self.timings["train"] += time.perf_counter() - train_started
                 self._stop_if_requested(signals)  # before the epoch's eval
                 self._finish_epoch(display, max_steps, signals)
-                if signals.stop and not self.completed:
+                if signals.agree() and not self.completed:
                     raise signals.interruption(self.step, self.last_checkpoint)
         return TrainResult(
             self.run_dir,
