@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shlex
 import time
 from pathlib import Path
@@ -14,6 +15,8 @@ from rich.text import Text
 
 from rasft_mlx.blas import reexec_with_optimised_blas
 from rasft_mlx.version import __version__
+
+STOP_AFTER_ENV = "RASFT_MLX_TEST_STOP_AFTER"  # tests: interrupt the run after that step
 
 app = typer.Typer(
     name="rasft-mlx",
@@ -111,7 +114,15 @@ def train(
         run_dir = resolve_run_dir(loaded, str(out) if out else None)
         console.print(f"[bold]rasft-mlx train[/bold] {recipe} -> {run_dir}")
         mode = True if resume else "auto" if auto_resume else False
-        result = run_training(loaded, run_dir, console, resume=mode, force=force)
+        stop_after = os.environ.get(STOP_AFTER_ENV)  # a test hook, as the checkpoint sleep
+        result = run_training(
+            loaded,
+            run_dir,
+            console,
+            resume=mode,
+            force=force,
+            stop_after=int(stop_after) if stop_after else None,
+        )
     except TrainingInterrupted as stopped:
         command = ["rasft-mlx", "train", str(recipe), "--resume"]
         command += [f"--out={out}"] if out and not recipe.is_dir() else []

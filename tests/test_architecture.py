@@ -12,7 +12,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "rasft_mlx"
 # Lower layers first; a module may import its own layer's rooms and any lower layer's.
 LAYERS = [
     {"__init__", "version", "blas", "fileio", "typed_fields", "protocols", "config", "memory"}
-    | {"dataset_config"}
+    | {"dataset_config", "distributed", "peer_watchdog"}
     | {"display", "progress"},
     {"data"},
     {"models"},

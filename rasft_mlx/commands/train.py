@@ -11,6 +11,7 @@ from pathlib import Path
 import mlx.core as mx
 from rich.console import Console
 
+import rasft_mlx.distributed as distributed
 from rasft_mlx.config import ROLLOUT_MODES, Recipe, recipe_to_dict
 from rasft_mlx.data.encoding import encode_prompt
 from rasft_mlx.fileio import atomic_write_text
@@ -20,6 +21,7 @@ from rasft_mlx.models.adapters import (
     trainable_parameter_count,
 )
 from rasft_mlx.models.loading import load_model
+from rasft_mlx.peer_watchdog import start_watchdog
 from rasft_mlx.progress import PhaseInterrupted, attached
 from rasft_mlx.rasft.routing import expected_rollout_problems
 from rasft_mlx.reporting.run_report import REPORT_FILE, write_report_quietly
@@ -33,6 +35,7 @@ from rasft_mlx.training.loop import TrainingLoop, TrainResult
 from rasft_mlx.training.memory_estimate import check_memory, estimate_run_memory
 from rasft_mlx.training.run_data import encode_training_data, load_run_data
 from rasft_mlx.training.run_directory import MetricsLog, TrainingError, prepare_run_dir
+from rasft_mlx.training.shared_run import rank_run_dir, share_checkpoint
 from rasft_mlx.training.step_plan import ExpertSource, SequenceSource
 from rasft_mlx.training.stop_signals import StopSignals, TrainingInterrupted
 
@@ -53,10 +56,24 @@ def run_training(
     that has checkpoints. stop_after: a test hook that interrupts the run after that step.
     SIGINT/SIGTERM stop at the next step or chunk of a long phase, write a checkpoint and raise
     TrainingInterrupted; long phases report progress on `console`.
+
+    Under `mlx.launch` (several ranks) it is one run: rank 0 alone prints and writes `run_dir`
+    and feeds the trackers; a rank that dies ends the others (peer_watchdog.py).
     """
     console = console or Console()
-    with StopSignals(console) as signals, attached(console):
-        return _run_training(recipe, run_dir, console, resume, force, stop_after, signals)
+    watchdog = start_watchdog()
+    if not distributed.is_main():
+        console = Console(quiet=True)
+    try:
+        with rank_run_dir(run_dir) as own_dir, StopSignals(console) as signals, attached(console):
+            result = _run_training(recipe, own_dir, console, resume, force, stop_after, signals)
+    except TrainingInterrupted:
+        if watchdog is not None:  # every rank stopped at the same step
+            watchdog.finish()
+        raise
+    if watchdog is not None:
+        watchdog.finish()
+    return result
 
 
 def refuse_if_too_big(recipe: Recipe, loaded, sequences, test_problems) -> None:
@@ -110,7 +127,12 @@ def _run_training(recipe, run_dir, console, resume, force, stop_after, signals) 
         )
     if not (resume or force):
         refuse_if_too_big(recipe, loaded, sequences, test_problems)
-    checkpoint = prepare_run_dir(run_dir, recipe, console, resume=resume, force=force)
+    checkpoint = None
+    if distributed.is_main():
+        checkpoint = prepare_run_dir(run_dir, recipe, console, resume=resume, force=force)
+    checkpoint = share_checkpoint(checkpoint, run_dir)
+    if distributed.distributed():
+        console.print(f"one run over {distributed.world_size()} processes (rank 0 writes)")
     metrics = MetricsLog(run_dir / "metrics.jsonl")
     metrics.truncate(checkpoint.state["metrics_bytes"] if checkpoint is not None else None)
     run = _Run(
@@ -126,9 +148,10 @@ def _run_training(recipe, run_dir, console, resume, force, stop_after, signals) 
         metrics=metrics,
         checkpoint=checkpoint,
     )
-    with tracking(metrics, recipe.output.report_to, run_dir, recipe_to_dict(recipe)):
+    trackers = recipe.output.report_to if distributed.is_main() else ()
+    with tracking(metrics, trackers, run_dir, recipe_to_dict(recipe)):
         result = _train(run, stop_after, signals)
-    if recipe.output.report and write_report_quietly(run_dir, console):
+    if recipe.output.report and distributed.is_main() and write_report_quietly(run_dir, console):
         console.print(f"report: {run_dir / REPORT_FILE}")
     return result
 
@@ -152,9 +175,8 @@ def _train(run: _Run, stop_after, signals) -> TrainResult:
             loaded, recipe, run.train_problems, run.sequences, run_dir, console, metrics
         )
         timings = source.timings
-    on_epoch_end = (
-        (lambda: write_report_quietly(run_dir, console)) if recipe.output.report else None
-    )
+    writes_report = recipe.output.report and distributed.is_main()
+    on_epoch_end = (lambda: write_report_quietly(run_dir, console)) if writes_report else None
     loop = TrainingLoop(
         loaded,
         recipe,

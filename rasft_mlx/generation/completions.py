@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 
 import mlx.core as mx
 
+import rasft_mlx.distributed as distributed
 from rasft_mlx.generation.engine import REPETITION_CONTEXT
 from rasft_mlx.memory import auto_decode_rows
 from rasft_mlx.models.adapters import dropout_mode
@@ -70,6 +71,24 @@ def generate_completions(
     generate = _engine_completions if supports_model(model) else _batch_generate_completions
     with dropout_mode(model, False), phase(label, len(prompts)) as reporter:
         return generate(model, tokenizer, prompts, settings, seed, reporter)
+
+
+def decode_share(prompts: list[list[int]], samples: int, batch_size: int) -> list[int]:
+    """This rank's prompts (indices, ascending) when the ranks share out a decode of `samples`
+    per prompt: the engine's chunk order (longest prompt first) cut into blocks of one chunk's
+    prompts, dealt to the ranks in turn. With batch_size a multiple of `samples` each rank
+    decodes exactly chunks that one process would, so greedy decoding gives the same tokens.
+    Every prompt in one process."""
+    if not distributed.distributed():
+        return list(range(len(prompts)))
+    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+    block = max(1, batch_size // max(samples, 1)) if batch_size else 1
+    return sorted(order[i] for i in distributed.shard_indices(len(order), block))
+
+
+def rank_seed(seed: int | None) -> int | None:
+    """Each rank's own random stream (the seed itself on rank 0 and in one process)."""
+    return None if seed is None else seed + 1_000_003 * distributed.rank()
 
 
 def eos_ids(tokenizer) -> list[int]:

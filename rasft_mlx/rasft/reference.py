@@ -7,6 +7,7 @@ from dataclasses import replace
 import mlx.core as mx
 import numpy as np
 
+import rasft_mlx.distributed as distributed
 from rasft_mlx.data.encoding import TrainingSequence
 from rasft_mlx.models.adapters import adapters_disabled, dropout_mode
 from rasft_mlx.models.response_logits import ResponseLogits
@@ -23,14 +24,17 @@ def response_logprobs(
     label: str = "log-probs",
 ) -> list[np.ndarray]:
     """log pi(y_t) of each sequence's response tokens under the model as it is now (dropout off),
-    reported as the phase `label`; a stop request raises progress.PhaseInterrupted."""
+    reported as the phase `label`; a stop request raises progress.PhaseInterrupted. Over several
+    ranks each computes whole batches of the length-sorted order (the batches one process would
+    form) and the results are gathered."""
     order = sorted(range(len(sequences)), key=lambda i: len(sequences[i].tokens))
+    own = [order[i] for i in distributed.shard_indices(len(order), batch_size)]
     logits_at = ResponseLogits(model)
     by_index: dict[int, np.ndarray] = {}
-    with dropout_mode(model, False), phase(label, len(sequences)) as reporter:
-        for start in range(0, len(order), batch_size):
+    with dropout_mode(model, False), phase(label, len(own)) as reporter:
+        for start in range(0, len(own), batch_size):
             check(label)
-            indices = order[start : start + batch_size]
+            indices = own[start : start + batch_size]
             chunk = [sequences[i] for i in indices]
             batch = collate(chunk, len(chunk), bucket_multiple)
             logits = logits_at(batch.inputs, batch.positions)
@@ -39,6 +43,10 @@ def response_logprobs(
                 by_index[index] = logprobs[row, : sequences[index].response_length].copy()
             mx.clear_cache()
             reporter.advance(len(indices))
+    if distributed.distributed():
+        shares = distributed.all_gather_arrays([by_index[i] for i in own], "log-probs")
+        by_index = dict(enumerate(distributed.unshard(shares, len(order), batch_size)))
+        by_index = {order[i]: values for i, values in by_index.items()}
     return [by_index[i] for i in range(len(sequences))]
 
 

@@ -14,10 +14,17 @@ from rich.table import Table
 
 from rasft_mlx.data.encoding import TrainingSequence, encode_prompt
 from rasft_mlx.fileio import atomic_write_text
+from rasft_mlx.generation.completions import rank_seed
 from rasft_mlx.rasft.authors_schedule import route_once, select_for_refresh
 from rasft_mlx.rasft.groups import RolloutGroup, build_group, rejection_sampling_group
 from rasft_mlx.rasft.reference import response_logprobs, with_reference_logprobs
-from rasft_mlx.rasft.rollouts import Rollout, generate_samples, verify_samples
+from rasft_mlx.rasft.rollouts import (
+    Rollout,
+    gather_rollouts,
+    generate_samples,
+    own_problems,
+    verify_samples,
+)
 from rasft_mlx.rasft.routing import (
     BandThresholds,
     calibrate_thresholds,
@@ -257,20 +264,22 @@ class RasftSource:
         weights and the trained rollouts (reference log-probs filled in), in `selected` order.
         Problems of the hard pool that now have a correct rollout leave it."""
         problems = [self.problems[i] for i in selected]
+        own = own_problems(problems, self.prompts, self.recipe.rollout)  # over ranks: a share
         started = time.perf_counter()
         samples, stats = generate_samples(
             self.model,
             self.tokenizer,
-            problems,
+            own,
             self.prompts,
             self.recipe.rollout,
-            seed=self.recipe.training.seed * 1000 + self.refresh_count,
+            seed=rank_seed(self.recipe.training.seed * 1000 + self.refresh_count),
             label=f"rollouts (refresh {self.refresh_count})",
         )
         self.timings["rollout"] += time.perf_counter() - started
         started = time.perf_counter()
-        verified = {p.id: verify_samples(p, samples[p.id]) for p in problems}
+        verified = {p.id: verify_samples(p, samples[p.id]) for p in own}
         self.timings["verify"] += time.perf_counter() - started
+        verified, stats, owners = gather_rollouts(verified, stats, problems)
 
         weights: dict[str, ProblemWeights] = {}
         dropped: Counter = Counter()
@@ -290,6 +299,8 @@ class RasftSource:
                 rollout_sequences.append(sequence)
                 trained[rollout.sample] = weight
             ledger.append(self._ledger_row(problem, verified[problem.id], group, trained))
+            if owners:  # over several ranks: which one decoded this problem
+                ledger[-1]["rank"] = owners[problem.id]
         solved = {pid for pid, w in weights.items() if w.route in SOLVED_ROUTES}
         self.hard_pool = frozenset(self.hard_pool - solved)
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import asdict, dataclass
 
+import rasft_mlx.distributed as distributed
 from rasft_mlx.config import RolloutConfig
 from rasft_mlx.data.graders import grade
 from rasft_mlx.data.problem import Problem
@@ -11,6 +13,7 @@ from rasft_mlx.generation.completions import (
     Completion,
     GenerationStats,
     SamplingSettings,
+    decode_share,
     generate_completions,
 )
 
@@ -90,3 +93,36 @@ def verify_samples(problem: Problem, completions: list[Completion]) -> list[Roll
             )
         )
     return rollouts
+
+
+def own_problems(problems: list[Problem], prompts: dict, config: RolloutConfig) -> list[Problem]:
+    """The problems this rank rolls out (all of them in one process); see `decode_share`."""
+    share = decode_share([prompts[p.id] for p in problems], config.k, config.batch_size)
+    return [problems[i] for i in share]
+
+
+def gather_rollouts(
+    verified: dict[str, list[Rollout]], stats: GenerationStats, problems: list[Problem]
+) -> tuple[dict[str, list[Rollout]], GenerationStats, dict[str, int]]:
+    """Every rank's verified rollouts on every rank, in `problems` order; the generation stats
+    summed (tokens) and the slowest rank's seconds; which rank rolled out each problem (empty
+    in one process, where nothing changes)."""
+    if not distributed.distributed():
+        return verified, stats, {}
+    started = time.perf_counter()
+    payload = {
+        "rollouts": {pid: [asdict(r) for r in group] for pid, group in verified.items()},
+        "stats": [stats.prompts, stats.generated_tokens, stats.seconds],
+    }
+    shares = distributed.all_gather_json(payload, "rollouts")
+    merged, owners = {}, {}
+    for owner, share in enumerate(shares):
+        for pid, group in share["rollouts"].items():
+            owners[pid] = owner
+            merged[pid] = [Rollout(**{**r, "token_ids": tuple(r["token_ids"])}) for r in group]
+    stats = GenerationStats(
+        prompts=sum(s["stats"][0] for s in shares),
+        generated_tokens=sum(s["stats"][1] for s in shares),
+        seconds=max(s["stats"][2] for s in shares) + time.perf_counter() - started,
+    )
+    return {p.id: merged[p.id] for p in problems}, stats, owners

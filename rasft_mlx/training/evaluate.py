@@ -7,12 +7,18 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import rasft_mlx.distributed as distributed
 from rasft_mlx.config import EvalConfig
 from rasft_mlx.data.encoding import encode_prompt
 from rasft_mlx.data.graders import grade
 from rasft_mlx.data.problem import Problem
 from rasft_mlx.fileio import atomic_write_text
-from rasft_mlx.generation.completions import SamplingSettings, generate_completions
+from rasft_mlx.generation.completions import (
+    SamplingSettings,
+    decode_share,
+    generate_completions,
+    rank_seed,
+)
 
 if TYPE_CHECKING:
     from rasft_mlx.config import Recipe
@@ -75,15 +81,46 @@ def _records(problems, completions, sample_index: int) -> list[EvalRecord]:
 def evaluate_problems(
     model, tokenizer, problems: list[Problem], config: EvalConfig, system_prompt: str, seed: int = 0
 ) -> tuple[list[EvalRecord], EvalSummary]:
-    """Greedy pass@1 over `problems` (after config.limit) and avg@K when config.samples > 1."""
+    """Greedy pass@1 over `problems` (after config.limit) and avg@K when config.samples > 1.
+    Over several ranks each evaluates a share of the problems (its own sampling stream) and
+    every rank gets all the records, in one process's order."""
     if config.limit is not None:
         problems = problems[: config.limit]
     prompts = [encode_prompt(tokenizer, p.question, system_prompt) for p in problems]
+    own = decode_share(prompts, 1, config.batch_size)
+    records, tokens, seconds = _evaluate_share(
+        model,
+        tokenizer,
+        [problems[i] for i in own],
+        [prompts[i] for i in own],
+        config,
+        rank_seed(seed),
+    )
+    if distributed.distributed():
+        records, tokens, seconds = _gather_records(records, tokens, seconds, problems)
+    sampled_records = [r for r in records if r.sample >= 0]
+    avg_at_k = None
+    if config.samples > 1:
+        avg_at_k = sum(r.correct for r in sampled_records) / max(len(sampled_records), 1)
+    greedy_records = [r for r in records if r.sample == -1]
+    summary = EvalSummary(
+        problems=len(problems),
+        pass_at_1=sum(r.correct for r in greedy_records) / max(len(greedy_records), 1),
+        samples=config.samples,
+        avg_at_k=avg_at_k,
+        temperature=config.temperature if config.samples > 1 else None,
+        generated_tokens=tokens,
+        seconds=round(seconds, 3),
+    )
+    return records, summary
+
+
+def _evaluate_share(model, tokenizer, problems, prompts, config: EvalConfig, seed):
+    """Records (greedy, then K sampled per problem), generated tokens and seconds."""
     greedy = SamplingSettings(config.max_new_tokens, temperature=0.0, batch_size=config.batch_size)
     completions, stats = generate_completions(model, tokenizer, prompts, greedy, label="eval")
     records = _records(problems, completions, -1)
     tokens, seconds = stats.generated_tokens, stats.seconds
-    avg_at_k = None
     if config.samples > 1:
         sampled = SamplingSettings(
             config.max_new_tokens,
@@ -96,24 +133,24 @@ def evaluate_problems(
             model, tokenizer, repeated, sampled, seed=seed, label=f"eval (avg@{config.samples})"
         )
         repeated_problems = [p for p in problems for _ in range(config.samples)]
-        sampled_records = [
+        records += [
             EvalRecord(**{**asdict(r), "sample": i % config.samples})
             for i, r in enumerate(_records(repeated_problems, completions, 0))
         ]
-        records += sampled_records
-        avg_at_k = sum(r.correct for r in sampled_records) / max(len(sampled_records), 1)
         tokens, seconds = tokens + stats.generated_tokens, seconds + stats.seconds
-    greedy_records = [r for r in records if r.sample == -1]
-    summary = EvalSummary(
-        problems=len(problems),
-        pass_at_1=sum(r.correct for r in greedy_records) / max(len(greedy_records), 1),
-        samples=config.samples,
-        avg_at_k=avg_at_k,
-        temperature=config.temperature if config.samples > 1 else None,
-        generated_tokens=tokens,
-        seconds=round(seconds, 3),
+    return records, tokens, seconds
+
+
+def _gather_records(records, tokens, seconds, problems):
+    """Every rank's records in one process's order: greedy ones by problem, then the sampled."""
+    shares = distributed.all_gather_json(
+        {"records": [asdict(r) for r in records], "tokens": tokens, "seconds": seconds}, "eval"
     )
-    return records, summary
+    position = {p.id: i for i, p in enumerate(problems)}
+    merged = [EvalRecord(**r) for share in shares for r in share["records"]]
+    merged.sort(key=lambda r: (r.sample >= 0, position[r.id], r.sample))
+    tokens = sum(share["tokens"] for share in shares)
+    return merged, tokens, max(share["seconds"] for share in shares)
 
 
 def write_eval_outputs(

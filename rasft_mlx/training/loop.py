@@ -14,6 +14,7 @@ import numpy as np
 from mlx.utils import tree_flatten, tree_map, tree_unflatten
 from rich.console import Console
 
+import rasft_mlx.distributed as distributed
 from rasft_mlx.config import Recipe
 from rasft_mlx.data.encoding import TrainingSequence
 from rasft_mlx.data.problem import Problem
@@ -124,7 +125,7 @@ class TrainingLoop(LoopCheckpoints):
         )
 
     def _stop_if_requested(self, signals: StopSignals) -> None:
-        if signals.stop:
+        if signals.agree():  # over several ranks: every rank stops at the same step
             path = self.checkpoint()
             raise signals.interruption(self.step, path)
 
@@ -180,12 +181,12 @@ class TrainingLoop(LoopCheckpoints):
                         full_epoch = steps_per_epoch(len(refreshed), self.recipe)
                         self._set_queue(ahead, display, full_epoch)
                     train_started += time.perf_counter() - paused
-                    if save_every and self.step % save_every == 0 and not signals.stop:
+                    if save_every and self.step % save_every == 0 and not signals.agree():
                         self.checkpoint()
                 self.timings["train"] += time.perf_counter() - train_started
                 self._stop_if_requested(signals)  # before the epoch's eval
                 self._finish_epoch(display, max_steps, signals)
-                if signals.stop and not self.completed:
+                if signals.agree() and not self.completed:
                     raise signals.interruption(self.step, self.last_checkpoint)
         return TrainResult(
             self.run_dir,
@@ -282,13 +283,10 @@ class TrainingLoop(LoopCheckpoints):
 
     def _train_step(self, display: TrainingDisplay, started: float, first_step: int) -> bool:
         """One optimizer step on the next group; False when a non-finite batch was skipped."""
-        training, model = self.training, self.loaded.model
+        model = self.loaded.model
         group = self.groups[self.position]
         self.position += 1
-        micro = [
-            collate([self.sequences[i] for i in idx], training.batch_size, training.bucket_multiple)
-            for idx in group
-        ]
+        micro = self._own_micro_batches(group)
         # MLX arrays are immutable: holding the current leaves is a free snapshot to roll back to.
         params_before = tree_flatten(model.trainable_parameters())
         optimizer_before = tree_map(lambda x: x, self.optimizer.state)
@@ -299,13 +297,13 @@ class TrainingLoop(LoopCheckpoints):
         if not math.isfinite(result.loss) or not math.isfinite(result.grad_norm):
             model.update(tree_unflatten(params_before))
             assign_in_place(self.optimizer.state, optimizer_before)
-            self._non_finite(result, micro, display)
+            self._non_finite(result, group, display)
             return False
         self.step += 1
         self.loss = result.loss
         self.trained_tokens += result.tokens
         elapsed = time.perf_counter() - step_started
-        input_tokens = sum(b.input_token_count for b in micro)
+        input_tokens = sum(len(self.sequences[i].tokens) - 1 for idx in group for i in idx)
         total_elapsed = time.perf_counter() - started
         done_here = max(self.step - first_step, 1)
         if hasattr(self.source, "observe_step"):
@@ -330,8 +328,19 @@ class TrainingLoop(LoopCheckpoints):
         display.step(self.step, record)
         return True
 
-    def _non_finite(self, result, micro, display: TrainingDisplay) -> None:
-        ids = sorted({pid for b in micro for pid in b.problem_ids})
+    def _own_micro_batches(self, group: list[list[int]]) -> list:
+        """This rank's rows of each micro-batch (rank-strided; all of them in one process), padded
+        to the rank's share of batch_size; None where a micro-batch has no row for this rank."""
+        training, world, rank = self.training, distributed.world_size(), distributed.rank()
+        rows = math.ceil(training.batch_size / world)
+        micro = []
+        for idx in group:
+            own = [self.sequences[i] for i in idx[rank::world]]
+            micro.append(collate(own, rows, training.bucket_multiple) if own else None)
+        return micro
+
+    def _non_finite(self, result, group, display: TrainingDisplay) -> None:
+        ids = sorted({self.sequences[i].problem_id for idx in group for i in idx})
         what = f"non-finite loss {result.loss} / grad norm {result.grad_norm}"
         where = f"at step {self.step + 1} (epoch {self.epoch + 1})"
         if self.training.on_nan == "skip_batch":

@@ -12,6 +12,7 @@ from pathlib import Path
 import mlx.core as mx
 from mlx.utils import tree_flatten, tree_unflatten
 
+import rasft_mlx.distributed as distributed
 from rasft_mlx.models.adapters import adapter_config_dict
 from rasft_mlx.training.checkpoint import (
     Checkpoint,
@@ -57,7 +58,15 @@ class LoopCheckpoints:
         assign_in_place(self.optimizer.state, tree_unflatten(list(flat.items())))
         mx.eval(self.optimizer.state)
         self.rng.bit_generator.state = state["batch_rng"]
-        restore_mlx_random_state(state["mlx_random"])
+        saved_world = int(state.get("world_size", 1))
+        if saved_world != distributed.world_size():
+            raise TrainingError(
+                f"checkpoint {checkpoint.path} was written by a run over {saved_world} "
+                f"process(es); this one has {distributed.world_size()}. Resume with the same "
+                "number of ranks (each rank's rollout random stream is part of the run)"
+            )
+        per_rank = state.get("mlx_random_ranks")
+        restore_mlx_random_state(per_rank[distributed.rank()] if per_rank else state["mlx_random"])
         if state.get("source") is not None:
             self.source.load_state_dict(state["source"])
         if self.groups is not None:
@@ -87,6 +96,7 @@ class LoopCheckpoints:
         mx.eval(self.loaded.model.parameters())
 
     def checkpoint(self) -> Path:
+        """Write a checkpoint (rank 0; the other ranks only hand it their random states)."""
         model = self.loaded.model
         source_state = self.source.state_dict() if hasattr(self.source, "state_dict") else None
         metrics_path = self.metrics.path
@@ -107,6 +117,11 @@ class LoopCheckpoints:
             "baseline_eval_pending": self.baseline_eval_pending,
             "metrics_bytes": metrics_path.stat().st_size if metrics_path.exists() else 0,
         }
+        if distributed.distributed():
+            state["world_size"] = distributed.world_size()
+            state["mlx_random_ranks"] = distributed.all_gather_json(mlx_random_state(), "control")
+            if not distributed.is_main():
+                return self.run_dir
         queue = self.sequences if source_state is not None and self.groups is not None else None
         started = time.perf_counter()
         try:

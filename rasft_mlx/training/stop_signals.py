@@ -8,6 +8,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+import rasft_mlx.distributed as distributed
 from rasft_mlx.progress import clear_stop, request_stop
 
 
@@ -52,7 +53,10 @@ class StopSignals:
             signal.signal(sig, self._previous.get(sig, signal.SIG_DFL))
             raise KeyboardInterrupt
         self.requested = sig
-        request_stop()  # long phases (rollouts, evaluation, reference passes) stop within seconds
+        # Long phases (rollouts, evaluation, reference passes) stop within seconds; over several
+        # ranks they run to their end, so that every rank stops at the same step boundary.
+        if not distributed.distributed():
+            request_stop()
         self.console.print(
             f"[bold yellow]{sig.name}[/bold yellow]: stopping after the current step or chunk, "
             "then writing a checkpoint (send it again to stop at once)"
@@ -61,6 +65,20 @@ class StopSignals:
     @property
     def stop(self) -> bool:
         return self.requested is not None or self.test_reason is not None
+
+    def agree(self) -> bool:
+        """`stop`, agreed over the ranks: a request on any of them stops every rank at the same
+        step, with the requesting signal's exit code."""
+        if not distributed.distributed():
+            return self.stop
+        own = self.CODES[self.requested] if self.requested else int(self.stop)
+        agreed = distributed.max_over_ranks(own)
+        if agreed and not self.stop:
+            by_code = {code: sig for sig, code in self.CODES.items()}
+            self.requested = by_code.get(agreed)
+            if self.requested is None:
+                self.test_reason = "a stop request on another rank"
+        return self.stop
 
     def interruption(self, step: int, checkpoint: Path) -> TrainingInterrupted:
         if self.requested is not None:

@@ -8,8 +8,9 @@ from functools import partial
 import mlx.core as mx
 import mlx.nn as nn
 import mlx.optimizers as optim
-from mlx.utils import tree_flatten, tree_map
+from mlx.utils import tree_flatten, tree_map, tree_unflatten
 
+import rasft_mlx.distributed as distributed
 from rasft_mlx.config import TrainingConfig
 from rasft_mlx.models.adapters import adapters_disabled, dropout_mode
 from rasft_mlx.models.response_logits import ResponseLogits
@@ -62,6 +63,11 @@ class CompiledTrainStep:
     the accumulated sum by the optimizer step's token count, so N micro-batches equal one big
     batch. "micro_batch_mean" (the authors') divides each micro-batch by its own token count and
     the total by the number of micro-batches, so every micro-batch weighs the same.
+
+    Over several ranks each holds some rows of every micro-batch (None: none of them); the sums
+    of gradients, loss, tokens and ratio counts are all-reduced before the division, so the step
+    is the one-process step on the whole global batch (a micro-batch's own token count, too, is
+    summed over ranks first).
     """
 
     def __init__(
@@ -134,30 +140,39 @@ class CompiledTrainStep:
         with dropout_mode(self.model, True):
             return self._step(batches)
 
-    def _step(self, batches: list[Batch]) -> StepResult:
+    def _step(self, batches: list[Batch | None]) -> StepResult:
         accumulated = None
         loss_total = mx.array(0.0)
         token_total = mx.array(0.0)
         clip_total = mx.zeros((3,), dtype=mx.int32)
         for batch in batches:
-            total, count, clip_counts, grads = self._gradients(
-                batch.inputs,
-                batch.positions,
-                batch.targets,
-                batch.mask,
-                batch.sequence_weights,
-                batch.reference_logprobs,
-            )
+            if batch is None:  # this rank holds no row of this micro-batch
+                total, count, clip_counts, grads = mx.array(0.0), mx.array(0.0), None, None
+            else:
+                total, count, clip_counts, grads = self._gradients(
+                    batch.inputs,
+                    batch.positions,
+                    batch.targets,
+                    batch.mask,
+                    batch.sequence_weights,
+                    batch.reference_logprobs,
+                )
             if self.per_micro_batch:
-                own_tokens = mx.maximum(count, 1.0)
-                grads = tree_map(lambda g, n=own_tokens: g / n, grads)
+                own_tokens = mx.maximum(distributed.all_sum(count, "token counts"), 1.0)
+                if grads is not None:
+                    grads = tree_map(lambda g, n=own_tokens: g / n, grads)
                 total = total / own_tokens
-            accumulated = grads if accumulated is None else tree_map(mx.add, accumulated, grads)
+            if grads is not None:
+                accumulated = grads if accumulated is None else tree_map(mx.add, accumulated, grads)
+                clip_total = clip_total + clip_counts
             loss_total = loss_total + total
             token_total = token_total + count
-            clip_total = clip_total + clip_counts
             if len(batches) > 1:
                 mx.eval(accumulated, loss_total, token_total, clip_total)
+        if distributed.distributed():
+            accumulated, loss_total, token_total, clip_total = self._sum_over_ranks(
+                accumulated, loss_total, token_total, clip_total
+            )
         if self.per_micro_batch:
             denominator = mx.array(float(len(batches)))
         else:
@@ -168,3 +183,17 @@ class CompiledTrainStep:
         at_min, at_max, sequences = clip_total.tolist()
         loss = (loss_total / denominator).item()
         return StepResult(loss, tokens, norm.item(), at_min, at_max, sequences)
+
+    def _sum_over_ranks(self, grads, loss_total, token_total, clip_total):
+        """One all-reduce of the gradient sums (zeros where a rank had no rows) and one of the
+        step's scalars; returns them summed over ranks."""
+        if grads is None:
+            grads = tree_map(mx.zeros_like, self.model.trainable_parameters())
+        flat = tree_flatten(grads)
+        summed = distributed.sum_tree([g for _, g in flat], "gradients")
+        grads = tree_unflatten([(k, g) for (k, _), g in zip(flat, summed, strict=True)])
+        scalars = mx.concatenate(
+            [mx.stack([loss_total, token_total]), clip_total.astype(mx.float32)]
+        )
+        scalars = distributed.all_sum(scalars, "step scalars")
+        return grads, scalars[0], scalars[1], scalars[2:].astype(mx.int32)

@@ -1,0 +1,143 @@
+"""One run over several processes (`mlx.launch`): ranks, sharding, all-reduces and payload gathers."""
+
+from __future__ import annotations
+
+import json
+import signal
+from collections import Counter
+
+import mlx.core as mx
+import numpy as np
+
+_group = None
+# Bytes this rank sent through collectives, by what they carried (read by benchmarks).
+exchanged_bytes: Counter = Counter()
+
+
+def group():
+    """The global group; `mx.distributed.init()` once (a group of one without a launcher)."""
+    global _group
+    if _group is None:
+        # The backend's own threads must never take SIGINT/SIGTERM: a send or receive cut short
+        # by a signal loses the ring's step. They inherit the mask at their creation, here.
+        stop_signals = {signal.SIGINT, signal.SIGTERM}
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
+        try:
+            _group = mx.distributed.init()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+    return _group
+
+
+def world_size() -> int:
+    return group().size()
+
+
+def rank() -> int:
+    return group().rank()
+
+
+def is_main() -> bool:
+    """Rank 0 writes the run directory, prints and saves; the others only compute."""
+    return rank() == 0
+
+
+def distributed() -> bool:
+    return world_size() > 1
+
+
+def shard_indices(count: int, block: int = 1, of_rank: int | None = None) -> list[int]:
+    """Indices 0..count-1 in blocks of `block` consecutive ones, dealt to the ranks in turn;
+    this rank's (or `of_rank`'s) share, in order. The shares are disjoint and cover them all."""
+    world = world_size()
+    own = rank() if of_rank is None else of_rank
+    block = max(1, block)
+    return [
+        i
+        for start in range(own * block, count, world * block)
+        for i in range(start, min(start + block, count))
+    ]
+
+
+def shard(items: list, block: int = 1) -> list:
+    return [items[i] for i in shard_indices(len(items), block)]
+
+
+def unshard(shares: list[list], count: int, block: int = 1) -> list:
+    """The inverse of `shard`: every rank's share (rank order) back into the original order."""
+    merged: list = [None] * count
+    for owner, share in enumerate(shares):
+        for index, item in zip(shard_indices(count, block, owner), share, strict=True):
+            merged[index] = item
+    return merged
+
+
+def all_sum(array: mx.array, what: str = "other") -> mx.array:
+    """The element-wise sum over ranks (the array itself on one rank: no collective)."""
+    if not distributed():
+        return array
+    exchanged_bytes[what] += array.nbytes
+    return mx.distributed.all_sum(array, group=group())
+
+
+def sum_tree(arrays: list[mx.array], what: str = "gradients") -> list[mx.array]:
+    """Sum each array over ranks in one collective (flattened, concatenated, split back)."""
+    if not distributed() or not arrays:
+        return arrays
+    flat = mx.concatenate([a.reshape(-1) for a in arrays])
+    total = all_sum(flat, what)
+    sizes = np.cumsum([a.size for a in arrays])[:-1].tolist()
+    return [part.reshape(a.shape) for part, a in zip(mx.split(total, sizes), arrays, strict=True)]
+
+
+def max_over_ranks(value: int) -> int:
+    """The largest of the ranks' values (one process: the value itself)."""
+    if not distributed():
+        return value
+    exchanged_bytes["control"] += 4
+    return int(mx.distributed.all_max(mx.array([value], dtype=mx.int32), group=group()).item())
+
+
+def all_gather_bytes(data: bytes, what: str = "payload") -> list[bytes]:
+    """Every rank's bytes, in rank order: sizes first, then the payloads padded to the longest."""
+    if not distributed():
+        return [data]
+    sizes = mx.distributed.all_gather(mx.array([len(data)], dtype=mx.int64), group=group())
+    sizes = [int(n) for n in np.array(sizes)]
+    padded = np.zeros(max(max(sizes), 1), dtype=np.uint8)
+    padded[: len(data)] = np.frombuffer(data, dtype=np.uint8)
+    exchanged_bytes[what] += padded.nbytes + 8
+    gathered = np.array(mx.distributed.all_gather(mx.array(padded), group=group()))
+    rows = gathered.reshape(len(sizes), -1)
+    return [rows[i, :n].tobytes() for i, n in enumerate(sizes)]
+
+
+def all_gather_json(value, what: str = "payload") -> list:
+    """Every rank's JSON-serialisable value, in rank order."""
+    if not distributed():
+        return [value]
+    payload = json.dumps(value).encode()
+    return [json.loads(part) for part in all_gather_bytes(payload, what)]
+
+
+def broadcast_json(value, what: str = "payload"):
+    """Rank 0's value on every rank (the others' `value` is ignored)."""
+    if not distributed():
+        return value
+    payload = json.dumps(value).encode() if is_main() else b""
+    return json.loads(all_gather_bytes(payload, what)[0])
+
+
+def all_gather_arrays(arrays: list[np.ndarray], what: str = "payload") -> list[list[np.ndarray]]:
+    """Every rank's list of float32 vectors, in rank order (lengths travel as JSON)."""
+    if not distributed():
+        return [arrays]
+    lengths = all_gather_json([int(a.size) for a in arrays], what)
+    flat = np.concatenate([a.astype(np.float32).reshape(-1) for a in arrays] or [np.zeros(0)])
+    parts = all_gather_bytes(flat.astype(np.float32).tobytes(), what)
+    result = []
+    for sizes, part in zip(lengths, parts, strict=True):
+        values = np.frombuffer(part, dtype=np.float32)
+        bounds = np.cumsum([0, *sizes])
+        result.append([values[a:b].copy() for a, b in zip(bounds[:-1], bounds[1:], strict=True)])
+    return result
