@@ -8,6 +8,12 @@ then estimates their time for 2-8 machines over 10 GbE and Thunderbolt 5 with th
 all-reduce's 2 (N-1)/N bytes per rank.
 
     python benchmarks/distributed.py            # launches its 2 ranks itself
+
+It then runs a small real RASFT run (SmolLM2-135M, the builtin model; synthetic data) over the
+2 ranks with RASFT_MLX_TIME_COLLECTIVES=1 and reports the share of the optimizer steps' time
+spent in the gradient all-reduce, and of the refreshes' time in the rollout and log-prob
+gathers. Timing a collective evaluates its input first, so the run is a little slower than an
+untimed one (the shares are upper bounds).
 """
 
 from __future__ import annotations
@@ -62,6 +68,88 @@ def worker() -> None:
         print(json.dumps({"models": results, "refresh_gather_seconds": gather}))
 
 
+def run_worker(run_dir: str) -> None:
+    """One rank of a real 2-rank RASFT run; rank 0 prints the timings as JSON."""
+    import rasft_mlx.distributed as distributed
+    from rasft_mlx.commands.train import run_training
+    from rasft_mlx.config import recipe_from_dict
+
+    recipe = recipe_from_dict(
+        {
+            "model": {"path": "builtin:smollm2-135m"},
+            "data": {"synthetic": {"n_train": 32, "n_test": 16, "min_level": 1, "max_level": 1}},
+            "lora": {"rank": 8},
+            "training": {"mode": "rasft", "epochs": 2, "batch_size": 8, "warmup_steps": 1},
+            "rollout": {"k": 2, "max_new_tokens": 48, "batch_size": 32},
+            "rasft": {"selection": "all"},
+            "eval": {"max_new_tokens": 48, "batch_size": 16},
+            "output": {"report": False},
+        }
+    )
+    result = run_training(recipe, Path(run_dir))
+    seconds = distributed.all_gather_json(dict(distributed.exchanged_seconds))
+    if distributed.is_main():
+        summary = json.loads((Path(run_dir) / "summary.json").read_text())
+        print(
+            json.dumps(
+                {
+                    "steps": result.steps,
+                    "wall_time_split_seconds": summary["wall_time_split_seconds"],
+                    "collective_seconds_per_rank": seconds,
+                    "bytes_rank0": dict(distributed.exchanged_bytes),
+                }
+            )
+        )
+
+
+def launch(arguments: list[str], extra_env: dict | None = None) -> dict:
+    """Run this script with `arguments` on 2 ranks over loopback; rank 0's last JSON line."""
+    ports = []
+    for _ in range(2):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            ports.append(s.getsockname()[1])
+    hostfile = Path("/tmp") / f"rasft-bench-hosts-{os.getpid()}.json"
+    hostfile.write_text(json.dumps([[f"127.0.0.1:{p}"] for p in ports]))
+    root = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "MLX_HOSTFILE": str(hostfile), "PYTHONPATH": root, **(extra_env or {})}
+    processes = [
+        subprocess.Popen(
+            [sys.executable, __file__, *arguments],
+            env={**env, "MLX_RANK": str(r)},
+            stdout=subprocess.PIPE if r == 0 else subprocess.DEVNULL,
+            text=True,
+        )
+        for r in range(2)
+    ]
+    output = processes[0].communicate()[0]
+    processes[1].wait()
+    return json.loads(output.strip().splitlines()[-1])
+
+
+def real_run_shares(measured: dict) -> dict:
+    """Shares of the train and refresh time spent in collectives, per rank (the larger)."""
+    split = measured["wall_time_split_seconds"]
+    step_kinds = ("gradients", "step scalars", "token counts")
+    refresh_kinds = ("rollouts", "log-probs")
+    per_rank = measured["collective_seconds_per_rank"]
+    all_reduce = max(sum(r.get(k, 0.0) for k in step_kinds) for r in per_rank)
+    waiting = max(r.get("waiting for other ranks", 0.0) for r in per_rank)
+    gathers = max(sum(r.get(k, 0.0) for k in refresh_kinds) for r in per_rank)
+    refresh_time = split.get("rollout", 0.0) + split.get("reference", 0.0)
+    return {
+        "steps": measured["steps"],
+        "train_seconds": split.get("train", 0.0),
+        "all_reduce_seconds": all_reduce,
+        "all_reduce_share_of_train": all_reduce / max(split.get("train", 0.0), 1e-9),
+        "waiting_seconds": waiting,
+        "refresh_seconds": refresh_time,
+        "gather_seconds": gathers,
+        "gather_share_of_refresh": gathers / max(refresh_time, 1e-9),
+        "gradient_bytes_per_step": measured["bytes_rank0"].get("gradients", 0) / measured["steps"],
+    }
+
+
 def ring_seconds(nbytes: int, ranks: int, link: str) -> float:
     steps = 2 * (ranks - 1)
     return (
@@ -71,31 +159,7 @@ def ring_seconds(nbytes: int, ranks: int, link: str) -> float:
 
 
 def main() -> None:
-    ports = []
-    for _ in range(2):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            ports.append(s.getsockname()[1])
-    hostfile = Path("/tmp") / f"rasft-bench-hosts-{os.getpid()}.json"
-    hostfile.write_text(json.dumps([[f"127.0.0.1:{p}"] for p in ports]))
-    root = str(Path(__file__).resolve().parents[1])
-    processes = [
-        subprocess.Popen(
-            [sys.executable, __file__, "--worker"],
-            env={
-                **os.environ,
-                "MLX_RANK": str(r),
-                "MLX_HOSTFILE": str(hostfile),
-                "PYTHONPATH": root,
-            },
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        for r in range(2)
-    ]
-    output = processes[0].communicate()[0]
-    processes[1].wait()
-    measured = json.loads(output.strip().splitlines()[-1])
+    measured = launch(["--worker"])
     print(f"{'model (LoRA r=16)':<18} {'MB/step':>8} {'loopback 2 ranks':>17}  estimates (ms)")
     estimates = {}
     for name, row in measured["models"].items():
@@ -113,10 +177,28 @@ def main() -> None:
         f"refresh all-gather of {REFRESH_PAYLOAD_BYTES / 1e6:.1f} MB per rank: "
         f"{measured['refresh_gather_seconds'] * 1e3:.1f} ms on loopback"
     )
+    run_dir = Path("/tmp") / f"rasft-bench-run-{os.getpid()}"
+    run = real_run_shares(launch(["--run", str(run_dir)], {"RASFT_MLX_TIME_COLLECTIVES": "1"}))
+    print(
+        f"real run (SmolLM2-135M, LoRA r=8, 2 ranks on loopback, {run['steps']} steps): "
+        f"all-reduce {run['all_reduce_seconds']:.2f} s of {run['train_seconds']:.1f} s in "
+        f"optimizer steps ({run['all_reduce_share_of_train']:.1%}; ranks waited "
+        f"{run['waiting_seconds']:.1f} s more for each other); refresh gathers "
+        f"{run['gather_seconds']:.2f} s of {run['refresh_seconds']:.1f} s of rollouts and "
+        f"reference passes ({run['gather_share_of_refresh']:.1%}); "
+        f"{run['gradient_bytes_per_step'] / 1e6:.1f} MB of gradients per step"
+    )
     out = Path(__file__).resolve().parent / "results" / "distributed.json"
     out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps({"measured": measured, "estimates": estimates}, indent=2))
+    out.write_text(
+        json.dumps({"measured": measured, "estimates": estimates, "real_run": run}, indent=2)
+    )
 
 
 if __name__ == "__main__":
-    worker() if "--worker" in sys.argv else main()
+    if "--worker" in sys.argv:
+        worker()
+    elif "--run" in sys.argv:
+        run_worker(sys.argv[sys.argv.index("--run") + 1])
+    else:
+        main()

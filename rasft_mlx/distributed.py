@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
+import time
 from collections import Counter
 
 import mlx.core as mx
 import numpy as np
 
 _group = None
-# Bytes this rank sent through collectives, by what they carried (read by benchmarks).
+# Bytes this rank sent through collectives, by what they carried, and the seconds they took
+# (read by benchmarks). Gathers are synchronous and always timed; an all-reduce is lazy, so it is
+# timed (evaluated on the spot, after a barrier that takes the wait for the slowest rank) only
+# with RASFT_MLX_TIME_COLLECTIVES=1.
 exchanged_bytes: Counter = Counter()
+exchanged_seconds: Counter = Counter()
+TIME_COLLECTIVES = os.environ.get("RASFT_MLX_TIME_COLLECTIVES") == "1"
 
 
 def group():
@@ -77,7 +84,22 @@ def all_sum(array: mx.array, what: str = "other") -> mx.array:
     if not distributed():
         return array
     exchanged_bytes[what] += array.nbytes
-    return mx.distributed.all_sum(array, group=group())
+    if not TIME_COLLECTIVES:
+        return mx.distributed.all_sum(array, group=group())
+    mx.eval(array)  # its own computation is not the collective's time
+    _barrier()
+    started = time.perf_counter()
+    total = mx.distributed.all_sum(array, group=group())
+    mx.eval(total)
+    exchanged_seconds[what] += time.perf_counter() - started
+    return total
+
+
+def _barrier() -> None:
+    """Wait for every rank (timed apart, so a collective's time is its transfer alone)."""
+    started = time.perf_counter()
+    mx.eval(mx.distributed.all_sum(mx.zeros((1,)), group=group()))
+    exchanged_seconds["waiting for other ranks"] += time.perf_counter() - started
 
 
 def sum_tree(arrays: list[mx.array], what: str = "gradients") -> list[mx.array]:
@@ -102,6 +124,9 @@ def all_gather_bytes(data: bytes, what: str = "payload") -> list[bytes]:
     """Every rank's bytes, in rank order: sizes first, then the payloads padded to the longest."""
     if not distributed():
         return [data]
+    if TIME_COLLECTIVES:
+        _barrier()
+    started = time.perf_counter()
     sizes = mx.distributed.all_gather(mx.array([len(data)], dtype=mx.int64), group=group())
     sizes = [int(n) for n in np.array(sizes)]
     padded = np.zeros(max(max(sizes), 1), dtype=np.uint8)
@@ -109,6 +134,7 @@ def all_gather_bytes(data: bytes, what: str = "payload") -> list[bytes]:
     exchanged_bytes[what] += padded.nbytes + 8
     gathered = np.array(mx.distributed.all_gather(mx.array(padded), group=group()))
     rows = gathered.reshape(len(sizes), -1)
+    exchanged_seconds[what] += time.perf_counter() - started
     return [rows[i, :n].tobytes() for i, n in enumerate(sizes)]
 
 
