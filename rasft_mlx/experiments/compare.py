@@ -135,7 +135,7 @@ def base_model_results(recipe: Recipe, out_dir: Path, console: Console) -> dict:
         console.print(f"base model: reusing {path}")
         return cached
     from rasft_mlx.models.loading import load_model
-    from rasft_mlx.training.evaluate import evaluate_problems, write_eval_outputs
+    from rasft_mlx.training.evaluate import evaluate_and_write
     from rasft_mlx.training.final_evaluation import load_extra_sets
     from rasft_mlx.training.run_data import encode_training_data, load_run_data
 
@@ -145,28 +145,12 @@ def base_model_results(recipe: Recipe, out_dir: Path, console: Console) -> dict:
     evaluation = None
     if test_problems:
         console.print(f"base model: evaluating {recipe.model.path} (greedy, no adapters)")
-        records, summary = evaluate_problems(
-            loaded.model,
-            loaded.tokenizer,
-            test_problems,
-            recipe.eval,
-            recipe.data.system_prompt,
-            seed=recipe.training.seed,
-        )
-        write_eval_outputs(records, summary, out_dir / BASE_DIR, name="eval")
+        summary = evaluate_and_write(loaded, recipe, test_problems, out_dir / BASE_DIR, "eval")
         evaluation = summary.as_dict()
     extra = {}
     for name, problems in load_extra_sets(recipe):
         console.print(f"base model: evaluating the extra test set {name}")
-        records, summary = evaluate_problems(
-            loaded.model,
-            loaded.tokenizer,
-            problems,
-            recipe.eval,
-            recipe.data.system_prompt,
-            seed=recipe.training.seed,
-        )
-        write_eval_outputs(records, summary, out_dir / BASE_DIR, name=f"eval-{name}")
+        summary = evaluate_and_write(loaded, recipe, problems, out_dir / BASE_DIR, f"eval-{name}")
         extra[name] = summary.as_dict()
     del loaded
     _free_memory()

@@ -164,6 +164,23 @@ def write_eval_outputs(
     return results_path, summary_path
 
 
+def evaluate_and_write(
+    loaded: LoadedModel, recipe: Recipe, problems: list[Problem], out_dir: Path, name: str
+) -> EvalSummary:
+    """Evaluate as the recipe says (its eval settings, system prompt and seed) and write
+    NAME.jsonl and NAME-summary.json to out_dir."""
+    records, summary = evaluate_problems(
+        loaded.model,
+        loaded.tokenizer,
+        problems,
+        recipe.eval,
+        recipe.data.system_prompt,
+        seed=recipe.training.seed,
+    )
+    write_eval_outputs(records, summary, out_dir, name=name)
+    return summary
+
+
 def evaluate_and_record(
     loaded: LoadedModel,
     recipe: Recipe,
@@ -173,14 +190,6 @@ def evaluate_and_record(
     metrics: MetricsLog,
 ) -> EvalSummary:
     """Evaluate on `problems`, write eval-epoch-N files to run_dir and an eval event to metrics."""
-    records, summary = evaluate_problems(
-        loaded.model,
-        loaded.tokenizer,
-        problems,
-        recipe.eval,
-        recipe.data.system_prompt,
-        seed=recipe.training.seed,
-    )
-    write_eval_outputs(records, summary, run_dir, name=f"eval-epoch-{epoch + 1}")
+    summary = evaluate_and_write(loaded, recipe, problems, run_dir, f"eval-epoch-{epoch + 1}")
     metrics.write({"event": "eval", "epoch": epoch, **summary.as_dict()})
     return summary

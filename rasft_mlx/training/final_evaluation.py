@@ -12,7 +12,7 @@ from rasft_mlx.config import Recipe
 from rasft_mlx.data.problem import Problem
 from rasft_mlx.data.sources import SYNTHETIC_SOURCES, load_problems
 from rasft_mlx.training.drift import measure_drift, reference_answers
-from rasft_mlx.training.evaluate import evaluate_problems, write_eval_outputs
+from rasft_mlx.training.evaluate import evaluate_and_write
 from rasft_mlx.training.run_directory import MetricsLog
 
 DRIFT_BATCH = 16
@@ -54,15 +54,7 @@ def evaluate_extra_sets(
     summaries = {}
     for name, problems in sets:
         started = time.perf_counter()
-        records, summary = evaluate_problems(
-            loaded.model,
-            loaded.tokenizer,
-            problems,
-            recipe.eval,
-            recipe.data.system_prompt,
-            seed=recipe.training.seed,
-        )
-        write_eval_outputs(records, summary, run_dir, name=f"eval-{stage}-{name}")
+        summary = evaluate_and_write(loaded, recipe, problems, run_dir, f"eval-{stage}-{name}")
         metrics.write({"event": "eval_extra", "set": name, "stage": stage, **summary.as_dict()})
         summaries[name] = summary.as_dict()
         timings["eval"] += time.perf_counter() - started
