@@ -65,14 +65,10 @@ class StepTracking:
         return self.step, scalar_fields(fields, f"{event}/")
 
 
-class WandbTracker(StepTracking):
-    """Weights & Biases; WANDB_MODE=offline keeps the run in RUN_DIR/wandb for `wandb sync`."""
+class RunLogTracker(StepTracking):
+    """A tracker whose run object has `log(values, step=)` and `finish()` (wandb, trackio)."""
 
-    def __init__(self, run_dir: Path, run_name: str, config: dict):
-        super().__init__()
-        import wandb
-
-        self.run = wandb.init(project=PROJECT, name=run_name, dir=str(run_dir), config=config)
+    run = None
 
     def write(self, record: dict) -> None:
         step, values = self.scalars(record)
@@ -81,6 +77,16 @@ class WandbTracker(StepTracking):
 
     def close(self) -> None:
         self.run.finish()
+
+
+class WandbTracker(RunLogTracker):
+    """Weights & Biases; WANDB_MODE=offline keeps the run in RUN_DIR/wandb for `wandb sync`."""
+
+    def __init__(self, run_dir: Path, run_name: str, config: dict):
+        super().__init__()
+        import wandb
+
+        self.run = wandb.init(project=PROJECT, name=run_name, dir=str(run_dir), config=config)
 
 
 class TensorboardTracker(StepTracking):
@@ -101,7 +107,7 @@ class TensorboardTracker(StepTracking):
         self.writer.close()
 
 
-class TrackioTracker(StepTracking):
+class TrackioTracker(RunLogTracker):
     """trackio's local store (TRACKIO_DIR, default ~/.cache/huggingface/trackio; `trackio show`)."""
 
     def __init__(self, run_dir: Path, run_name: str, config: dict):
@@ -110,14 +116,6 @@ class TrackioTracker(StepTracking):
 
         self.trackio = trackio
         self.run = trackio.init(project=PROJECT, name=run_name, config=config)
-
-    def write(self, record: dict) -> None:
-        step, values = self.scalars(record)
-        if values:
-            self.run.log(values, step=step)
-
-    def close(self) -> None:
-        self.run.finish()
 
 
 TRACKERS = {"wandb": WandbTracker, "tensorboard": TensorboardTracker, "trackio": TrackioTracker}
