@@ -309,6 +309,13 @@ def compare(
             help="steps: cap every mode at the expert-only epochs' step count; epochs: unmatched"
         ),
     ] = "steps",
+    base_from: Annotated[
+        Path | None,
+        typer.Option(
+            help="Reuse the base-model evaluation of this compare dir (checked: same model, "
+            "eval settings and test problems)"
+        ),
+    ] = None,
 ) -> None:
     """Compare modes over seeds: same model, data, step budget and eval; a results table."""
     from rasft_mlx.commands.train import TrainingInterrupted
@@ -326,6 +333,7 @@ def compare(
     command += [f"--set={item}" for item in set_ or []]
     command += ["--quick"] if quick else []
     command += [f"--budget={budget}"] if budget != "steps" else []
+    command += [f"--base-from={base_from}"] if base_from else []
     try:
         recipe_file = quick_variant(recipe) if quick else recipe
         mode_list = parse_modes(modes)
@@ -344,6 +352,7 @@ def compare(
             budget=budget,
             recipe_source=str(recipe_file),
             command=shlex.join(command),
+            base_from=base_from,
         )
     except TrainingInterrupted as stopped:
         console.print(

@@ -315,3 +315,89 @@ def test_report_names_the_clip_fractions_or_a_fixed_ratio():
     assert "seed 0: 0.250 at ratio_min, 0.000 at ratio_max" in clipped
     fixed = results_markdown({**results, "settings": {"rasft.ratio clip": [1.0, 1.0]}})
     assert "fixed at 1.0" in fixed and "at ratio_min" not in fixed
+
+
+def test_evaluation_identity_names_each_part_that_differs(tiny_llama_dir, tmp_path):
+    from rasft_mlx.data.problem import Problem
+    from rasft_mlx.experiments.compare_base import (
+        evaluation_identity,
+        identity_differences,
+        problems_digest,
+    )
+
+    recipe = load_recipe(write_recipe(tmp_path / "recipe.yaml", tiny_llama_dir))
+    problems = [
+        Problem("a", "What is 2 + 2?", "sol", "4"),
+        Problem("b", "What is 3 + 3?", "sol", "6"),
+    ]
+    ood = [Problem("c", "What is 9 + 9?", "sol", "18")]
+    ours = evaluation_identity(recipe, problems, [("synthetic-ood", ood)])
+    assert (
+        identity_differences(ours, evaluation_identity(recipe, problems, [("synthetic-ood", ood)]))
+        == []
+    )
+    # Any change to a problem's text, answer, order or grader changes the digest.
+    changed = [Problem("a", "What is 2 + 2?", "sol", "5"), problems[1]]
+    assert problems_digest(changed) != problems_digest(problems)
+    assert problems_digest(problems[::-1]) != problems_digest(problems)
+    graded = [Problem("a", "What is 2 + 2?", "sol", "4", grader="math-verify"), problems[1]]
+    assert problems_digest(graded) != problems_digest(problems)
+    theirs = evaluation_identity(recipe, changed, [("synthetic-ood", ood)])
+    assert identity_differences(ours, theirs) == ["test set"]
+    # Settings that decide the base eval count; the ones that do not (drift) are left out.
+    longer = load_recipe(tmp_path / "recipe.yaml", ["eval.max_new_tokens=16"])
+    drift = load_recipe(tmp_path / "recipe.yaml", ["eval.drift_problems=5"])
+    other_model = load_recipe(tmp_path / "recipe.yaml", ["model.dtype=float16"])
+    same = [("synthetic-ood", ood)]
+    assert identity_differences(ours, evaluation_identity(longer, problems, same)) == ["eval"]
+    assert identity_differences(ours, evaluation_identity(drift, problems, same)) == []
+    assert identity_differences(ours, evaluation_identity(other_model, problems, same)) == ["model"]
+    assert identity_differences(ours, evaluation_identity(recipe, problems, [])) == [
+        "extra set synthetic-ood"
+    ]
+
+
+def test_base_from_reuses_an_identical_base_eval_and_refuses_another(
+    tiny_llama_dir, tmp_path, monkeypatch
+):
+    from rich.console import Console
+
+    import rasft_mlx.training.evaluate as evaluate
+    from rasft_mlx.experiments.compare import check_compare_dir
+    from rasft_mlx.experiments.compare_base import BaseReuseError, base_model_results
+
+    console = Console(quiet=True)
+    recipe = load_recipe(write_recipe(tmp_path / "recipe.yaml", tiny_llama_dir))
+    first = tmp_path / "first"
+    check_compare_dir(first, recipe)
+    evaluated = base_model_results(recipe, first, console)
+    assert evaluated["eval"]["problems"] == 6 and evaluated["eval_extra"]["synthetic-ood"]
+
+    def no_eval(*args, **kwargs):
+        raise AssertionError("the base model was evaluated again")
+
+    monkeypatch.setattr(evaluate, "evaluate_and_write", no_eval)
+    # Training data differs (more demos): the eval is reused, the demo count is this recipe's.
+    more_train = load_recipe(tmp_path / "recipe.yaml", ["data.synthetic.n_train=24"])
+    second = tmp_path / "second"
+    reused = base_model_results(more_train, second, console, base_from=first)
+    assert reused["eval"] == evaluated["eval"]
+    assert reused["eval_extra"] == evaluated["eval_extra"]
+    assert reused["expert_sequences"] == 24 and evaluated["expert_sequences"] == 16
+    assert reused["evaluated_in"] == str(first)
+    copied = sorted(p.name for p in (second / "base").iterdir())
+    assert copied == sorted(p.name for p in (first / "base").iterdir())
+    assert (second / "base" / "eval.jsonl").read_text() == (
+        first / "base" / "eval.jsonl"
+    ).read_text()
+
+    more_test = load_recipe(tmp_path / "recipe.yaml", ["data.synthetic.n_test=7"])
+    with pytest.raises(BaseReuseError, match="these differ: test set"):
+        base_model_results(more_test, tmp_path / "third", console, base_from=first)
+    longer = load_recipe(tmp_path / "recipe.yaml", ["eval.max_new_tokens=9"])
+    with pytest.raises(BaseReuseError, match="these differ: eval\\b"):
+        base_model_results(longer, tmp_path / "fourth", console, base_from=first)
+    with pytest.raises(BaseReuseError, match="does not exist"):
+        base_model_results(recipe, tmp_path / "fifth", console, base_from=tmp_path / "nowhere")
+    for refused in ("third", "fourth", "fifth"):
+        assert not (tmp_path / refused / "base" / "base.json").exists()

@@ -20,7 +20,6 @@ RASFT then trains on more batches).
 from __future__ import annotations
 
 import gc
-import json
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -30,17 +29,14 @@ import yaml
 from rich.console import Console
 
 from rasft_mlx.config import MODES, Recipe, recipe_to_dict, save_recipe
+from rasft_mlx.experiments.compare_base import RECIPE_FILE, BaseReuseError, base_model_results
 from rasft_mlx.experiments.compare_report import write_results
 from rasft_mlx.experiments.compare_results import Budget, build_results, collect_run
-from rasft_mlx.fileio import atomic_write_text
 from rasft_mlx.reporting.compare_page import COMPARE_FILE, write_compare_report
 from rasft_mlx.training.checkpoint import list_checkpoints, recipe_differences
 from rasft_mlx.training.step_plan import steps_per_epoch
 
 BUDGETS = ("steps", "epochs")
-RECIPE_FILE = "compare-recipe.yaml"
-BASE_DIR = "base"
-BASE_FILE = "base.json"
 
 
 class CompareError(ValueError):
@@ -117,53 +113,9 @@ def check_compare_dir(out_dir: Path, recipe: Recipe) -> None:
     save_recipe(recipe, saved)
 
 
-# ---------------------------------------------------------------------------------------------
-# The base model: evaluated once, and the expert-sequence count that sets the step budget.
-# ---------------------------------------------------------------------------------------------
-
-
 def _free_memory() -> None:
     gc.collect()
     mx.clear_cache()
-
-
-def base_model_results(recipe: Recipe, out_dir: Path, console: Console) -> dict:
-    """Greedy eval of the base model and the number of trainable expert demos; cached on disk."""
-    path = out_dir / BASE_DIR / BASE_FILE
-    if path.is_file():
-        cached = json.loads(path.read_text())
-        console.print(f"base model: reusing {path}")
-        return cached
-    from rasft_mlx.models.loading import load_model
-    from rasft_mlx.training.evaluate import evaluate_and_write
-    from rasft_mlx.training.final_evaluation import load_extra_sets
-    from rasft_mlx.training.run_data import encode_training_data, load_run_data
-
-    train_problems, test_problems = load_run_data(recipe)
-    loaded = load_model(recipe.model)
-    sequences, report = encode_training_data(loaded.tokenizer, train_problems, recipe)
-    evaluation = None
-    if test_problems:
-        console.print(f"base model: evaluating {recipe.model.path} (greedy, no adapters)")
-        summary = evaluate_and_write(loaded, recipe, test_problems, out_dir / BASE_DIR, "eval")
-        evaluation = summary.as_dict()
-    extra = {}
-    for name, problems in load_extra_sets(recipe):
-        console.print(f"base model: evaluating the extra test set {name}")
-        summary = evaluate_and_write(loaded, recipe, problems, out_dir / BASE_DIR, f"eval-{name}")
-        extra[name] = summary.as_dict()
-    del loaded
-    _free_memory()
-    result = {
-        "model": recipe.model.path,
-        "train_problems": len(train_problems),
-        "expert_sequences": len(sequences),
-        "skipped_too_long": report.skipped_too_long,
-        "eval": evaluation,
-        "eval_extra": extra,
-    }
-    atomic_write_text(path, json.dumps(result, indent=2) + "\n")
-    return result
 
 
 def plan_budget(recipe: Recipe, expert_sequences: int, rule: str) -> Budget:
@@ -218,11 +170,14 @@ def run_compare(
     budget: str = "steps",
     recipe_source: str = "<recipe>",
     command: str | None = None,
+    base_from: Path | None = None,
 ) -> dict:
     """Train every (mode, seed) run (seeds: training.seed, +1, ...), evaluate, write results.
 
     Runs go seed by seed (all modes of seed s before seed s+1), so a partial comparison already
-    compares the modes. Returns the results dict that results.json holds.
+    compares the modes. `base_from`: another compare dir whose base-model evaluation is reused
+    when it evaluated the same model, settings and test problems (`compare_base`). Returns the
+    results dict that results.json holds.
     """
     console = console or Console()
     modes = tuple(modes)
@@ -236,7 +191,10 @@ def run_compare(
     seed_list = [recipe.training.seed + i for i in range(seeds)]
     out_dir = Path(out_dir)
     check_compare_dir(out_dir, recipe)
-    base = base_model_results(recipe, out_dir, console)
+    try:
+        base = base_model_results(recipe, out_dir, console, base_from)
+    except BaseReuseError as error:
+        raise CompareError(str(error)) from error
     plan = plan_budget(recipe, base["expert_sequences"], budget)
     console.print(f"[bold]budget[/bold] ({plan.rule}): {plan.describe(recipe)}", soft_wrap=True)
 
