@@ -136,6 +136,18 @@ def test_compare_two_modes_two_seeds_then_reuse(tiny_llama_dir, tmp_path):
     page = (out / "compare.html").read_text()  # the page: curves with seed spread, paired diffs
     for chart in ('id="compare-loss"', 'id="compare-accuracy"', 'id="compare-paired"'):
         assert chart in page
+    # results.md shows the same charts as SVG files beside it, every link resolving to one.
+    import re
+    import xml.etree.ElementTree as ElementTree
+
+    links = re.findall(r"!\[[^\]]+\]\(([^)]+)\)", markdown)
+    assert links == ["figures/compare-loss.svg", "figures/compare-accuracy.svg"] + [
+        "figures/compare-paired.svg"
+    ]
+    for link in links:
+        assert ElementTree.parse(out / link).getroot().tag.endswith("svg")
+    paired_svg = (out / "figures" / "compare-paired.svg").read_text()
+    assert "dft − sft" in paired_svg and "(synthetic-ood)" in paired_svg
     assert "vs sft (paired, 95 %)" in page and all(
         (out / f"{m}-seed3" / "report.html").is_file() for m in ("sft", "dft")
     )

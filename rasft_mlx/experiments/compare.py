@@ -32,7 +32,11 @@ from rasft_mlx.config import MODES, Recipe, recipe_to_dict, save_recipe
 from rasft_mlx.experiments.compare_base import RECIPE_FILE, BaseReuseError, base_model_results
 from rasft_mlx.experiments.compare_report import write_results
 from rasft_mlx.experiments.compare_results import Budget, build_results, collect_run
-from rasft_mlx.reporting.compare_page import COMPARE_FILE, write_compare_report
+from rasft_mlx.reporting.compare_page import (
+    COMPARE_FILE,
+    write_compare_figures,
+    write_compare_report,
+)
 from rasft_mlx.training.checkpoint import list_checkpoints, recipe_differences
 from rasft_mlx.training.step_plan import steps_per_epoch
 
@@ -213,13 +217,20 @@ def run_compare(
             if status == "reused":
                 console.print(f"reusing the finished run in {run_dir}")
             runs.append(collect_run(run_dir, mode, seed, status))
-            write_results(out_dir, results())
-            _write_page(out_dir, results(), console)
+            write_outputs(out_dir, results(), console)
     return results()
 
 
-def _write_page(out_dir: Path, results: dict, console: Console) -> None:
-    """compare.html next to results.json; a failure warns and the comparison goes on."""
+def write_outputs(out_dir: Path, results: dict, console: Console) -> None:
+    """results.json, results.md with its figures (OUT/figures/*.svg) and compare.html. The
+    figures and the page are drawn after the tables are safe: a drawing failure warns and the
+    comparison goes on."""
+    try:
+        figures = write_compare_figures(out_dir, results)
+    except Exception as error:
+        console.print(f"[yellow]warning[/yellow]: could not draw the figures: {error}")
+        figures = []
+    write_results(out_dir, results, figures)
     try:
         write_compare_report(out_dir, results)
     except Exception as error:

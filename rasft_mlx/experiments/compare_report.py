@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 from rich.table import Table
@@ -114,7 +115,17 @@ def _drift_lines(results: dict) -> list[str]:
     ]
 
 
-def results_markdown(results: dict) -> str:
+def _figure_lines(figures: Sequence[tuple[str, str]]) -> list[str]:
+    if not figures:
+        return []
+    lines = ["## Figures", ""]
+    for title, path in figures:
+        lines += [f"![{title}]({path})", ""]
+    return lines
+
+
+def results_markdown(results: dict, figures: Sequence[tuple[str, str]] = ()) -> str:
+    """results.md; `figures` are (title, path relative to the compare dir) of its charts."""
     modes, reference = results["modes"], results["modes"][0]
     base, summaries = results["base"], results["summary"]
     lines = [
@@ -163,6 +174,7 @@ def results_markdown(results: dict) -> str:
         "",
         *_extra_set_lines(results),
         *_drift_lines(results),
+        *_figure_lines(figures),
         "## Held-out pass@1 over training (mean ± std over seeds; @ mean step)",
         "",
     ]
@@ -301,8 +313,10 @@ def curves_table(results: dict) -> Table:
     return table
 
 
-def write_results(out_dir: Path, results: dict) -> tuple[Path, Path]:
+def write_results(
+    out_dir: Path, results: dict, figures: Sequence[tuple[str, str]] = ()
+) -> tuple[Path, Path]:
     json_path, md_path = out_dir / RESULTS_JSON, out_dir / RESULTS_MD
     atomic_write_text(json_path, json.dumps(results, indent=2) + "\n")
-    atomic_write_text(md_path, results_markdown(results))
+    atomic_write_text(md_path, results_markdown(results, figures))
     return json_path, md_path

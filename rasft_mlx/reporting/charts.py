@@ -24,6 +24,11 @@ class Chart:
     caption: str = ""
 
 
+def svg_text(chart: Chart) -> str:
+    """The chart's SVG document, for writing it to a file."""
+    return base64.b64decode(chart.data_uri.split(",", 1)[1]).decode("utf-8")
+
+
 def _figure(integer_x: bool = False) -> tuple[Figure, object]:
     figure = Figure(figsize=(WIDTH, HEIGHT), dpi=100, layout="constrained")
     axes = figure.add_subplot()

@@ -10,6 +10,7 @@ from rasft_mlx.reporting.page import Section, note, render_page, table
 from rasft_mlx.reporting.run_reader import ReportError, read_metrics
 
 COMPARE_FILE = "compare.html"
+FIGURES_DIR = "figures"
 
 
 def loss_curves(results: dict) -> list[tuple[str, list, list, list, list]]:
@@ -45,6 +46,8 @@ def accuracy_curves(results: dict) -> list[tuple[str, list, list, list, list]]:
 
 
 def paired_rows(results: dict) -> list[tuple[str, float, float, float]]:
+    """(label, difference, low, high) per mode against the reference: the test set, then each
+    extra test set (labelled with its name)."""
     reference = results["modes"][0]
     rows = []
     for mode, summary in results.get("summary", {}).items():
@@ -53,6 +56,11 @@ def paired_rows(results: dict) -> list[tuple[str, float, float, float]]:
             rows.append(
                 (f"{mode} − {reference}", paired["difference"], paired["low"], paired["high"])
             )
+    for mode, summary in results.get("summary", {}).items():
+        for name, paired in sorted(summary.get(f"extra_paired_vs_{reference}", {}).items()):
+            if paired:
+                label = f"{mode} − {reference} ({name})"
+                rows.append((label, paired["difference"], paired["low"], paired["high"]))
     return rows
 
 
@@ -72,8 +80,8 @@ def _paired_text(summary: dict, reference: str) -> str:
     )
 
 
-def build_compare_report(results: dict) -> str:
-    """The comparison page, from the dict results.json holds."""
+def compare_charts(results: dict) -> list[charts.Chart]:
+    """The comparison's charts: loss and accuracy by mode, paired differences."""
     reference = results["modes"][0]
     found = []
     losses = loss_curves(results)
@@ -111,6 +119,25 @@ def build_compare_report(results: dict) -> str:
                 caption="paired bootstrap over test problems and seeds, 95 % interval",
             )
         )
+    return found
+
+
+def write_compare_figures(out_dir: str | Path, results: dict) -> list[tuple[str, str]]:
+    """Each chart as OUT/figures/ID.svg (for results.md); returns (title, path relative to OUT)."""
+    written = []
+    for chart in compare_charts(results):
+        relative = f"{FIGURES_DIR}/{chart.chart_id}.svg"
+        path = Path(out_dir) / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, charts.svg_text(chart))
+        written.append((chart.title, relative))
+    return written
+
+
+def build_compare_report(results: dict) -> str:
+    """The comparison page, from the dict results.json holds."""
+    reference = results["modes"][0]
+    found = compare_charts(results)
     rows = []
     base = results.get("base")
     if base:
