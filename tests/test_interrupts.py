@@ -92,3 +92,54 @@ def test_resume_with_nothing_to_resume_is_an_error(tiny_llama_dir, tmp_path):
     assert process.returncode == 2
     assert "no checkpoint to resume in" in output and "never-ran" in output
     assert not (tmp_path / "never-ran").exists()
+
+
+def test_a_stop_during_the_final_extra_sets_leaves_no_summary_and_resume_finishes(
+    tiny_llama_dir, tmp_path, monkeypatch
+):
+    import json
+
+    import pytest
+
+    import rasft_mlx.commands.train as train_command
+    from rasft_mlx.progress import request_stop
+    from rasft_mlx.training.stop_signals import TrainingInterrupted
+
+    path = tmp_path / "recipe.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "model": {"path": str(tiny_llama_dir)},
+                "data": {"synthetic": {"n_train": 8, "n_test": 4, "n_ood": 4, "max_level": 1}},
+                "lora": {"rank": 4},
+                "training": {"epochs": 1, "batch_size": 4, "learning_rate": 1e-3},
+                "eval": {"max_new_tokens": 8, "extra_sets": ["synthetic-ood"]},
+            }
+        )
+    )
+    recipe = load_recipe(path)
+    quiet = Console(quiet=True)
+    whole = tmp_path / "whole"
+    run_training(recipe, whole, quiet)
+
+    real = train_command.evaluate_extra_sets
+
+    def stop_then_evaluate(*args, **kwargs):
+        request_stop()  # as the first SIGINT does, while the extra sets are evaluated
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train_command, "evaluate_extra_sets", stop_then_evaluate)
+    stopped = tmp_path / "stopped"
+    with pytest.raises(TrainingInterrupted):
+        run_training(recipe, stopped, quiet)
+    assert not (stopped / "summary.json").exists()  # compare must not take it for finished
+    monkeypatch.setattr(train_command, "evaluate_extra_sets", real)
+    run_training(recipe, stopped, quiet, resume=True)
+    finished = json.loads((stopped / "summary.json").read_text())
+    reference = json.loads((whole / "summary.json").read_text())
+    assert finished["eval_extra"]["synthetic-ood"]["problems"] == 4
+    for key in ("steps", "trained_tokens", "final_loss"):
+        assert finished[key] == reference[key]
+    assert finished["eval"]["pass_at_1"] == reference["eval"]["pass_at_1"]
+    ours = finished["eval_extra"]["synthetic-ood"]["pass_at_1"]
+    assert ours == reference["eval_extra"]["synthetic-ood"]["pass_at_1"]

@@ -204,7 +204,10 @@ def _train(run: _Run, stop_after, signals) -> TrainResult:
             )
         extra["drift"] = drift_from_start(loaded, recipe, run.test_problems, metrics, timings)
     except PhaseInterrupted as stopped:
-        console.print(f"stopped during {stopped}: final extra evaluations skipped")
+        # No summary.json: a run without its extra sets must not pass for a finished one (compare
+        # would take it); the last checkpoint is the finished training, so --resume redoes them.
+        console.print(f"stopped during {stopped}: --resume redoes the final evaluations")
+        raise signals.interruption(result.steps, loop.last_checkpoint) from None
     total_seconds = time.perf_counter() - run_started
     timings["other"] = max(total_seconds - sum(timings.values()), 0.0)
     summary = {
