@@ -191,8 +191,11 @@ def evaluate(
     """Greedy pass@1 (and avg@K with --samples K) with verified final answers, per benchmark."""
     from rasft_mlx.commands.evaluate import eval_config, parse_data_sources, run_benchmarks
     from rasft_mlx.display import benchmark_results_table
+    from rasft_mlx.progress import PhaseInterrupted
+    from rasft_mlx.training.stop_signals import interruptible
 
     out = out or Path("runs") / f"eval-{time.strftime('%Y%m%d-%H%M%S')}"
+    signals = None
     try:
         given = {"samples": samples, "temperature": temperature, "top_p": top_p}
         given |= {"max_new_tokens": max_new_tokens}
@@ -200,16 +203,25 @@ def evaluate(
         sources = parse_data_sources(data)
         if len(sources) == 1:
             sources = [("eval", sources[0][1])]
-        results = run_benchmarks(
-            model,
-            sources,
-            out,
-            config,
-            adapter=adapter,
-            data_format=data_format,
-            grader=grader,
-            seed=seed,
+        with interruptible(console) as signals:
+            results = run_benchmarks(
+                model,
+                sources,
+                out,
+                config,
+                adapter=adapter,
+                data_format=data_format,
+                grader=grader,
+                seed=seed,
+            )
+    except (PhaseInterrupted, KeyboardInterrupt) as stopped:
+        during = f" during {stopped}" if isinstance(stopped, PhaseInterrupted) else ""
+        console.print(
+            f"[bold yellow]interrupted[/bold yellow]{during}: nothing written for the benchmark "
+            f"it was evaluating (finished ones are in {out})",
+            soft_wrap=True,
         )
+        raise typer.Exit(code=signals.exit_code if signals else 130) from None
     except _user_errors() as error:
         _fail(error)
     console.print(benchmark_results_table(model, adapter, results))
@@ -322,6 +334,7 @@ def compare(
     from rasft_mlx.config import load_recipe, resolve_run_dir
     from rasft_mlx.experiments.compare import (
         CompareError,
+        CompareInterrupted,
         parse_modes,
         quick_variant,
         run_compare,
@@ -359,6 +372,13 @@ def compare(
             f"[bold yellow]interrupted[/bold yellow] ({stopped.reason}) after step "
             f"{stopped.step}; checkpoint {stopped.checkpoint}\ncontinue with: "
             + shlex.join(command),
+            soft_wrap=True,
+        )
+        raise typer.Exit(code=stopped.exit_code) from None
+    except CompareInterrupted as stopped:
+        console.print(
+            f"[bold yellow]{stopped}[/bold yellow]: nothing of it was kept\n"
+            "continue with: " + shlex.join(command),
             soft_wrap=True,
         )
         raise typer.Exit(code=stopped.exit_code) from None

@@ -30,6 +30,7 @@ PLAIN_EVERY_SECONDS = float(os.environ.get("RASFT_MLX_PROGRESS_EVERY", "10"))
 _console: Console | None = None
 _live: Progress | None = None
 _stop = threading.Event()
+_running_phases = 0
 
 
 class PhaseInterrupted(Exception):
@@ -46,6 +47,11 @@ def clear_stop() -> None:
 
 def stop_requested() -> bool:
     return _stop.is_set()
+
+
+def phase_running() -> bool:
+    """Whether a phase is running now (it checks for stop requests between its chunks)."""
+    return _running_phases > 0
 
 
 def check(label: str = "phase") -> None:
@@ -141,9 +147,12 @@ class PhaseReporter:
 @contextmanager
 def phase(label: str, total: int, unit: str = "sequences") -> Iterator[PhaseReporter]:
     """A long phase of `total` items: report progress through the yielded reporter."""
+    global _running_phases
     check(label)
     reporter = PhaseReporter(_console, label, total, unit)
+    _running_phases += 1
     try:
         yield reporter
     finally:
+        _running_phases -= 1
         reporter.close()

@@ -4,7 +4,10 @@ an uninterrupted one. Progress lines appear in non-terminal output during both p
 
 from __future__ import annotations
 
+import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -143,3 +146,79 @@ def test_a_stop_during_the_final_extra_sets_leaves_no_summary_and_resume_finishe
     assert finished["eval"]["pass_at_1"] == reference["eval"]["pass_at_1"]
     ours = finished["eval_extra"]["synthetic-ood"]["pass_at_1"]
     assert ours == reference["eval_extra"]["synthetic-ood"]["pass_at_1"]
+
+
+def start_command(*args: str) -> subprocess.Popen:
+    """A real `rasft-mlx ...` process with plain progress lines as often as they come."""
+    env = {**os.environ, "RASFT_MLX_PROGRESS_EVERY": "0", "HF_HUB_OFFLINE": "1"}
+    command = [sys.executable, "-m", "rasft_mlx.cli", *args]
+    return subprocess.Popen(
+        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+
+
+def signal_at(process, prefix: str, sig: signal.Signals) -> tuple[int, str, float]:
+    """Read the output until a line starting with `prefix`, then send `sig`."""
+    lines = []
+    for line in process.stdout:
+        lines.append(line)
+        if line.startswith(prefix):
+            sent = time.monotonic()
+            process.send_signal(sig)
+            rest, _ = process.communicate(timeout=TIMEOUT)
+            return process.returncode, "".join(lines) + rest, time.monotonic() - sent
+    process.wait(timeout=TIMEOUT)
+    raise AssertionError(f"no {prefix!r} line:\n{''.join(lines)}")
+
+
+def test_eval_shows_progress_and_sigint_stops_it_with_nothing_half_written(
+    tiny_llama_dir, tmp_path
+):
+    out = tmp_path / "eval"
+    process = start_command(
+        "eval", "--model", str(tiny_llama_dir), "--data", "synthetic", "--limit", "200",
+        "--max-new-tokens", "96", "--batch-size", "4", "--out", str(out),
+    )  # fmt: skip
+    code, output, seconds = signal_at(process, "eval: ", signal.SIGINT)
+    assert code == 130, output
+    assert seconds < EXIT_WITHIN_SECONDS, f"exited {seconds:.1f} s after SIGINT"
+    assert "interrupted during generation" in output and "Traceback" not in output, output
+    assert not (out / "eval.jsonl").exists() and not (out / "eval-summary.json").exists()
+
+
+def test_compare_sigterm_during_the_base_models_evaluation(tiny_llama_dir, tmp_path):
+    from test_compare import write_recipe as write_compare_recipe
+
+    recipe = write_compare_recipe(tmp_path / "recipe.yaml", tiny_llama_dir)
+    settings = ["--set", "data.synthetic.n_test=200", "--set", "eval.max_new_tokens=96"]
+    settings += ["--set", "eval.batch_size=4"]
+    out = tmp_path / "compare"
+    process = start_command("compare", str(recipe), "--modes", "sft", "--seeds", "1",
+                            "--out", str(out), *settings)  # fmt: skip
+    code, output, seconds = signal_at(process, "eval: ", signal.SIGTERM)
+    assert code == 143, output
+    assert seconds < EXIT_WITHIN_SECONDS, f"exited {seconds:.1f} s after SIGTERM"
+    assert "interrupted during the base model's evaluation" in output, output
+    assert "continue with: rasft-mlx compare" in output and "Traceback" not in output
+    assert not (out / "base" / "base.json").exists()
+
+
+def test_a_signal_outside_any_phase_interrupts_at_once_inside_one_it_asks_to_stop():
+    import pytest
+
+    from rasft_mlx.progress import PhaseInterrupted, check, phase, stop_requested
+    from rasft_mlx.training.stop_signals import interruptible
+
+    quiet = Console(quiet=True)
+    with pytest.raises(KeyboardInterrupt), interruptible(quiet) as signals:
+        os.kill(os.getpid(), signal.SIGINT)  # e.g. while a dataset downloads
+        time.sleep(5)
+    assert signals.exit_code == 130
+    with pytest.raises(PhaseInterrupted), interruptible(quiet) as signals:
+        with phase("eval", 10):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.1)  # the handler runs; nothing is raised inside the chunk
+            assert stop_requested()
+            check("eval")
+    assert signals.exit_code == 143 and not stop_requested()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

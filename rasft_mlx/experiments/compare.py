@@ -32,6 +32,7 @@ from rasft_mlx.config import MODES, Recipe, recipe_to_dict, save_recipe
 from rasft_mlx.experiments.compare_base import RECIPE_FILE, BaseReuseError, base_model_results
 from rasft_mlx.experiments.compare_report import write_results
 from rasft_mlx.experiments.compare_results import Budget, build_results, collect_run
+from rasft_mlx.progress import PhaseInterrupted
 from rasft_mlx.reporting.compare_page import (
     COMPARE_FILE,
     write_compare_figures,
@@ -39,12 +40,22 @@ from rasft_mlx.reporting.compare_page import (
 )
 from rasft_mlx.training.checkpoint import list_checkpoints, recipe_differences
 from rasft_mlx.training.step_plan import steps_per_epoch
+from rasft_mlx.training.stop_signals import interruptible
 
 BUDGETS = ("steps", "epochs")
 
 
 class CompareError(ValueError):
     """An invalid comparison request, or a compare dir made with a different recipe."""
+
+
+class CompareInterrupted(Exception):
+    """SIGINT/SIGTERM during the base model's evaluation; nothing of it was kept."""
+
+    def __init__(self, during: str, exit_code: int):
+        super().__init__(f"interrupted during {during}")
+        self.during = during
+        self.exit_code = exit_code
 
 
 def parse_modes(text: str) -> tuple[str, ...]:
@@ -196,9 +207,15 @@ def run_compare(
     out_dir = Path(out_dir)
     check_compare_dir(out_dir, recipe)
     try:
-        base = base_model_results(recipe, out_dir, console, base_from)
+        with interruptible(console) as signals:
+            base = base_model_results(recipe, out_dir, console, base_from)
     except BaseReuseError as error:
         raise CompareError(str(error)) from error
+    except (PhaseInterrupted, KeyboardInterrupt) as stopped:
+        during = str(stopped) if isinstance(stopped, PhaseInterrupted) else "loading"
+        raise CompareInterrupted(
+            f"the base model's evaluation ({during})", signals.exit_code
+        ) from None
     plan = plan_budget(recipe, base["expert_sequences"], budget)
     console.print(f"[bold]budget[/bold] ({plan.rule}): {plan.describe(recipe)}", soft_wrap=True)
 

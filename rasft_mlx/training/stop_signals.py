@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import signal
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from rich.console import Console
 
 import rasft_mlx.distributed as distributed
-from rasft_mlx.progress import clear_stop, request_stop
+from rasft_mlx.progress import attached, clear_stop, phase_running, request_stop
+
+TRAINING_STOP = "stopping after the current step or chunk, then writing a checkpoint"
 
 
 class TrainingInterrupted(Exception):
@@ -28,8 +32,9 @@ class StopSignals:
 
     CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
 
-    def __init__(self, console: Console):
+    def __init__(self, console: Console, announcement: str = TRAINING_STOP):
         self.console = console
+        self.announcement = announcement
         self.requested: signal.Signals | None = None
         self.test_reason: str | None = None
         self._previous: dict = {}
@@ -58,9 +63,14 @@ class StopSignals:
         if not distributed.distributed():
             request_stop()
         self.console.print(
-            f"[bold yellow]{sig.name}[/bold yellow]: stopping after the current step or chunk, "
-            "then writing a checkpoint (send it again to stop at once)"
+            f"[bold yellow]{sig.name}[/bold yellow]: {self.announcement} "
+            "(send it again to stop at once)"
         )
+
+    @property
+    def exit_code(self) -> int:
+        """The shell's code for the signal that asked to stop (130 SIGINT, 143 SIGTERM)."""
+        return self.CODES.get(self.requested, 1)
 
     @property
     def stop(self) -> bool:
@@ -86,3 +96,25 @@ class StopSignals:
         else:
             name, code = self.test_reason or "stop requested", 0
         return TrainingInterrupted(name, step, checkpoint, code)
+
+
+class PhaseStopSignals(StopSignals):
+    """Stop requests for a job made of phases and nothing else to finish (an evaluation): inside
+    a phase the first signal ends it at its next chunk; outside one (loading a model, reading a
+    dataset) it raises KeyboardInterrupt at once, since there is no step boundary to wait for."""
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested is None and not phase_running():
+            self.requested = signal.Signals(signum)
+            raise KeyboardInterrupt
+        super()._handle(signum, frame)
+
+
+@contextmanager
+def interruptible(console: Console) -> Iterator[StopSignals]:
+    """A long job outside the training loop (an evaluation): its phases show progress on
+    `console`; the first SIGINT/SIGTERM ends it within seconds, by `progress.PhaseInterrupted`
+    inside a phase or KeyboardInterrupt outside one. The caller reports either and exits with
+    `signals.exit_code`."""
+    with PhaseStopSignals(console, "stopping the running phase") as signals, attached(console):
+        yield signals
