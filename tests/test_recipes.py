@@ -22,3 +22,31 @@ def test_gsm8k_and_quickstart_recipes_run_rasft():
     assert {"gsm8k.yaml", "quickstart.yaml"} <= names
     for name in ("gsm8k.yaml", "quickstart.yaml"):
         assert load_recipe(RECIPES[0].parent / name).training.mode == "rasft"
+
+
+def test_the_authors_protocol_comparison_reads_beside_the_main_one():
+    """Same base-model evaluation (so --base-from applies), same step budget, and the protocol
+    holds every key the authors fix except the ones the recipe names as changed for this CPU."""
+    from rasft_mlx.experiments.compare import plan_budget
+    from rasft_mlx.experiments.compare_base import evaluation_identity, identity_differences
+    from rasft_mlx.protocols import protocol_report
+    from rasft_mlx.training.final_evaluation import load_extra_sets
+    from rasft_mlx.training.run_data import load_run_data
+
+    folder = RECIPES[0].parent
+    main = load_recipe(folder / "compare-synthetic.yaml")
+    authors = load_recipe(folder / "compare-synthetic-authors.yaml")
+    identities = []
+    for recipe in (main, authors):
+        train, test = load_run_data(recipe)
+        identities.append(evaluation_identity(recipe, test, load_extra_sets(recipe)))
+    assert identity_differences(*identities) == []
+    assert plan_budget(main, 96, "steps").max_steps == plan_budget(authors, 288, "steps").max_steps
+    assert load_run_data(authors)[0][:96] == load_run_data(main)[0]
+    _, changed = protocol_report(authors)
+    assert sorted(c.split(":")[0] for c in changed) == [
+        "eval.max_new_tokens",
+        "eval.samples",
+        "rollout.max_new_tokens",
+        "training.mode",
+    ]
