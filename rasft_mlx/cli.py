@@ -6,7 +6,7 @@ import os
 import shlex
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 from rich.console import Console
@@ -33,6 +33,12 @@ def _fail(error: Exception) -> None:
     # Text, not markup: messages quote user input such as "[0, 1]"; soft_wrap keeps paths whole.
     error_console.print(Text.assemble(("error: ", "bold red"), str(error)), soft_wrap=True)
     raise typer.Exit(code=2)
+
+
+def _stopped(headline: str, detail: str, code: int) -> NoReturn:
+    """Report an interrupted command (what it kept, how to go on); exit with the signal's code."""
+    console.print(Text.assemble((headline, "bold yellow"), detail), soft_wrap=True)
+    raise typer.Exit(code=code)
 
 
 def _user_errors() -> tuple[type[Exception], ...]:
@@ -127,12 +133,8 @@ def train(
         command = ["rasft-mlx", "train", str(recipe), "--resume"]
         command += [f"--out={out}"] if out and not recipe.is_dir() else []
         command += [f"--set={item}" for item in set_ or []]
-        console.print(
-            f"[bold yellow]interrupted[/bold yellow] ({stopped.reason}) after step "
-            f"{stopped.step}; checkpoint {stopped.checkpoint}\nresume with: " + shlex.join(command),
-            soft_wrap=True,
-        )
-        raise typer.Exit(code=stopped.exit_code) from None
+        where = f" ({stopped.reason}) after step {stopped.step}; checkpoint {stopped.checkpoint}"
+        _stopped("interrupted", f"{where}\nresume with: {shlex.join(command)}", stopped.exit_code)
     except _user_errors() as error:
         _fail(error)
     table = Table(title="run finished", show_header=False)
@@ -216,12 +218,8 @@ def evaluate(
             )
     except (PhaseInterrupted, KeyboardInterrupt) as stopped:
         during = f" during {stopped}" if isinstance(stopped, PhaseInterrupted) else ""
-        console.print(
-            f"[bold yellow]interrupted[/bold yellow]{during}: nothing written for the benchmark "
-            f"it was evaluating (finished ones are in {out})",
-            soft_wrap=True,
-        )
-        raise typer.Exit(code=signals.exit_code if signals else 130) from None
+        kept = f": nothing written for the benchmark it was on (finished ones are in {out})"
+        _stopped(f"interrupted{during}", kept, signals.exit_code if signals else 130)
     except _user_errors() as error:
         _fail(error)
     console.print(benchmark_results_table(model, adapter, results))
@@ -368,20 +366,11 @@ def compare(
             base_from=base_from,
         )
     except TrainingInterrupted as stopped:
-        console.print(
-            f"[bold yellow]interrupted[/bold yellow] ({stopped.reason}) after step "
-            f"{stopped.step}; checkpoint {stopped.checkpoint}\ncontinue with: "
-            + shlex.join(command),
-            soft_wrap=True,
-        )
-        raise typer.Exit(code=stopped.exit_code) from None
+        where = f" ({stopped.reason}) after step {stopped.step}; checkpoint {stopped.checkpoint}"
+        _stopped("interrupted", f"{where}\ncontinue with: {shlex.join(command)}", stopped.exit_code)
     except CompareInterrupted as stopped:
-        console.print(
-            f"[bold yellow]{stopped}[/bold yellow]: nothing of it was kept\n"
-            "continue with: " + shlex.join(command),
-            soft_wrap=True,
-        )
-        raise typer.Exit(code=stopped.exit_code) from None
+        detail = f": nothing of it was kept\ncontinue with: {shlex.join(command)}"
+        _stopped(str(stopped), detail, stopped.exit_code)
     except (CompareError, *_user_errors()) as error:
         _fail(error)
     console.print(curves_table(results))
