@@ -413,3 +413,56 @@ def test_base_from_reuses_an_identical_base_eval_and_refuses_another(
         base_model_results(recipe, tmp_path / "fifth", console, base_from=tmp_path / "nowhere")
     for refused in ("third", "fourth", "fifth"):
         assert not (tmp_path / refused / "base" / "base.json").exists()
+
+
+def test_refresh_signal_by_hand():
+    from rasft_mlx.experiments.compare_report import _signal_lines
+    from rasft_mlx.experiments.compare_results import refresh_signal
+
+    def row(refresh, routes, trained, weight=None, at_min=None):
+        return {
+            "refresh": refresh,
+            "weight_routes": routes,
+            "rollouts_trained": trained,
+            "rollout_weight": None if weight is None else {"mean": weight},
+            "ratio_clip_since_last_refresh": None if at_min is None else {"at_min": at_min},
+        }
+
+    runs = [
+        {"mode": "sft", "seed": 0},
+        {
+            "mode": "rasft",
+            "seed": 0,
+            "refreshes": [
+                row(1, {"no_rollouts": 48, "fallback_empty": 40, "fallback_unsolved": 8}, 0),
+                row(2, {"weighted": 5, "fallback_unsolved": 42, "no_rollouts": 49}, 5, 0.005, 0.2),
+            ],
+        },
+        {
+            "mode": "rasft",
+            "seed": 1,
+            "refreshes": [
+                row(1, {"no_rollouts": 2, "weighted": 2}, 4, 0.01),
+                row(2, {"weighted": 1, "no_rollouts": 3}, 1, 0.02, 0.5),
+            ],
+        },
+    ]
+    signal = refresh_signal(runs)
+    assert list(signal) == ["rasft"]
+    first, second = signal["rasft"]
+    assert first == {
+        "refresh": 1,
+        "seeds": 2,
+        "weighted_share": pytest.approx((0 / 96 + 2 / 4) / 2),
+        "rollouts_trained": 2.0,
+        "rollout_weight": pytest.approx(0.01),  # seed 0 trained none: no weight to average
+        "ratio_at_min_before": None,  # the first refresh comes before any step
+    }
+    assert second["weighted_share"] == pytest.approx((5 / 96 + 1 / 4) / 2)
+    assert second["rollout_weight"] == pytest.approx(0.0125)
+    assert second["ratio_at_min_before"] == pytest.approx(0.35)
+    assert second["rollouts_trained"] == 3.0
+    # results.md shows it as shares
+    text = "\n".join(_signal_lines({"refresh_signal": signal}))
+    assert "| rasft | 1 | 25.0% | 2.0 | 0.010 | - |" in text
+    assert "| rasft | 2 | 15.1% | 3.0 | 0.013 | 35.0% |" in text

@@ -115,6 +115,39 @@ def _drift_lines(results: dict) -> list[str]:
     ]
 
 
+def _signal_lines(results: dict) -> list[str]:
+    """Where the rollout modes depart from SFT, per refresh (means over seeds)."""
+    signal = results.get("refresh_signal") or {}
+    if not signal:
+        return []
+    lines = [
+        "## Where the rollouts change training (per refresh, mean over seeds)",
+        "",
+        "| mode | refresh | problems weighted by their group | rollouts trained "
+        "| rollout weight | sequences on the ratio floor before it |",
+        "|---|---|---|---|---|---|",
+    ]
+    for mode, rows in signal.items():
+        for row in rows:
+            lines.append(
+                f"| {mode} | {row['refresh']} | {_share_text(row['weighted_share'])} "
+                f"| {row['rollouts_trained']:.1f} | {_pct(row['rollout_weight'])} "
+                f"| {_share_text(row['ratio_at_min_before'])} |"
+            )
+    return lines + [
+        "",
+        "A problem's expert weight departs from 1 only when its rollout group sets it ('weighted');"
+        " unsolved, degenerate or empty groups and problems not rolled out keep weight 1, as in"
+        " SFT. A sequence on the ratio floor has its loss scaled by rasft.ratio_min: the policy"
+        " already gives it more probability than the reference, by the clip's margin.",
+        "",
+    ]
+
+
+def _share_text(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1%}"
+
+
 def _figure_lines(figures: Sequence[tuple[str, str]]) -> list[str]:
     if not figures:
         return []
@@ -174,6 +207,7 @@ def results_markdown(results: dict, figures: Sequence[tuple[str, str]] = ()) -> 
         "",
         *_extra_set_lines(results),
         *_drift_lines(results),
+        *_signal_lines(results),
         *_figure_lines(figures),
         "## Held-out pass@1 over training (mean ± std over seeds; @ mean step)",
         "",

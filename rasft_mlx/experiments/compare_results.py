@@ -281,6 +281,47 @@ def key_settings(recipe: Recipe) -> dict:
     }
 
 
+def _share(part: float, whole: float) -> float | None:
+    return part / whole if whole else None
+
+
+def _mean_present(values: Sequence[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return statistics.fmean(present) if present else None
+
+
+def refresh_signal(runs: list[dict]) -> dict[str, list[dict]]:
+    """Per rollout mode and refresh, means over seeds of where the method departs from SFT: the
+    share of problems whose expert weight came from their rollout group (route 'weighted'; the
+    others keep weight 1: not rolled out, or a fallback), the rollouts trained and their mean
+    weight, and the share of sequences on the ratio floor during the steps before the refresh."""
+    by_mode: dict[str, dict[int, list[dict]]] = {}
+    for run in runs:
+        for row in run.get("refreshes") or []:
+            by_mode.setdefault(run["mode"], {}).setdefault(row["refresh"], []).append(row)
+    signal = {}
+    for mode, by_refresh in by_mode.items():
+        rows = []
+        for refresh, found in sorted(by_refresh.items()):
+            routes = [row.get("weight_routes") or {} for row in found]
+            clip = [row.get("ratio_clip_since_last_refresh") or {} for row in found]
+            rollout_weight = [(row.get("rollout_weight") or {}).get("mean") for row in found]
+            rows.append(
+                {
+                    "refresh": refresh,
+                    "seeds": len(found),
+                    "weighted_share": _mean_present(
+                        [_share(r.get("weighted", 0), sum(r.values())) for r in routes]
+                    ),
+                    "rollouts_trained": statistics.fmean(r["rollouts_trained"] for r in found),
+                    "rollout_weight": _mean_present(rollout_weight),
+                    "ratio_at_min_before": _mean_present([c.get("at_min") for c in clip]),
+                }
+            )
+        signal[mode] = rows
+    return signal
+
+
 def build_results(
     recipe: Recipe,
     recipe_source: str,
@@ -334,5 +375,6 @@ def build_results(
         "base_extra": base.get("eval_extra") or {},
         "summary": summaries,
         "curves": curves,
+        "refresh_signal": refresh_signal(runs),
         "runs": runs,
     }
