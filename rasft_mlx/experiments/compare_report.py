@@ -139,7 +139,8 @@ def _signal_lines(results: dict) -> list[str]:
         "A problem's expert weight departs from 1 only when its rollout group sets it ('weighted');"
         " unsolved, degenerate or empty groups and problems not rolled out keep weight 1, as in"
         " SFT. A sequence on the ratio floor has its loss scaled by rasft.ratio_min: the policy"
-        " already gives it more probability than the reference, by the clip's margin.",
+        " gives its tokens at least 1/ratio_min times the reference's probability (geometric"
+        " mean per token), so it has drifted towards it by at least that much.",
         "",
     ]
 
