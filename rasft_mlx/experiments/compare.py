@@ -19,22 +19,26 @@ RASFT then trains on more batches).
 
 from __future__ import annotations
 
-import gc
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
-import mlx.core as mx
 import yaml
 from rich.console import Console
 
 from rasft_mlx.config import MODES, Recipe, recipe_to_dict, save_recipe
-from rasft_mlx.experiments.compare_base import RECIPE_FILE, BaseReuseError, base_model_results
+from rasft_mlx.experiments.compare_base import (
+    RECIPE_FILE,
+    BaseReuseError,
+    base_model_results,
+    free_memory,
+)
 from rasft_mlx.experiments.compare_report import write_results
 from rasft_mlx.experiments.compare_results import Budget, build_results, collect_run
 from rasft_mlx.progress import PhaseInterrupted
 from rasft_mlx.reporting.compare_page import (
     COMPARE_FILE,
+    compare_charts,
     write_compare_figures,
     write_compare_report,
 )
@@ -128,11 +132,6 @@ def check_compare_dir(out_dir: Path, recipe: Recipe) -> None:
     save_recipe(recipe, saved)
 
 
-def _free_memory() -> None:
-    gc.collect()
-    mx.clear_cache()
-
-
 def plan_budget(recipe: Recipe, expert_sequences: int, rule: str) -> Budget:
     if rule not in BUDGETS:
         raise CompareError(f"--budget: must be one of {', '.join(BUDGETS)}, got {rule!r}")
@@ -166,7 +165,7 @@ def _run_one(recipe: Recipe, run_dir: Path, console: Console) -> str:
         return "reused"
     started = (run_dir / "recipe.yaml").is_file() or bool(list_checkpoints(run_dir))
     run_training(recipe, run_dir, console, resume="auto" if started else False)
-    _free_memory()
+    free_memory()
     return "trained"
 
 
@@ -243,13 +242,14 @@ def write_outputs(out_dir: Path, results: dict, console: Console) -> None:
     figures and the page are drawn after the tables are safe: a drawing failure warns and the
     comparison goes on."""
     try:
-        figures = write_compare_figures(out_dir, results)
+        charts = compare_charts(results)
+        figures = write_compare_figures(out_dir, charts)
     except Exception as error:
         console.print(f"[yellow]warning[/yellow]: could not draw the figures: {error}")
-        figures = []
+        charts, figures = None, []
     write_results(out_dir, results, figures)
     try:
-        write_compare_report(out_dir, results)
+        write_compare_report(out_dir, results, charts)
     except Exception as error:
         console.print(
             f"[yellow]warning[/yellow]: could not write {out_dir / COMPARE_FILE}: {error}"

@@ -64,7 +64,8 @@ def identity_differences(ours: dict[str, object], theirs: dict[str, object]) -> 
     return [key for key in sorted(set(ours) | set(theirs)) if ours.get(key) != theirs.get(key)]
 
 
-def _free_memory() -> None:
+def free_memory() -> None:
+    """Give MLX's cached buffers back after a model is dropped."""
     gc.collect()
     mx.clear_cache()
 
@@ -148,7 +149,7 @@ def base_model_results(
             )
             extra[name] = summary.as_dict()
         del loaded
-    _free_memory()
+    free_memory()
     result = {
         "model": recipe.model.path,
         "train_problems": len(train_problems),

@@ -122,10 +122,10 @@ def compare_charts(results: dict) -> list[charts.Chart]:
     return found
 
 
-def write_compare_figures(out_dir: str | Path, results: dict) -> list[tuple[str, str]]:
+def write_compare_figures(out_dir: str | Path, drawn: list[charts.Chart]) -> list[tuple[str, str]]:
     """Each chart as OUT/figures/ID.svg (for results.md); returns (title, path relative to OUT)."""
     written = []
-    for chart in compare_charts(results):
+    for chart in drawn:
         relative = f"{FIGURES_DIR}/{chart.chart_id}.svg"
         path = Path(out_dir) / relative
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -134,10 +134,11 @@ def write_compare_figures(out_dir: str | Path, results: dict) -> list[tuple[str,
     return written
 
 
-def build_compare_report(results: dict) -> str:
-    """The comparison page, from the dict results.json holds."""
+def build_compare_report(results: dict, drawn: list[charts.Chart] | None = None) -> str:
+    """The comparison page, from the dict results.json holds (`drawn`: its charts, when the
+    caller has them already)."""
     reference = results["modes"][0]
-    found = compare_charts(results)
+    found = compare_charts(results) if drawn is None else drawn
     rows = []
     base = results.get("base")
     if base:
@@ -181,7 +182,9 @@ def build_compare_report(results: dict) -> str:
     return render_page("rasft-mlx compare", subtitle, sections)
 
 
-def write_compare_report(out_dir: str | Path, results: dict) -> Path:
+def write_compare_report(
+    out_dir: str | Path, results: dict, drawn: list[charts.Chart] | None = None
+) -> Path:
     path = Path(out_dir) / COMPARE_FILE
-    atomic_write_text(path, build_compare_report(results))
+    atomic_write_text(path, build_compare_report(results, drawn))
     return path
