@@ -76,23 +76,17 @@ def test_drift_equals_an_independent_full_logits_computation(tiny_llama_dir):
     assert measure_drift(model, sequences, 2, 8).kl_ref_policy > report.kl_ref_policy
 
 
-def test_a_run_reports_drift_and_its_extra_test_sets(tiny_llama_dir, tmp_path):
-    import json
-
+def write_drift_recipe(path, model_dir, seed=0):
     import yaml
 
-    from rasft_mlx.commands.train import run_training
-    from rasft_mlx.config import load_recipe
-
-    recipe_path = tmp_path / "recipe.yaml"
     synthetic = {"n_train": 16, "n_test": 4, "min_level": 1, "max_level": 1, "n_ood": 3}
-    recipe_path.write_text(
+    path.write_text(
         yaml.safe_dump(
             {
-                "model": {"path": str(tiny_llama_dir)},
+                "model": {"path": str(model_dir)},
                 "data": {"synthetic": {**synthetic, "ood_min_level": 2, "ood_max_level": 2}},
                 "lora": {"rank": 4},
-                "training": {"mode": "sft", "batch_size": 8, "learning_rate": 5e-3},
+                "training": {"mode": "sft", "batch_size": 8, "learning_rate": 5e-3, "seed": seed},
                 "eval": {
                     "max_new_tokens": 8,
                     "before_training": True,
@@ -102,6 +96,26 @@ def test_a_run_reports_drift_and_its_extra_test_sets(tiny_llama_dir, tmp_path):
             }
         )
     )
+    return path
+
+
+def drift_events(run_dir):
+    import json
+
+    return [
+        record
+        for record in map(json.loads, (run_dir / "metrics.jsonl").open())
+        if record["event"] == "drift"
+    ]
+
+
+def test_a_run_reports_drift_and_its_extra_test_sets(tiny_llama_dir, tmp_path):
+    import json
+
+    from rasft_mlx.commands.train import run_training
+    from rasft_mlx.config import load_recipe
+
+    recipe_path = write_drift_recipe(tmp_path / "recipe.yaml", tiny_llama_dir)
     run_dir = tmp_path / "run"
     run_training(load_recipe(recipe_path), run_dir)
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -114,3 +128,51 @@ def test_a_run_reports_drift_and_its_extra_test_sets(tiny_llama_dir, tmp_path):
     events = [json.loads(line)["event"] for line in (run_dir / "metrics.jsonl").open()]
     assert events.count("eval_extra") == 2 and events.count("drift") == 1
     assert summary["wall_time_split_seconds"]["drift"] > 0
+
+
+def test_kept_answers_round_trip_and_other_settings_refuse_them(tmp_path):
+    from rasft_mlx.data.encoding import TrainingSequence
+    from rasft_mlx.training.drift import answers_identity, load_answers, save_answers
+
+    problems = generate_problems(3, seed=0, min_level=1, max_level=1)
+    identity = answers_identity({"path": "m", "lora": (1, 2)}, problems, "sys", 8, 4)
+    answers = [TrainingSequence("a", (1, 2, 3, 4), 2), TrainingSequence("b", (5, 6, 7), 1)]
+    path = tmp_path / "answers.json"
+    save_answers(path, identity, answers)
+    assert load_answers(path, identity) == answers
+    changed = [
+        answers_identity({"path": "m", "lora": (1, 2)}, problems, "sys", 8, 5),
+        answers_identity({"path": "m", "lora": (1, 2)}, problems, "other", 8, 4),
+        answers_identity({"path": "m", "lora": (1, 2)}, problems[:2], "sys", 8, 4),
+        answers_identity({"path": "n", "lora": (1, 2)}, problems, "sys", 8, 4),
+    ]
+    assert all(load_answers(path, other) is None for other in changed)
+    path.write_text('{"identity": ')  # a torn file is regenerated, not an error
+    assert load_answers(path, identity) is None
+    assert load_answers(tmp_path / "absent.json", identity) is None
+
+
+def test_runs_sharing_an_answers_file_generate_them_once_and_measure_the_same(
+    tiny_llama_dir, tmp_path
+):
+    import json
+
+    from rasft_mlx.commands.train import run_training
+    from rasft_mlx.config import load_recipe
+
+    answers = tmp_path / "drift-answers.json"
+    first = load_recipe(write_drift_recipe(tmp_path / "first.yaml", tiny_llama_dir, seed=0))
+    second = load_recipe(write_drift_recipe(tmp_path / "second.yaml", tiny_llama_dir, seed=1))
+    run_training(first, tmp_path / "first", drift_answers=answers)
+    run_training(second, tmp_path / "second", drift_answers=answers)
+    run_training(second, tmp_path / "alone")  # the same run, answers generated in the run
+    assert [e["answers_reused"] for e in drift_events(tmp_path / "first")] == [False]
+    assert [e["answers_reused"] for e in drift_events(tmp_path / "second")] == [True]
+    kept = json.loads(answers.read_text())["answers"]
+    assert len(kept) == 3 and all(len(a["tokens"]) > a["prompt_length"] for a in kept)
+
+    def drift(name):
+        return json.loads((tmp_path / name / "summary.json").read_text())["drift"]
+
+    assert drift("second") == drift("alone")
+    assert drift("second") != drift("first")  # another seed: another tuned model

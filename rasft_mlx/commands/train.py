@@ -48,6 +48,7 @@ def run_training(
     resume: bool | str = False,
     force: bool = False,
     stop_after: int | None = None,
+    drift_answers: Path | None = None,
 ) -> TrainResult:
     """Everything `rasft-mlx train` does, callable from tests.
 
@@ -56,6 +57,9 @@ def run_training(
     that has checkpoints. stop_after: a test hook that interrupts the run after that step.
     SIGINT/SIGTERM stop at the next step or chunk of a long phase, write a checkpoint and raise
     TrainingInterrupted; long phases report progress on `console`.
+
+    drift_answers: a file that keeps the starting model's answers for the drift measurement
+    across runs of the same model and settings (compare passes one per comparison).
 
     Under `mlx.launch` (several ranks) it is one run: rank 0 alone prints and writes `run_dir`
     and feeds the trackers; a rank that dies ends the others (peer_watchdog.py).
@@ -66,7 +70,9 @@ def run_training(
         console = Console(quiet=True)
     try:
         with rank_run_dir(run_dir) as own_dir, StopSignals(console) as signals, attached(console):
-            result = _run_training(recipe, own_dir, console, resume, force, stop_after, signals)
+            result = _run_training(
+                recipe, own_dir, console, resume, force, stop_after, signals, drift_answers
+            )
     except TrainingInterrupted:
         if watchdog is not None:  # every rank stopped at the same step
             watchdog.finish()
@@ -107,9 +113,12 @@ class _Run:
     encoding: object
     metrics: MetricsLog
     checkpoint: object
+    drift_answers: Path | None = None
 
 
-def _run_training(recipe, run_dir, console, resume, force, stop_after, signals) -> TrainResult:
+def _run_training(
+    recipe, run_dir, console, resume, force, stop_after, signals, drift_answers=None
+) -> TrainResult:
     check_installed(recipe.output.report_to)  # before the model loads
     mx.random.seed(recipe.training.seed)
     train_problems, test_problems = load_run_data(recipe)
@@ -147,6 +156,7 @@ def _run_training(recipe, run_dir, console, resume, force, stop_after, signals) 
         encoding=encoding,
         metrics=metrics,
         checkpoint=checkpoint,
+        drift_answers=drift_answers,
     )
     trackers = recipe.output.report_to if distributed.is_main() else ()
     with tracking(metrics, trackers, run_dir, recipe_to_dict(recipe)):
@@ -202,7 +212,9 @@ def _train(run: _Run, stop_after, signals) -> TrainResult:
             extra["eval_extra"] = evaluate_extra_sets(
                 loaded, recipe, run.extra_sets, run_dir, "final", metrics, timings
             )
-        extra["drift"] = drift_from_start(loaded, recipe, run.test_problems, metrics, timings)
+        extra["drift"] = drift_from_start(
+            loaded, recipe, run.test_problems, metrics, timings, run.drift_answers
+        )
     except PhaseInterrupted as stopped:
         # No summary.json: a run without its extra sets must not pass for a finished one (compare
         # would take it); the last checkpoint is the finished training, so --resume redoes them.

@@ -1,7 +1,8 @@
 """Compare training modes over seeds: same model, data, step budget and evaluation for each.
 
 `run_compare` trains one run per (mode, seed) in `OUT/<mode>-seed<seed>/` with the trainer, evaluates
-the base model once (`OUT/base/`), and writes `OUT/results.json`, `OUT/results.md` and the page
+the base model once (`OUT/base/`; the first run keeps the starting model's drift answers in
+`OUT/drift-answers.json` for the others), and writes `OUT/results.json`, `OUT/results.md` and the page
 `OUT/compare.html` after every run (`compare_results` aggregates, `compare_report` renders,
 `reporting/compare_page` draws), so partial results are readable while a comparison goes on. A run dir that already holds a
 finished run (its `summary.json`) is reused; one with checkpoints but no summary is resumed; so
@@ -47,6 +48,7 @@ from rasft_mlx.training.step_plan import steps_per_epoch
 from rasft_mlx.training.stop_signals import interruptible
 
 BUDGETS = ("steps", "epochs")
+DRIFT_ANSWERS_FILE = "drift-answers.json"  # the starting model's answers, shared by the runs
 
 
 class CompareError(ValueError):
@@ -150,7 +152,7 @@ def plan_budget(recipe: Recipe, expert_sequences: int, rule: str) -> Budget:
 # ---------------------------------------------------------------------------------------------
 
 
-def _run_one(recipe: Recipe, run_dir: Path, console: Console) -> str:
+def _run_one(recipe: Recipe, run_dir: Path, console: Console, drift_answers: Path) -> str:
     """Train (or resume) one run unless it already finished; returns 'reused' or 'trained'."""
     from rasft_mlx.commands.train import run_training
 
@@ -164,7 +166,8 @@ def _run_one(recipe: Recipe, run_dir: Path, console: Console) -> str:
             )
         return "reused"
     started = (run_dir / "recipe.yaml").is_file() or bool(list_checkpoints(run_dir))
-    run_training(recipe, run_dir, console, resume="auto" if started else False)
+    resume = "auto" if started else False
+    run_training(recipe, run_dir, console, resume=resume, drift_answers=drift_answers)
     free_memory()
     return "trained"
 
@@ -229,7 +232,8 @@ def run_compare(
         for mode in modes:
             run_dir = out_dir / run_dir_name(mode, seed)
             console.rule(f"[bold]{mode}[/bold] seed {seed} ({len(runs) + 1}/{total}) -> {run_dir}")
-            status = _run_one(run_recipe(recipe, mode, seed, plan.max_steps), run_dir, console)
+            one = run_recipe(recipe, mode, seed, plan.max_steps)
+            status = _run_one(one, run_dir, console, out_dir / DRIFT_ANSWERS_FILE)
             if status == "reused":
                 console.print(f"reusing the finished run in {run_dir}")
             runs.append(collect_run(run_dir, mode, seed, status))

@@ -10,7 +10,6 @@ the model section, the evaluation settings, the system prompt and the test probl
 from __future__ import annotations
 
 import gc
-import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -19,7 +18,7 @@ import mlx.core as mx
 from rich.console import Console
 
 from rasft_mlx.config import Recipe, RecipeError, load_recipe, recipe_to_dict
-from rasft_mlx.data.problem import Problem
+from rasft_mlx.data.problem import Problem, problems_digest
 from rasft_mlx.fileio import atomic_write_text
 
 BASE_DIR = "base"
@@ -32,15 +31,6 @@ EVAL_KEYS = ("limit", "samples", "temperature", "top_p", "max_new_tokens", "batc
 
 class BaseReuseError(ValueError):
     """A compare dir whose base-model evaluation cannot stand for this comparison's."""
-
-
-def problems_digest(problems: list[Problem]) -> str:
-    """sha256 of the problems in order: id, question, answer and grader of each."""
-    digest = hashlib.sha256()
-    for problem in problems:
-        row = [problem.id, problem.question, problem.answer, problem.grader]
-        digest.update(json.dumps(row, ensure_ascii=False).encode("utf-8") + b"\n")
-    return digest.hexdigest()
 
 
 def evaluation_identity(

@@ -1,16 +1,21 @@
 """Drift from the starting model: on the starting model's own greedy answers to held-out prompts,
 the mean per-token KL(pi_ref || pi_theta) over the full vocabulary and the mean rise in NLL
-(log pi_ref(y) - log pi_theta(y)). The reference is the same weights with the adapters off."""
+(log pi_ref(y) - log pi_theta(y)). The reference is the same weights with the adapters off.
+The answers are the same for every run of one model and settings, so they can be kept in a file
+(`save_answers` / `load_answers`, keyed by `answers_identity`) and generated once per comparison."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import mlx.core as mx
 import numpy as np
 
 from rasft_mlx.data.encoding import TrainingSequence, encode_prompt
-from rasft_mlx.data.problem import Problem
+from rasft_mlx.data.problem import Problem, problems_digest
+from rasft_mlx.fileio import atomic_write_text
 from rasft_mlx.generation.completions import SamplingSettings, generate_completions
 from rasft_mlx.models.adapters import adapters_disabled, dropout_mode
 from rasft_mlx.models.response_logits import ResponseLogits
@@ -50,6 +55,47 @@ def reference_answers(
         for problem, prompt, done in zip(problems, prompts, completions, strict=True)
         if done.token_ids
     ]
+
+
+def answers_identity(
+    model_settings: dict,
+    problems: list[Problem],
+    system_prompt: str,
+    max_new_tokens: int,
+    batch_size: int,
+) -> dict:
+    """What decides the starting model's answers (batch size too: padding moves float sums)."""
+    identity = {
+        "model": model_settings,
+        "problems": problems_digest(problems),
+        "system_prompt": system_prompt,
+        "max_new_tokens": max_new_tokens,
+        "batch_size": batch_size,
+    }
+    return json.loads(json.dumps(identity))  # as it reads back from the file
+
+
+def save_answers(path: Path, identity: dict, sequences: list[TrainingSequence]) -> None:
+    answers = [
+        {"problem_id": s.problem_id, "tokens": list(s.tokens), "prompt_length": s.prompt_length}
+        for s in sequences
+    ]
+    atomic_write_text(path, json.dumps({"identity": identity, "answers": answers}) + "\n")
+
+
+def load_answers(path: Path, identity: dict) -> list[TrainingSequence] | None:
+    """The answers kept in `path` when they were made under `identity`, else None (no file, an
+    unreadable one, or other settings: the caller generates them again)."""
+    try:
+        saved = json.loads(path.read_text())
+        if saved["identity"] != identity:
+            return None
+        return [
+            TrainingSequence(row["problem_id"], tuple(row["tokens"]), row["prompt_length"])
+            for row in saved["answers"]
+        ]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def drift_statistics(

@@ -8,10 +8,17 @@ from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
 
-from rasft_mlx.config import Recipe
+import rasft_mlx.distributed as distributed
+from rasft_mlx.config import Recipe, recipe_to_dict
 from rasft_mlx.data.problem import Problem
 from rasft_mlx.data.sources import SYNTHETIC_SOURCES, load_problems
-from rasft_mlx.training.drift import measure_drift, reference_answers
+from rasft_mlx.training.drift import (
+    answers_identity,
+    load_answers,
+    measure_drift,
+    reference_answers,
+    save_answers,
+)
 from rasft_mlx.training.evaluate import evaluate_and_write
 from rasft_mlx.training.run_directory import MetricsLog
 
@@ -62,23 +69,32 @@ def evaluate_extra_sets(
 
 
 def drift_from_start(
-    loaded, recipe: Recipe, test_problems: list[Problem], metrics: MetricsLog, timings: Counter
+    loaded,
+    recipe: Recipe,
+    test_problems: list[Problem],
+    metrics: MetricsLog,
+    timings: Counter,
+    answers_file: Path | None = None,
 ) -> dict | None:
     """Drift on the starting model's greedy answers to the first `eval.drift_problems` test
-    problems (answers at eval.max_new_tokens), or None when switched off."""
+    problems (answers at eval.max_new_tokens), or None when switched off. `answers_file` keeps
+    those answers for the next run with the same model and settings (single process only)."""
     count = recipe.eval.drift_problems
     if not count:
         return None
     started = time.perf_counter()
-    sequences = reference_answers(
-        loaded.model,
-        loaded.tokenizer,
-        test_problems[:count],
-        recipe.data.system_prompt,
-        recipe.eval.max_new_tokens,
-        recipe.eval.batch_size,
-    )
+    problems = test_problems[:count]
+    settings = (recipe.data.system_prompt, recipe.eval.max_new_tokens, recipe.eval.batch_size)
+    if distributed.distributed():
+        answers_file = None
+    identity = answers_identity(recipe_to_dict(recipe)["model"], problems, *settings)
+    sequences = load_answers(answers_file, identity) if answers_file is not None else None
+    reused = sequences is not None
+    if sequences is None:
+        sequences = reference_answers(loaded.model, loaded.tokenizer, problems, *settings)
+        if answers_file is not None:
+            save_answers(answers_file, identity, sequences)
     report = measure_drift(loaded.model, sequences, DRIFT_BATCH)
-    metrics.write({"event": "drift", **report.as_dict()})
+    metrics.write({"event": "drift", "answers_reused": reused, **report.as_dict()})
     timings["drift"] += time.perf_counter() - started
     return report.as_dict()
