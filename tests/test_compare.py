@@ -451,9 +451,16 @@ def test_refresh_signal_by_hand():
                 row(2, {"weighted": 1, "no_rollouts": 3}, 1, 0.02, 0.5),
             ],
         },
+        {  # rft trains with rho = 1: its clip counts are not a ratio floor
+            "mode": "rft",
+            "seed": 0,
+            "refreshes": [row(1, {"no_rollouts": 4}, 0), row(2, {"rft": 4}, 3, 1.0, 0.0)],
+        },
     ]
     signal = refresh_signal(runs)
-    assert list(signal) == ["rasft"]
+    assert list(signal) == ["rasft", "rft"]
+    assert signal["rft"][1]["ratio_at_min_before"] is None
+    assert signal["rft"][1]["rollout_weight"] == 1.0
     first, second = signal["rasft"]
     assert first == {
         "refresh": 1,

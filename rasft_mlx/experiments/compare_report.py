@@ -234,8 +234,9 @@ def results_markdown(results: dict, figures: Sequence[tuple[str, str]] = ()) -> 
         lines.append(f"| {epoch} | " + " | ".join(cells) + " |")
     lines += [
         "",
-        "Epoch 0 is the base model. Under the step budget RASFT's epochs are longer (demos plus "
-        "rollouts), so its later points sit at other steps; its last point is at the cap.",
+        "Epoch 0 is the base model. Under the step budget the rollout modes' (rasft, rft) epochs "
+        "are longer (demos plus rollouts), so their later points sit at other steps; their last "
+        "point is at the cap.",
         "",
         "## Runs",
         "",

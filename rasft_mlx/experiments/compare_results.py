@@ -17,6 +17,8 @@ from rasft_mlx.config import ROLLOUT_MODES, Recipe
 from rasft_mlx.dataset_config import source_label
 from rasft_mlx.experiments.statistics import paired_difference
 
+RATIO_MODES = ("rasft",)  # modes whose loss carries the clipped inverse ratio rho
+
 
 @dataclass(frozen=True)
 class Budget:
@@ -35,15 +37,15 @@ class Budget:
             cap = f", capped at {self.max_steps} steps" if self.max_steps is not None else ""
             return (
                 f"every mode trains for training.epochs = {self.epochs} epochs{cap} (budget "
-                f"'epochs': not matched; RASFT's epochs also hold its correct rollouts, so it "
-                f"trains on more batches)"
+                f"'epochs': not matched; the rollout modes' (rasft, rft) epochs also hold their "
+                f"correct rollouts, so they train on more batches)"
             )
         return (
             f"every mode is capped at training.max_steps = {self.max_steps} optimizer steps "
             f"= {self.epochs} epochs x {self.steps_per_epoch} steps over the "
-            f"{self.expert_sequences} expert demos ({batch}); RASFT's epochs also hold its "
-            f"correct rollouts, so it spends the same number of batches with fewer passes over "
-            f"the demos (trained tokens per mode are in the table)"
+            f"{self.expert_sequences} expert demos ({batch}); the rollout modes' (rasft, rft) "
+            f"epochs also hold their correct rollouts, so they spend the same number of batches "
+            f"with fewer passes over the demos (trained tokens per mode are in the table)"
         )
 
 
@@ -294,7 +296,8 @@ def refresh_signal(runs: list[dict]) -> dict[str, list[dict]]:
     """Per rollout mode and refresh, means over seeds of where the method departs from SFT: the
     share of problems whose expert weight came from their rollout group (route 'weighted'; the
     others keep weight 1: not rolled out, or a fallback), the rollouts trained and their mean
-    weight, and the share of sequences on the ratio floor during the steps before the refresh."""
+    weight, and the share of sequences on the ratio floor during the steps before the refresh
+    (modes that train with the ratio only; rft's rho is 1)."""
     by_mode: dict[str, dict[int, list[dict]]] = {}
     for run in runs:
         for row in run.get("refreshes") or []:
@@ -315,7 +318,11 @@ def refresh_signal(runs: list[dict]) -> dict[str, list[dict]]:
                     ),
                     "rollouts_trained": statistics.fmean(r["rollouts_trained"] for r in found),
                     "rollout_weight": _mean_present(rollout_weight),
-                    "ratio_at_min_before": _mean_present([c.get("at_min") for c in clip]),
+                    "ratio_at_min_before": (
+                        _mean_present([c.get("at_min") for c in clip])
+                        if mode in RATIO_MODES
+                        else None
+                    ),
                 }
             )
         signal[mode] = rows
