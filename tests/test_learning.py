@@ -253,3 +253,6 @@ def test_rft_trains_every_correct_rollout_at_weight_one(weak_base_dir, tmp_path)
     trained = [s for row in rows for s in row["samples"] if s["weight"] > 0]
     assert trained == positives
     assert refresh["rollouts_trained"] == len(positives)
+    # Its loss has no ratio, so no reference log-probs are computed (RASFT's runs spend this).
+    summary = json.loads((result.run_dir / "summary.json").read_text())
+    assert "reference" not in summary["wall_time_split_seconds"]

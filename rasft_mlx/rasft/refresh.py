@@ -36,6 +36,7 @@ from rasft_mlx.rasft.weights import (
     no_rollout_weights,
     solvability_histogram,
 )
+from rasft_mlx.training.losses import LossSettings
 
 SOLVED_ROUTES = ("weighted", "fallback_degenerate", "rft")  # a correct rollout was kept
 
@@ -66,7 +67,8 @@ class RasftSource:
         self.pending: list[str] = []  # authors: mid-band problems waiting for the refresh
         self.flushed = False  # authors: the hard pool was trained a second time
         self.experts = {s.problem_id: s for s in experts}  # reference log-probs: see _prepare
-        self.prepared = False
+        self.needs_reference = LossSettings(recipe.training.mode).needs_reference_logprobs
+        self.prepared = not self.needs_reference  # rft's loss has no ratio: nothing to prepare
 
     def state_dict(self) -> dict:
         """The refresh state a checkpoint needs (the current queue is saved by the trainer)."""
@@ -304,9 +306,12 @@ class RasftSource:
         solved = {pid for pid, w in weights.items() if w.route in SOLVED_ROUTES}
         self.hard_pool = frozenset(self.hard_pool - solved)
 
-        started = time.perf_counter()
-        rollout_sequences = with_reference_logprobs(self.model, rollout_sequences, *self._batching)
-        self.timings["reference"] += time.perf_counter() - started
+        if self.needs_reference:
+            started = time.perf_counter()
+            rollout_sequences = with_reference_logprobs(
+                self.model, rollout_sequences, *self._batching
+            )
+            self.timings["reference"] += time.perf_counter() - started
         self._write_ledger(ledger)
         every = {pid: no_rollout_weights() for pid in self.experts} | weights
         record = self._record(
