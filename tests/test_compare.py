@@ -334,6 +334,8 @@ def test_report_names_the_clip_fractions_or_a_fixed_ratio():
     }
     clipped = results_markdown(results)
     assert "seed 0: 0.250 at ratio_min, 0.000 at ratio_max" in clipped
+    # Each refresh row names its mode (rasft and rft runs share the table).
+    assert "| rasft | 0 | 1 | 4 | 8 | 2 | [2, 1, 1] | 0.500 | 0.010 | {} |" in clipped
     fixed = results_markdown({**results, "settings": {"rasft.ratio clip": [1.0, 1.0]}})
     assert "fixed at 1.0" in fixed and "at ratio_min" not in fixed
 

@@ -255,7 +255,7 @@ def results_markdown(results: dict, figures: Sequence[tuple[str, str]] = ()) -> 
             rollout_weight = row["rollout_weight"] or {}
             expert_weight = row["expert_weight"] or {}
             refresh_lines.append(
-                f"| {run['seed']} | {row['refresh']} | {row['problems_selected']} "
+                f"| {run['mode']} | {run['seed']} | {row['refresh']} | {row['problems_selected']} "
                 f"| {row['rollouts_generated']} | {row['rollouts_trained']} "
                 f"| {row['solvability_histogram']} | {_pct(expert_weight.get('mean'))} "
                 f"| {_pct(rollout_weight.get('mean'))} | {row['dropped']} |"
@@ -263,14 +263,14 @@ def results_markdown(results: dict, figures: Sequence[tuple[str, str]] = ()) -> 
     if refresh_lines:
         lines += [
             "",
-            "## RASFT refreshes",
+            "## Rollout refreshes",
             "",
             "Solvability histogram: problems with 0..k correct rollouts. Weights are means over "
             "problems (expert) and trained rollouts (rollout).",
             "",
-            "| seed | refresh | selected | generated | trained | solvability | expert weight "
-            "| rollout weight | dropped |",
-            "|---|---|---|---|---|---|---|---|---|",
+            "| mode | seed | refresh | selected | generated | trained | solvability "
+            "| expert weight | rollout weight | dropped |",
+            "|---|---|---|---|---|---|---|---|---|---|",
             *refresh_lines,
         ]
         clipping = [

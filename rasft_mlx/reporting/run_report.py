@@ -207,7 +207,7 @@ def refresh_section(run: RunFiles) -> Section | None:
         body += note(
             "No rollout has been trained on yet (none correct and kept): no rollout weights."
         )
-    return Section("refreshes", "RASFT refreshes", found, body)
+    return Section("refreshes", "Rollout refreshes", found, body)
 
 
 def _stats_text(stats: dict | None) -> str:
