@@ -21,6 +21,11 @@ from rasft_mlx.models.adapters import adapters_disabled, dropout_mode
 from rasft_mlx.models.response_logits import ResponseLogits
 from rasft_mlx.progress import check, phase
 from rasft_mlx.training.batching import collate
+from rasft_mlx.training.checkpoint import (
+    CheckpointError,
+    sequences_from_records,
+    sequences_to_records,
+)
 from rasft_mlx.training.losses import reference_kl, token_logprobs
 
 
@@ -76,11 +81,8 @@ def answers_identity(
 
 
 def save_answers(path: Path, identity: dict, sequences: list[TrainingSequence]) -> None:
-    answers = [
-        {"problem_id": s.problem_id, "tokens": list(s.tokens), "prompt_length": s.prompt_length}
-        for s in sequences
-    ]
-    atomic_write_text(path, json.dumps({"identity": identity, "answers": answers}) + "\n")
+    records, _ = sequences_to_records(sequences)  # the checkpoint's queue format, no log-probs
+    atomic_write_text(path, json.dumps({"identity": identity, "answers": records}) + "\n")
 
 
 def load_answers(path: Path, identity: dict) -> list[TrainingSequence] | None:
@@ -90,11 +92,8 @@ def load_answers(path: Path, identity: dict) -> list[TrainingSequence] | None:
         saved = json.loads(path.read_text())
         if saved["identity"] != identity:
             return None
-        return [
-            TrainingSequence(row["problem_id"], tuple(row["tokens"]), row["prompt_length"])
-            for row in saved["answers"]
-        ]
-    except (OSError, ValueError, KeyError, TypeError):
+        return sequences_from_records(saved["answers"], np.zeros((0,), dtype=np.float32))
+    except (OSError, ValueError, KeyError, TypeError, CheckpointError):
         return None
 
 
