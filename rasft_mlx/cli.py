@@ -45,6 +45,7 @@ def _user_errors() -> tuple[type[Exception], ...]:
     from rasft_mlx.commands.train import TrainingError
     from rasft_mlx.config import RecipeError
     from rasft_mlx.data.readers import DataError
+    from rasft_mlx.distributed import DistributedError
     from rasft_mlx.export.formats import ExportError
     from rasft_mlx.export.hub import HubError
     from rasft_mlx.models.gguf_import import GGUFImportError
@@ -52,18 +53,10 @@ def _user_errors() -> tuple[type[Exception], ...]:
     from rasft_mlx.reporting.run_reader import ReportError
     from rasft_mlx.reporting.trackers import TrackerError
 
-    return (
-        ReportError,
-        TrackerError,
-        RecipeError,
-        DataError,
-        ModelError,
-        GGUFImportError,
-        TrainingError,
-        ExportError,
-        HubError,
-        FileNotFoundError,
-    )
+    reading = (RecipeError, DataError, ModelError, GGUFImportError, FileNotFoundError)
+    running = (TrainingError, DistributedError, TrackerError)
+    writing = (ExportError, HubError, ReportError)
+    return reading + running + writing
 
 
 def _version_callback(value: bool) -> None:

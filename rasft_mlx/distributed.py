@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import threading
 import time
 from collections import Counter
 
@@ -19,21 +20,61 @@ _group = None
 exchanged_bytes: Counter = Counter()
 exchanged_seconds: Counter = Counter()
 TIME_COLLECTIVES = os.environ.get("RASFT_MLX_TIME_COLLECTIVES") == "1"
+LAUNCH_VARIABLES = ("MLX_RANK", "MLX_HOSTFILE", "MLX_JACCL_COORDINATOR", "NCCL_HOST_IP")
+
+
+class DistributedError(RuntimeError):
+    """The ranks of a launched run could not form their group (a rank missing or unreachable)."""
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 def group():
     """The global group; `mx.distributed.init()` once (a group of one without a launcher)."""
     global _group
     if _group is None:
-        # The backend's own threads must never take SIGINT/SIGTERM: a send or receive cut short
-        # by a signal loses the ring's step. They inherit the mask at their creation, here.
-        stop_signals = {signal.SIGINT, signal.SIGTERM}
-        previous = signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
-        try:
-            _group = mx.distributed.init()
-        finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        _group = _join_ranks()
     return _group
+
+
+def _join_ranks():
+    """`mx.distributed.init()`, with SIGINT/SIGTERM kept from the backend's threads (a send or
+    receive cut short by a signal loses the ring's step) but not from the user.
+
+    The threads inherit the mask of the thread that creates them, so init runs on a helper
+    thread that blocks both. It holds the GIL until every rank has joined, which can be for ever
+    when a rank never starts (rank 0 waits without a limit), so meanwhile this thread leaves both
+    signals to the default action: Ctrl-C or a SIGTERM ends the waiting process at once.
+    """
+    outcome: dict = {}
+
+    def join() -> None:
+        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        try:
+            outcome["group"] = mx.distributed.init()
+        except RuntimeError as error:
+            outcome["error"] = error
+
+    on_main_thread = threading.current_thread() is threading.main_thread()
+    handlers = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS} if on_main_thread else {}
+    for sig in handlers:
+        signal.signal(sig, signal.SIG_DFL)
+    try:
+        joining = threading.Thread(target=join, name="rasft-join-ranks")
+        joining.start()
+        joining.join()
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    if "error" in outcome:
+        where = [f"{key}={os.environ[key]}" for key in LAUNCH_VARIABLES if os.environ.get(key)]
+        raise DistributedError(
+            f"could not join the other ranks ({', '.join(where) or 'no launcher variables'}): "
+            f"{outcome['error']}. Every rank must be running (start them together with "
+            "mlx.launch) and each address in the hostfile reachable"
+        ) from outcome["error"]
+    return outcome["group"]
 
 
 def world_size() -> int:

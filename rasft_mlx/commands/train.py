@@ -26,6 +26,7 @@ from rasft_mlx.progress import PhaseInterrupted, attached
 from rasft_mlx.rasft.routing import expected_rollout_problems
 from rasft_mlx.reporting.run_report import REPORT_FILE, write_report_quietly
 from rasft_mlx.reporting.trackers import check_installed, tracking
+from rasft_mlx.training.checkpoint import checkpoints_dir
 from rasft_mlx.training.final_evaluation import (
     drift_from_start,
     evaluate_extra_sets,
@@ -73,9 +74,11 @@ def run_training(
             result = _run_training(
                 recipe, own_dir, console, resume, force, stop_after, signals, drift_answers
             )
-    except TrainingInterrupted:
+    except TrainingInterrupted as stopped:
         if watchdog is not None:  # every rank stopped at the same step
             watchdog.finish()
+        if own_dir != run_dir:  # this rank's copy was scratch: name the one rank 0 wrote
+            stopped.checkpoint = checkpoints_dir(run_dir) / stopped.checkpoint.name
         raise
     if watchdog is not None:
         watchdog.finish()

@@ -17,8 +17,10 @@ from rasft_mlx.models.adapters import adapter_config_dict
 from rasft_mlx.training.checkpoint import (
     Checkpoint,
     CheckpointError,
+    checkpoints_dir,
     mlx_random_state,
     restore_mlx_random_state,
+    step_dir_name,
     write_checkpoint,
 )
 from rasft_mlx.training.evaluate import EvalSummary
@@ -120,8 +122,8 @@ class LoopCheckpoints:
         if distributed.distributed():
             state["world_size"] = distributed.world_size()
             state["mlx_random_ranks"] = distributed.all_gather_json(mlx_random_state(), "control")
-            if not distributed.is_main():
-                return self.run_dir
+            if not distributed.is_main():  # where rank 0 writes it (in this rank's run dir)
+                return checkpoints_dir(self.run_dir) / step_dir_name(self.step)
         queue = self.sequences if source_state is not None and self.groups is not None else None
         started = time.perf_counter()
         try:

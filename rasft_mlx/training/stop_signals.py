@@ -20,11 +20,14 @@ class TrainingInterrupted(Exception):
     """SIGINT/SIGTERM (or the test hook) stopped the run after a checkpoint was written."""
 
     def __init__(self, reason: str, step: int, checkpoint: Path, exit_code: int):
-        super().__init__(f"{reason}: stopped after step {step}; checkpoint {checkpoint}")
+        super().__init__(reason, step, checkpoint, exit_code)
         self.reason = reason
         self.step = step
         self.checkpoint = checkpoint
         self.exit_code = exit_code
+
+    def __str__(self) -> str:
+        return f"{self.reason}: stopped after step {self.step}; checkpoint {self.checkpoint}"
 
 
 class StopSignals:
