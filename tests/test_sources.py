@@ -5,6 +5,8 @@ the grader each source gets, and the recipe's mapping form."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
 import warnings
 from pathlib import Path
@@ -17,6 +19,7 @@ from rasft_mlx.data.rows import DataError, DataWarning
 from rasft_mlx.data.sources import BENCHMARKS, load_problems, resolve_source
 from rasft_mlx.dataset_config import ColumnsConfig, DatasetSource
 
+ROOT = Path(__file__).resolve().parent.parent
 REAL_GSM8K_TEST = Path(__file__).resolve().parents[2] / "shared/data/gsm8k/test.jsonl"
 
 GSM8K_ROWS = [
@@ -170,6 +173,43 @@ def test_offline_without_a_cached_copy_says_so(monkeypatch, tmp_path):
         DataError, match=r"openai/gsm8k \(main\) test: cannot load .*unset HF_HUB_OFFLINE"
     ):
         load_problems("gsm8k", split="test")
+
+
+def prepared_hub_cache(gsm8k_dir: Path, cache: Path) -> None:
+    """The folder `datasets` leaves in HF_DATASETS_CACHE after one online
+    load_dataset("openai/gsm8k", "main"): the arrow files of every split under
+    openai___gsm8k/main/0.0.0/HASH, built here from gsm8k_dir's parquet files."""
+    from datasets.packaged_modules.parquet.parquet import Parquet
+
+    files = {
+        s: [str(gsm8k_dir / "main" / f"{s}-00000-of-00001.parquet")] for s in ("train", "test")
+    }
+    builder = Parquet(
+        cache_dir=str(cache), dataset_name="gsm8k", config_name="main", data_files=files, hash="0f"
+    )
+    builder.download_and_prepare()
+    (cache / "openai___gsm8k" / "main").mkdir(parents=True)
+    Path(builder.cache_dir).parent.rename(cache / "openai___gsm8k" / "main" / "0.0.0")
+
+
+def test_a_hub_dataset_cached_by_an_earlier_online_run_reads_offline(gsm8k_dir, tmp_path):
+    cache = tmp_path / "datasets-cache"
+    prepared_hub_cache(gsm8k_dir, cache)
+    code = (
+        "import json; from rasft_mlx.data.sources import load_problems, DatasetSource; "
+        "source = DatasetSource(hub='openai/gsm8k', config='main', split='test[1:3]'); "
+        "print(json.dumps([p.__dict__ for p in load_problems(source)]))"
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_CACHE": str(cache)}
+    env |= {"HF_HOME": str(tmp_path / "hf-home"), "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    offline = json.loads(done.stdout.strip().splitlines()[-1])
+    direct = load_problems(DatasetSource(hub=str(gsm8k_dir), split="test[1:3]"))
+    assert offline == [p.__dict__ for p in direct]
+    assert [p["id"] for p in offline] == ["gsm8k-test-2", "gsm8k-test-3"]
 
 
 def test_without_the_datasets_package_the_error_names_the_install(monkeypatch):
