@@ -53,6 +53,27 @@ def _paired_text(paired: dict | None) -> str:
     )
 
 
+def _pairwise_lines(results: dict) -> list[str]:
+    rows = [r for r in results.get("pairwise", []) if r["versus"] != results["modes"][0]]
+    if not rows:
+        return []
+    lines = [
+        "## Every pair of modes",
+        "",
+        "The same paired bootstrap between the other modes (in-distribution test set), e.g. "
+        "rasft - rft: RASFT's weighting against the same rollouts kept at weight 1.",
+        "",
+        "| mode | versus | difference [95 % interval] | verdict | detectable |",
+        "|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['mode']} | {r['versus']} | {r['difference']:+.3f} [{r['low']:+.3f}, "
+            f"{r['high']:+.3f}] | {r['verdict']} | {r['detectable']:.3f} |"
+        )
+    return [*lines, ""]
+
+
 def _extra_set_lines(results: dict) -> list[str]:
     """Each extra test set (e.g. synthetic-ood): mean ± std per mode and the paired difference."""
     modes, reference, summaries = results["modes"], results["modes"][0], results["summary"]
@@ -206,6 +227,7 @@ def results_markdown(results: dict, figures: Sequence[tuple[str, str]] = ()) -> 
         "the interval excludes 0; 'detectable': the smallest true difference this test set finds "
         "with 80 % power at 5 % (paired).",
         "",
+        *_pairwise_lines(results),
         *_extra_set_lines(results),
         *_drift_lines(results),
         *_signal_lines(results),

@@ -139,6 +139,21 @@ def paired_versus(runs: list[dict], mode: str, reference: str, extra: str | None
     return paired_difference(mine, theirs).as_dict()
 
 
+def pairwise_differences(runs: list[dict], modes: Sequence[str]) -> list[dict]:
+    """Each mode against each one listed before it, on the in-distribution test set, when there
+    are pairs beyond the reference's (three modes or more): e.g. rasft - rft, RASFT's weighting
+    against the same rollouts at weight 1."""
+    if len(modes) < 3:
+        return []
+    rows = []
+    for index, reference in enumerate(modes):
+        for mode in modes[index + 1 :]:
+            paired = paired_versus(runs, mode, reference)
+            if paired is not None:
+                rows.append({"mode": mode, "versus": reference, **paired})
+    return rows
+
+
 def collect_run(run_dir: Path, mode: str, seed: int, status: str) -> dict:
     """One finished run as a results.json entry."""
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -382,6 +397,7 @@ def build_results(
         "base_extra": base.get("eval_extra") or {},
         "summary": summaries,
         "curves": curves,
+        "pairwise": pairwise_differences(runs, modes),
         "refresh_signal": refresh_signal(runs),
         "runs": runs,
     }

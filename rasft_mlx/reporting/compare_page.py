@@ -46,8 +46,8 @@ def accuracy_curves(results: dict) -> list[tuple[str, list, list, list, list]]:
 
 
 def paired_rows(results: dict) -> list[tuple[str, float, float, float]]:
-    """(label, difference, low, high) per mode against the reference: the test set, then each
-    extra test set (labelled with its name)."""
+    """(label, difference, low, high) per mode against the reference on the test set, then the
+    other pairs of modes there, then each extra test set (labelled with its name)."""
     reference = results["modes"][0]
     rows = []
     for mode, summary in results.get("summary", {}).items():
@@ -56,6 +56,10 @@ def paired_rows(results: dict) -> list[tuple[str, float, float, float]]:
             rows.append(
                 (f"{mode} − {reference}", paired["difference"], paired["low"], paired["high"])
             )
+    for pair in results.get("pairwise", []):
+        if pair["versus"] != reference:
+            label = f"{pair['mode']} − {pair['versus']}"
+            rows.append((label, pair["difference"], pair["low"], pair["high"]))
     for mode, summary in results.get("summary", {}).items():
         for name, paired in sorted(summary.get(f"extra_paired_vs_{reference}", {}).items()):
             if paired:
@@ -82,7 +86,6 @@ def _paired_text(summary: dict, reference: str) -> str:
 
 def compare_charts(results: dict) -> list[charts.Chart]:
     """The comparison's charts: loss and accuracy by mode, paired differences."""
-    reference = results["modes"][0]
     found = []
     losses = loss_curves(results)
     if losses:
@@ -113,7 +116,7 @@ def compare_charts(results: dict) -> list[charts.Chart]:
         found.append(
             charts.interval_chart(
                 "compare-paired",
-                f"Paired differences to {reference}",
+                "Paired differences between modes",
                 paired,
                 xlabel="difference in pass@1",
                 caption="paired bootstrap over test problems and seeds, 95 % interval",
