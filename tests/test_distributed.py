@@ -254,13 +254,19 @@ def test_interrupted_run_resumes_on_the_same_world_size_only(tiny_llama_dir, tmp
     assert [r["step"] for r in records(run_dir, "step")] == list(range(1, 7))
 
 
-def test_a_killed_rank_ends_the_other_within_a_minute(tiny_llama_dir, tmp_path):
-    path = recipe_file(tmp_path, tiny_llama_dir, training={"epochs": 20})
+def start_long_run(tmp_path: Path, model_dir: Path) -> tuple[Path, list]:
+    """Two ranks on a 20-epoch run slowed by the checkpoint sleep, once it has made 2 steps."""
+    path = recipe_file(tmp_path, model_dir, training={"epochs": 20})
     run_dir = tmp_path / "two"
     processes = start_ranks(
         tmp_path, ["train", str(path), "--out", str(run_dir)], env={SLEEP_ENV: "0.2"}
     )
     wait_for_steps(run_dir, 2, processes)
+    return run_dir, processes
+
+
+def test_a_killed_rank_ends_the_other_within_a_minute(tiny_llama_dir, tmp_path):
+    _, processes = start_long_run(tmp_path, tiny_llama_dir)
     processes[1].send_signal(signal.SIGKILL)
     killed = time.monotonic()
     output = processes[0].communicate(timeout=60)[0]

@@ -15,9 +15,9 @@ import time
 from pathlib import Path
 
 import pytest
-from test_distributed import ROOT, free_ports, recipe_file, start_ranks, wait_for_steps
+from test_distributed import ROOT, free_ports, recipe_file, start_long_run
 
-from rasft_mlx.training.checkpoint import SLEEP_ENV, list_checkpoints, read_checkpoint
+from rasft_mlx.training.checkpoint import list_checkpoints, read_checkpoint
 
 
 def start_one_rank(tmp_path: Path, rank: int, args: list[str]) -> tuple[subprocess.Popen, list]:
@@ -50,12 +50,7 @@ def port_in_use(port: int) -> bool:
 
 
 def test_sigterm_to_rank_0_alone_stops_every_rank_at_one_checkpoint(tiny_llama_dir, tmp_path):
-    path = recipe_file(tmp_path, tiny_llama_dir, training={"epochs": 20})
-    run_dir = tmp_path / "two"
-    processes = start_ranks(
-        tmp_path, ["train", str(path), "--out", str(run_dir)], env={SLEEP_ENV: "0.2"}
-    )
-    wait_for_steps(run_dir, 2, processes)
+    run_dir, processes = start_long_run(tmp_path, tiny_llama_dir)
     processes[0].send_signal(signal.SIGTERM)
     outputs = [p.communicate(timeout=60)[0] for p in processes]
     assert [p.returncode for p in processes] == [143, 143], outputs
