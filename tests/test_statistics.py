@@ -63,7 +63,8 @@ def test_different_test_sets_are_refused():
 def test_compare_reads_the_last_greedy_outcomes_and_pairs_the_modes(tmp_path):
     import json
 
-    from rasft_mlx.experiments.compare_results import final_outcomes, paired_versus
+    from rasft_mlx.experiments.compare_results import paired_versus
+    from rasft_mlx.experiments.run_outcomes import final_outcomes
 
     def write(epoch, correct):
         rows = [{"id": f"p{i}", "correct": c, "sample": -1} for i, c in enumerate(correct)]
@@ -109,3 +110,31 @@ def test_every_pair_of_three_modes_is_compared_and_the_report_shows_the_non_refe
 
     results = {"modes": ["sft", "rft", "rasft"], "summary": {}, "pairwise": rows}
     assert [row[0] for row in paired_rows(results)] == ["rasft − rft"]
+
+
+def test_answer_shapes_count_boxed_truncated_and_unanswered_greedy_answers(tmp_path):
+    import json
+
+    from rasft_mlx.experiments.compare_report import _answer_shape_lines
+    from rasft_mlx.experiments.run_outcomes import answer_shapes, final_eval_file
+
+    rows = [
+        {"completion": "2 + 2 = 4\n\\boxed{4}", "verdict": "correct", "sample": -1},
+        {"completion": "2 + 2 = 5\n\\boxed{5}", "verdict": "wrong", "sample": -1},
+        {"completion": "2 + 2 = 4\n4", "verdict": "correct", "sample": -1},  # last number
+        {"completion": "Let us think about boxed answers and", "verdict": "truncated"},
+        {"completion": "No idea.", "verdict": "no_answer", "sample": -1},
+        {"completion": "\\boxed{4}", "verdict": "correct", "sample": 0},  # sampled: not counted
+    ]
+    for epoch, file_rows in ((1, rows[:1]), (3, rows)):
+        path = tmp_path / f"eval-epoch-{epoch}.jsonl"
+        path.write_text("".join(json.dumps(r) + "\n" for r in file_rows))
+    assert final_eval_file(tmp_path).name == "eval-epoch-3.jsonl"
+    shapes = answer_shapes(final_eval_file(tmp_path))
+    assert shapes == {"answers": 5, "boxed": 0.4, "truncated": 0.2, "no_answer": 0.2}
+    assert answer_shapes(tmp_path / "missing.jsonl") is None
+
+    results = {"modes": ["sft"], "summary": {"sft": {"answer_shapes": shapes}}}
+    lines = _answer_shape_lines({**results, "base_answer_shapes": None})
+    assert "| sft | 40.0% | 20.0% | 20.0% |" in lines
+    assert _answer_shape_lines({"modes": ["sft"], "summary": {"sft": {}}}) == []

@@ -109,6 +109,32 @@ def _extra_set_lines(results: dict) -> list[str]:
     return lines + ["", f"Problems per set: {sizes}." if sizes else "", ""]
 
 
+def _answer_shape_lines(results: dict) -> list[str]:
+    summaries = results["summary"]
+    rows = [(m, summaries[m].get("answer_shapes")) for m in results["modes"] if m in summaries]
+    rows = [("base model", results.get("base_answer_shapes")), *rows]
+    rows = [(name, shapes) for name, shapes in rows if shapes]
+    if not rows:
+        return []
+    lines = [
+        "## Answer shapes (greedy, in-distribution test set; mean over seeds)",
+        "",
+        "| | final answer in \\boxed{} | ran out of new tokens | no answer found |",
+        "|---|---|---|---|",
+    ]
+    for name, shapes in rows:
+        lines.append(
+            f"| {name} | {shapes['boxed']:.1%} | {shapes['truncated']:.1%} "
+            f"| {shapes['no_answer']:.1%} |"
+        )
+    return lines + [
+        "",
+        "A mode that stops writing the demos' final `\\boxed{}` line is graded on the last number "
+        "it writes; a truncated answer always counts as wrong.",
+        "",
+    ]
+
+
 def _drift_lines(results: dict) -> list[str]:
     summaries = results["summary"]
     rows = [
@@ -229,6 +255,7 @@ def results_markdown(results: dict, figures: Sequence[tuple[str, str]] = ()) -> 
         "",
         *_pairwise_lines(results),
         *_extra_set_lines(results),
+        *_answer_shape_lines(results),
         *_drift_lines(results),
         *_signal_lines(results),
         *_figure_lines(figures),

@@ -15,6 +15,13 @@ from pathlib import Path
 
 from rasft_mlx.config import ROLLOUT_MODES, Recipe
 from rasft_mlx.dataset_config import source_label
+from rasft_mlx.experiments.compare_base import BASE_DIR
+from rasft_mlx.experiments.run_outcomes import (
+    answer_shapes,
+    extra_set_outcomes,
+    final_eval_file,
+    final_outcomes,
+)
 from rasft_mlx.experiments.statistics import paired_difference
 
 RATIO_MODES = ("rasft",)  # modes whose loss carries the clipped inverse ratio rho
@@ -102,25 +109,6 @@ def _mean_of(records: list[dict], key: str) -> float | None:
     return statistics.fmean(values) if values else None
 
 
-def _greedy_outcomes(path: Path) -> list[int]:
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [int(bool(row["correct"])) for row in rows if row.get("sample", -1) == -1]
-
-
-def extra_set_outcomes(run_dir: Path, name: str) -> list[int]:
-    """1/0 per problem of the extra test set `name` at the end of the run (eval-final-NAME)."""
-    path = run_dir / f"eval-final-{name}.jsonl"
-    return _greedy_outcomes(path) if path.is_file() else []
-
-
-def final_outcomes(run_dir: Path) -> list[int]:
-    """1/0 per test problem (greedy verdicts) of the run's last evaluation, in test-set order."""
-    files = [p for p in run_dir.glob("eval-epoch-*.jsonl") if p.stem.split("-")[-1].isdigit()]
-    if not files:
-        return []
-    return _greedy_outcomes(max(files, key=lambda p: int(p.stem.split("-")[-1])))
-
-
 def paired_versus(runs: list[dict], mode: str, reference: str, extra: str | None = None):
     """The paired bootstrap difference of `mode` to `reference` on their final test outcomes
     (of the extra test set `extra` when given), or None when either has none."""
@@ -174,6 +162,7 @@ def collect_run(run_dir: Path, mode: str, seed: int, status: str) -> dict:
         "wall_time_split_seconds": summary.get("wall_time_split_seconds", {}),
         "curve": run_curve(records),
         "outcomes": final_outcomes(run_dir),
+        "answer_shapes": answer_shapes(final_eval_file(run_dir)),
         "extra": {
             name: {"pass_at_1": result["pass_at_1"], "outcomes": extra_set_outcomes(run_dir, name)}
             for name, result in (summary.get("eval_extra") or {}).items()
@@ -218,6 +207,10 @@ def summarize_mode(runs: list[dict]) -> dict:
     for name in names:
         mean, std = mean_std([r["extra"][name]["pass_at_1"] for r in runs if name in r["extra"]])
         result["extra"][name] = {"pass_at_1_mean": mean, "pass_at_1_std": std}
+    shapes = [r["answer_shapes"] for r in runs if r.get("answer_shapes")]
+    result["answer_shapes"] = (
+        {key: statistics.fmean(s[key] for s in shapes) for key in shapes[0]} if shapes else None
+    )
     drifts = [r["drift"] for r in runs if r.get("drift")]
     result["drift"] = None
     if drifts:
@@ -395,6 +388,7 @@ def build_results(
         "complete": len(runs) == len(modes) * len(seeds),
         "base": base_eval,
         "base_extra": base.get("eval_extra") or {},
+        "base_answer_shapes": answer_shapes(out_dir / BASE_DIR / "eval.jsonl"),
         "summary": summaries,
         "curves": curves,
         "pairwise": pairwise_differences(runs, modes),
