@@ -85,31 +85,31 @@ def test_compare_reads_the_last_greedy_outcomes_and_pairs_the_modes(tmp_path):
     assert paired_versus([{"mode": "sft", "outcomes": [1]}], "rasft", "sft") is None
 
 
-def test_every_pair_of_three_modes_is_compared_and_the_report_shows_the_non_reference_pairs():
+def test_every_pair_beyond_the_reference_is_compared_and_shown():
     from rasft_mlx.experiments.compare_report import _pairwise_lines
     from rasft_mlx.experiments.compare_results import pairwise_differences
+    from rasft_mlx.reporting.compare_page import paired_rows
 
-    # Per block of 4 problems: sft solves 1, rft 2, rasft 3 (the same ones plus one more each).
+    # Per block of 4 problems: sft solves 1, dft 1 (another), rft 2, rasft 3.
     runs = [
         {"mode": "sft", "outcomes": [0, 0, 1, 0] * 50},
+        {"mode": "dft", "outcomes": [0, 0, 0, 1] * 50},
         {"mode": "rft", "outcomes": [1, 0, 1, 0] * 50},
         {"mode": "rasft", "outcomes": [1, 1, 1, 0] * 50},
     ]
-    rows = pairwise_differences(runs, ["sft", "rft", "rasft"])
+    rows = pairwise_differences(runs, ["sft", "dft", "rft", "rasft"])
     got = {(r["mode"], r["versus"]): (r["difference"], r["verdict"]) for r in rows}
-    assert got == {
-        ("rft", "sft"): (pytest.approx(0.25), "better"),
-        ("rasft", "sft"): (pytest.approx(0.5), "better"),
+    assert got == {  # the pairs with sft are in each mode's paired_vs_sft
+        ("rft", "dft"): (pytest.approx(0.25), "better"),
+        ("rasft", "dft"): (pytest.approx(0.5), "better"),
         ("rasft", "rft"): (pytest.approx(0.25), "better"),
     }
-    assert pairwise_differences(runs[:2], ["sft", "rft"]) == []  # the main table has it
-    text = "\n".join(_pairwise_lines({"modes": ["sft", "rft", "rasft"], "pairwise": rows}))
-    assert "| rasft | rft | +0.250 [" in text and "| better |" in text
-    assert "| sft |" not in text  # pairs against the reference are in the main table
-    from rasft_mlx.reporting.compare_page import paired_rows
-
-    results = {"modes": ["sft", "rft", "rasft"], "summary": {}, "pairwise": rows}
-    assert [row[0] for row in paired_rows(results)] == ["rasft − rft"]
+    assert pairwise_differences(runs[:2], ["sft", "dft"]) == []
+    results = {"modes": ["sft", "dft", "rft", "rasft"], "summary": {}, "pairwise": rows}
+    text = "\n".join(_pairwise_lines(results))
+    assert "| rasft | rft | +0.250 [" in text and "| better |" in text and "| sft |" not in text
+    assert [row[0] for row in paired_rows(results)] == ["rft − dft", "rasft − dft", "rasft − rft"]
+    assert _pairwise_lines({**results, "pairwise": []}) == []
 
 
 def test_answer_shapes_count_boxed_truncated_and_unanswered_greedy_answers(tmp_path):

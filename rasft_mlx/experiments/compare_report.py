@@ -54,7 +54,7 @@ def _paired_text(paired: dict | None) -> str:
 
 
 def _pairwise_lines(results: dict) -> list[str]:
-    rows = [r for r in results.get("pairwise", []) if r["versus"] != results["modes"][0]]
+    rows = results.get("pairwise", [])
     if not rows:
         return []
     lines = [

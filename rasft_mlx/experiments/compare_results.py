@@ -128,17 +128,15 @@ def paired_versus(runs: list[dict], mode: str, reference: str, extra: str | None
 
 
 def pairwise_differences(runs: list[dict], modes: Sequence[str]) -> list[dict]:
-    """Each mode against each one listed before it, on the in-distribution test set, when there
-    are pairs beyond the reference's (three modes or more): e.g. rasft - rft, RASFT's weighting
-    against the same rollouts at weight 1."""
-    if len(modes) < 3:
-        return []
+    """The paired difference of each mode to each one listed before it, other than the reference
+    (modes[0], whose pairs are every summary's `paired_vs_<reference>`), on the in-distribution
+    test set: e.g. rasft - rft, RASFT's weighting against the same rollouts at weight 1."""
     rows = []
-    for index, reference in enumerate(modes):
-        for mode in modes[index + 1 :]:
-            paired = paired_versus(runs, mode, reference)
+    for index, versus in enumerate(modes[1:], start=2):
+        for mode in modes[index:]:
+            paired = paired_versus(runs, mode, versus)
             if paired is not None:
-                rows.append({"mode": mode, "versus": reference, **paired})
+                rows.append({"mode": mode, "versus": versus, **paired})
     return rows
 
 

@@ -57,9 +57,8 @@ def paired_rows(results: dict) -> list[tuple[str, float, float, float]]:
                 (f"{mode} − {reference}", paired["difference"], paired["low"], paired["high"])
             )
     for pair in results.get("pairwise", []):
-        if pair["versus"] != reference:
-            label = f"{pair['mode']} − {pair['versus']}"
-            rows.append((label, pair["difference"], pair["low"], pair["high"]))
+        label = f"{pair['mode']} − {pair['versus']}"
+        rows.append((label, pair["difference"], pair["low"], pair["high"]))
     for mode, summary in results.get("summary", {}).items():
         for name, paired in sorted(summary.get(f"extra_paired_vs_{reference}", {}).items()):
             if paired:
