@@ -46,7 +46,7 @@ def lora_parameters(shape: dict, rank: int = LORA_RANK) -> int:
 def worker() -> None:
     import mlx.core as mx
 
-    import rasft_mlx.distributed as distributed
+    import rasft_mlx.runtime.distributed as distributed
 
     results = {}
     for name, shape in SHAPES.items():
@@ -70,9 +70,9 @@ def worker() -> None:
 
 def run_worker(run_dir: str) -> None:
     """One rank of a real 2-rank RASFT run; rank 0 prints the timings as JSON."""
-    import rasft_mlx.distributed as distributed
+    import rasft_mlx.runtime.distributed as distributed
     from rasft_mlx.commands.train import run_training
-    from rasft_mlx.config import recipe_from_dict
+    from rasft_mlx.recipe.config import recipe_from_dict
 
     recipe = recipe_from_dict(
         {

@@ -48,9 +48,9 @@ def random_prompts(count: int, length: int, vocab: int, seed: int) -> list[list[
 
 def chat_prompts(tokenizer, count: int, seed: int) -> list[list[int]]:
     """Synthetic word problems in the model's chat template, as the rollouts of a run see them."""
-    from rasft_mlx.config import DEFAULT_SYSTEM_PROMPT
     from rasft_mlx.data.encoding import encode_prompt
     from rasft_mlx.data.synthetic import generate_problems
+    from rasft_mlx.recipe.config import DEFAULT_SYSTEM_PROMPT
 
     problems = generate_problems(count, seed=seed, min_level=1, max_level=2)
     return [encode_prompt(tokenizer, p.question, DEFAULT_SYSTEM_PROMPT) for p in problems]
@@ -130,8 +130,8 @@ def main() -> None:
     defaults_up_to = args.defaults_up_to or (16 if args.quick else 64)
 
     if args.model:
-        from rasft_mlx.config import ModelConfig
         from rasft_mlx.models.loading import load_model
+        from rasft_mlx.recipe.config import ModelConfig
 
         loaded = load_model(ModelConfig(path=args.model, dtype=dtype))
         model, tokenizer, shape = loaded.model, loaded.tokenizer, args.model

@@ -96,8 +96,8 @@ def _child(recipe_path: str, run_dir: str, device: str) -> None:
     from rich.console import Console
 
     from rasft_mlx.commands.train import run_training
-    from rasft_mlx.config import load_recipe
-    from rasft_mlx.memory import peak_rss_bytes
+    from rasft_mlx.recipe.config import load_recipe
+    from rasft_mlx.runtime.memory import peak_rss_bytes
 
     mx.set_default_device(mx.cpu if device == "cpu" else mx.gpu)
     started = time.perf_counter()

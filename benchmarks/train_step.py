@@ -28,9 +28,9 @@ import mlx.optimizers as optim
 import numpy as np
 from common import SHAPES, machine_info, random_model, use_device
 
-from rasft_mlx.config import LoraConfig
 from rasft_mlx.data.encoding import TrainingSequence
 from rasft_mlx.models.adapters import apply_adapters
+from rasft_mlx.recipe.config import LoraConfig
 from rasft_mlx.training.batching import collate
 from rasft_mlx.training.losses import LossSettings
 from rasft_mlx.training.train_step import CompiledTrainStep

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 from importlib import import_module
 
-from rasft_mlx.version import __version__
+from rasft_mlx.runtime.version import __version__
 
 _SURFACE = {
-    "load_recipe": ("rasft_mlx.config", "load_recipe"),
-    "resolve_run_dir": ("rasft_mlx.config", "resolve_run_dir"),
+    "load_recipe": ("rasft_mlx.recipe.config", "load_recipe"),
+    "resolve_run_dir": ("rasft_mlx.recipe.config", "resolve_run_dir"),
     "train": ("rasft_mlx.commands.train", "run_training"),
-    "evaluate": ("rasft_mlx.commands.evaluate", "run_evaluation"),
+    "evaluate": ("rasft_mlx.evaluation.benchmarks", "run_evaluation"),
     "export_run": ("rasft_mlx.export.formats", "export_run"),
     "compare": ("rasft_mlx.experiments.compare", "run_compare"),
     "plan": ("rasft_mlx.experiments.plan", "build_plan"),

@@ -13,8 +13,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from rasft_mlx.blas import reexec_with_optimised_blas
-from rasft_mlx.version import __version__
+from rasft_mlx.runtime.blas import reexec_with_optimised_blas
+from rasft_mlx.runtime.version import __version__
 
 STOP_AFTER_ENV = "RASFT_MLX_TEST_STOP_AFTER"  # tests: interrupt the run after that step
 
@@ -43,15 +43,15 @@ def _stopped(headline: str, detail: str, code: int) -> NoReturn:
 
 def _user_errors() -> tuple[type[Exception], ...]:
     from rasft_mlx.commands.train import TrainingError
-    from rasft_mlx.config import RecipeError
     from rasft_mlx.data.readers import DataError
-    from rasft_mlx.distributed import DistributedError
     from rasft_mlx.export.formats import ExportError
     from rasft_mlx.export.hub import HubError
     from rasft_mlx.models.gguf_import import GGUFImportError
     from rasft_mlx.models.loading import ModelError
+    from rasft_mlx.recipe.config import RecipeError
     from rasft_mlx.reporting.run_reader import ReportError
     from rasft_mlx.reporting.trackers import TrackerError
+    from rasft_mlx.runtime.distributed import DistributedError
 
     reading = (RecipeError, DataError, ModelError, GGUFImportError, FileNotFoundError)
     running = (TrainingError, DistributedError, TrackerError)
@@ -103,7 +103,7 @@ def train(
 ) -> None:
     """Train LoRA adapters with a recipe ([bold]sft, dft, sft_kl, asft, profit[/bold] modes)."""
     from rasft_mlx.commands.train import TrainingInterrupted, run_training
-    from rasft_mlx.config import load_recipe, resolve_run_dir
+    from rasft_mlx.recipe.config import load_recipe, resolve_run_dir
 
     recipe_file = recipe
     if recipe.is_dir():  # a run dir: its saved recipe, resumed in place
@@ -184,9 +184,9 @@ def evaluate(
     seed: int = 0,
 ) -> None:
     """Greedy pass@1 (and avg@K with --samples K) with verified final answers, per benchmark."""
-    from rasft_mlx.commands.evaluate import eval_config, parse_data_sources, run_benchmarks
-    from rasft_mlx.display import benchmark_results_table
-    from rasft_mlx.progress import PhaseInterrupted
+    from rasft_mlx.console.display import benchmark_results_table
+    from rasft_mlx.console.progress import PhaseInterrupted
+    from rasft_mlx.evaluation.benchmarks import eval_config, parse_data_sources, run_benchmarks
     from rasft_mlx.training.stop_signals import interruptible
 
     out = out or Path("runs") / f"eval-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -322,7 +322,6 @@ def compare(
 ) -> None:
     """Compare modes over seeds: same model, data, step budget and eval; a results table."""
     from rasft_mlx.commands.train import TrainingInterrupted
-    from rasft_mlx.config import load_recipe, resolve_run_dir
     from rasft_mlx.experiments.compare import (
         CompareError,
         CompareInterrupted,
@@ -331,6 +330,7 @@ def compare(
         run_compare,
     )
     from rasft_mlx.experiments.compare_report import curves_table, results_table
+    from rasft_mlx.recipe.config import load_recipe, resolve_run_dir
 
     command = ["rasft-mlx", "compare", str(recipe), f"--modes={modes}", f"--seeds={seeds}"]
     command += [f"--out={out}"] if out else []
@@ -387,9 +387,9 @@ def plan(
     ] = 10,
 ) -> None:
     """Pre-flight: parameters, tokens per epoch, rollout tokens, peak memory and wall time."""
-    from rasft_mlx.config import load_recipe
     from rasft_mlx.experiments.plan import build_plan, check_memory
     from rasft_mlx.experiments.plan_report import protocol_lines, render_plan
+    from rasft_mlx.recipe.config import load_recipe
 
     try:
         loaded_recipe = load_recipe(recipe, set_ or [])

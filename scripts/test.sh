@@ -12,5 +12,5 @@ if ! command -v chromedriver >/dev/null && [[ "$(id -u)" == "0" ]] && command -v
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver) >/dev/null \
     || echo "warning: could not install chromium; the browser test of the report will be skipped"
 fi
-eval "$(.venv/bin/python -m rasft_mlx.blas)"
+eval "$(.venv/bin/python -m rasft_mlx.runtime.blas)"
 exec .venv/bin/python -m pytest "$@"

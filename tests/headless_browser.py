@@ -54,7 +54,7 @@ def open_page(page: Path, screenshot: Path) -> PageCheck:
     profile = tempfile.mkdtemp(prefix="chromium-profile-")
     options.add_argument(f"--user-data-dir={profile}")
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    # The test run preloads OpenBLAS (rasft_mlx.blas); Chromium's renderer fails to start with it.
+    # The test run preloads OpenBLAS (rasft_mlx.runtime.blas); Chromium's renderer fails to start with it.
     env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "OPENBLAS_CORETYPE")}
     service = Service(shutil.which("chromedriver"), env=env)
     driver = webdriver.Chrome(options=options, service=service)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -11,20 +12,21 @@ PACKAGE = Path(__file__).resolve().parent.parent / "rasft_mlx"
 
 # Lower layers first; a module may import its own layer's rooms and any lower layer's.
 LAYERS = [
-    {"__init__", "version", "blas", "fileio", "typed_fields", "protocols", "config", "memory"}
-    | {"dataset_config", "distributed", "peer_watchdog"}
-    | {"display", "progress"},
+    {"__init__", "runtime", "console"},
+    {"recipe"},
     {"data"},
     {"models"},
     {"generation"},
     {"training"},
-    {"rasft", "reporting"},
+    {"rasft", "reporting", "evaluation"},
     {"export", "commands"},
     {"experiments"},
     {"cli"},
 ]
 # Within a layer, rooms that must not import each other.
-SEPARATE = [("export", "commands"), ("rasft", "reporting")]
+SEPARATE = [("export", "commands"), ("rasft", "reporting"), ("rasft", "evaluation")]
+# The top level holds the command line and the scripting surface; every other module sits in a room.
+TOP_LEVEL_MODULES = {"__init__.py", "cli.py"}
 TOP_LEVEL_SURFACE = "__init__"  # the public surface imports lazily, from anywhere
 MAX_LINES = 420
 
@@ -117,6 +119,26 @@ def test_training_does_not_import_the_planner_or_rasft():
             assert not {t for t in imports if room_of(t) in ("experiments", "rasft", "commands")}
 
 
+def test_only_the_command_line_and_the_surface_sit_at_the_top():
+    loose = sorted(p.name for p in PACKAGE.glob("*.py") if p.name not in TOP_LEVEL_MODULES)
+    assert not loose, f"modules outside a room: {loose}; move them into a named room"
+
+
+def test_every_room_is_in_a_layer_and_documented():
+    architecture = (PACKAGE.parent / "docs" / "ARCHITECTURE.md").read_text()
+    for room in sorted(p.name for p in PACKAGE.iterdir() if (p / "__init__.py").exists()):
+        layer_of(room)
+        assert f"`{room}/`" in architecture, f"docs/ARCHITECTURE.md does not describe {room}/"
+
+
+def test_evaluation_lives_in_one_room():
+    """Everything that scores a model sits in evaluation/; training/ only calls it through a hook."""
+    for module in import_graph():
+        name = module.rsplit(".", 1)[-1]
+        if room_of(module) != "evaluation":
+            assert not re.search(r"evaluat|drift|outcome", name), f"{module} belongs in evaluation/"
+
+
 @pytest.mark.parametrize("path", sorted(PACKAGE.rglob("*.py")), ids=lambda p: p.name)
 def test_modules_stay_small(path):
     lines = len(path.read_text().splitlines())
@@ -134,10 +156,10 @@ def test_the_layer_test_catches_an_upward_import(tmp_path):
 
 def test_public_surface_resolves_to_the_library_functions():
     import rasft_mlx
-    from rasft_mlx.commands.evaluate import run_evaluation
     from rasft_mlx.commands.train import run_training
-    from rasft_mlx.config import load_recipe
+    from rasft_mlx.evaluation.benchmarks import run_evaluation
     from rasft_mlx.export.formats import export_run
+    from rasft_mlx.recipe.config import load_recipe
 
     assert rasft_mlx.train is run_training
     assert rasft_mlx.evaluate is run_evaluation

@@ -11,10 +11,10 @@ import yaml
 from rich.console import Console
 
 from rasft_mlx.commands.train import TrainingInterrupted, run_training
-from rasft_mlx.config import RasftConfig, load_recipe, recipe_from_dict
-from rasft_mlx.protocols import AUTHORS, protocol_report
 from rasft_mlx.rasft.authors_schedule import route_once, select_for_refresh
 from rasft_mlx.rasft.routing import calibrate_thresholds
+from rasft_mlx.recipe.config import RasftConfig, load_recipe, recipe_from_dict
+from rasft_mlx.recipe.protocols import AUTHORS, protocol_report
 from rasft_mlx.training.step_plan import untrained_part
 
 NLL = {f"p{i:03d}": float(i) for i in range(1, 101)}  # quantile q sits at NLL ~ 1 + 99 q

@@ -22,8 +22,8 @@ from typer.testing import CliRunner
 import rasft_mlx.training.loop as training_loop
 from rasft_mlx.cli import app
 from rasft_mlx.commands.train import TrainingError, run_training
-from rasft_mlx.config import LoraConfig, load_recipe
 from rasft_mlx.models.adapters import apply_adapters, save_adapters
+from rasft_mlx.recipe.config import LoraConfig, load_recipe
 from rasft_mlx.training.checkpoint import TEMP_PREFIX, list_checkpoints, load_latest
 from rasft_mlx.training.run_data import load_run_data
 

@@ -14,7 +14,7 @@ import yaml
 from rich.console import Console
 
 from rasft_mlx.commands.train import run_training
-from rasft_mlx.config import load_recipe
+from rasft_mlx.recipe.config import load_recipe
 from rasft_mlx.training.checkpoint import SLEEP_ENV, TEMP_PREFIX, load_latest
 
 TIMEOUT = 60

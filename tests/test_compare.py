@@ -11,7 +11,6 @@ import yaml
 from typer.testing import CliRunner
 
 from rasft_mlx.cli import app
-from rasft_mlx.config import load_recipe
 from rasft_mlx.experiments.compare import (
     CompareError,
     parse_modes,
@@ -25,6 +24,7 @@ from rasft_mlx.experiments.compare_results import (
     run_curve,
     summarize_mode,
 )
+from rasft_mlx.recipe.config import load_recipe
 
 runner = CliRunner()
 
@@ -384,7 +384,7 @@ def test_base_from_reuses_an_identical_base_eval_and_refuses_another(
 ):
     from rich.console import Console
 
-    import rasft_mlx.training.evaluate as evaluate
+    import rasft_mlx.evaluation.evaluate as evaluate
     from rasft_mlx.experiments.compare import check_compare_dir
     from rasft_mlx.experiments.compare_base import BaseReuseError, base_model_results
 

@@ -1,4 +1,4 @@
-"""Tests for recipe loading, validation, overrides and saving (rasft_mlx.config)."""
+"""Tests for recipe loading, validation, overrides and saving (rasft_mlx.recipe.config)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from rasft_mlx.config import (
+from rasft_mlx.recipe.config import (
     Recipe,
     RecipeError,
     describe_fields,

@@ -19,11 +19,11 @@ import yaml
 from rich.console import Console
 from tiny_models import make_weak_base_model
 
-import rasft_mlx.distributed as distributed
+import rasft_mlx.runtime.distributed as distributed
 from rasft_mlx.cli import STOP_AFTER_ENV
 from rasft_mlx.commands.train import TrainingError, run_training
-from rasft_mlx.config import load_recipe
-from rasft_mlx.peer_watchdog import EXIT_PEER_LOST
+from rasft_mlx.recipe.config import load_recipe
+from rasft_mlx.runtime.peer_watchdog import EXIT_PEER_LOST
 from rasft_mlx.training.checkpoint import SLEEP_ENV, list_checkpoints, read_checkpoint
 
 QUIET = Console(quiet=True)

@@ -63,7 +63,7 @@ def test_sigterm_to_rank_0_alone_stops_every_rank_at_one_checkpoint(tiny_llama_d
 
 @pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_a_rank_waiting_for_peers_that_never_start_stops_when_asked(tmp_path, stop):
-    code = "import rasft_mlx.distributed as d; d.group(); print('joined')"
+    code = "import rasft_mlx.runtime.distributed as d; d.group(); print('joined')"
     process, ports = start_one_rank(tmp_path, 0, ["-c", code])
     deadline = time.monotonic() + 60
     while not port_in_use(ports[0]):  # rank 0 listens for its peer: it is inside init

@@ -7,10 +7,10 @@ import mlx.core as mx
 import numpy as np
 from mlx_lm import load
 
-from rasft_mlx.config import DEFAULT_SYSTEM_PROMPT, LoraConfig
 from rasft_mlx.data.synthetic import generate_problems
+from rasft_mlx.evaluation.drift import drift_statistics, measure_drift, reference_answers
 from rasft_mlx.models.adapters import adapter_modules, apply_adapters
-from rasft_mlx.training.drift import drift_statistics, measure_drift, reference_answers
+from rasft_mlx.recipe.config import DEFAULT_SYSTEM_PROMPT, LoraConfig
 
 
 def adapted(model_dir):
@@ -113,7 +113,7 @@ def test_a_run_reports_drift_and_its_extra_test_sets(tiny_llama_dir, tmp_path):
     import json
 
     from rasft_mlx.commands.train import run_training
-    from rasft_mlx.config import load_recipe
+    from rasft_mlx.recipe.config import load_recipe
 
     recipe_path = write_drift_recipe(tmp_path / "recipe.yaml", tiny_llama_dir)
     run_dir = tmp_path / "run"
@@ -132,7 +132,7 @@ def test_a_run_reports_drift_and_its_extra_test_sets(tiny_llama_dir, tmp_path):
 
 def test_kept_answers_round_trip_and_other_settings_refuse_them(tmp_path):
     from rasft_mlx.data.encoding import TrainingSequence
-    from rasft_mlx.training.drift import answers_identity, load_answers, save_answers
+    from rasft_mlx.evaluation.drift import answers_identity, load_answers, save_answers
 
     problems = generate_problems(3, seed=0, min_level=1, max_level=1)
     identity = answers_identity({"path": "m", "lora": (1, 2)}, problems, "sys", 8, 4)
@@ -158,7 +158,7 @@ def test_runs_sharing_an_answers_file_generate_them_once_and_measure_the_same(
     import json
 
     from rasft_mlx.commands.train import run_training
-    from rasft_mlx.config import load_recipe
+    from rasft_mlx.recipe.config import load_recipe
 
     answers = tmp_path / "drift-answers.json"
     first = load_recipe(write_drift_recipe(tmp_path / "first.yaml", tiny_llama_dir, seed=0))

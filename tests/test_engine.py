@@ -16,7 +16,6 @@ from mlx_lm.sample_utils import (
     make_sampler,
 )
 
-from rasft_mlx.config import LoraConfig
 from rasft_mlx.generation.engine import (
     EngineSettings,
     RepetitionPenalty,
@@ -28,6 +27,7 @@ from rasft_mlx.generation.engine import (
 )
 from rasft_mlx.generation.nucleus import candidate_nucleus, normalise
 from rasft_mlx.models.adapters import adapter_modules, apply_adapters
+from rasft_mlx.recipe.config import LoraConfig
 
 NO_EOS = [10**6]
 

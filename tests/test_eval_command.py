@@ -9,9 +9,9 @@ import pytest
 from typer.testing import CliRunner
 
 from rasft_mlx.cli import app
-from rasft_mlx.commands.evaluate import parse_data_sources
-from rasft_mlx.config import RecipeError
-from rasft_mlx.dataset_config import DatasetSource
+from rasft_mlx.evaluation.benchmarks import parse_data_sources
+from rasft_mlx.recipe.config import RecipeError
+from rasft_mlx.recipe.dataset_config import DatasetSource
 
 runner = CliRunner()
 
@@ -80,8 +80,8 @@ def test_a_bad_benchmark_name_fails_before_the_model_loads(tmp_path):
 
 
 def test_the_mean_weighs_benchmarks_equally_not_problems(tmp_path):
-    from rasft_mlx.commands.evaluate import BenchmarkResult, benchmark_table
-    from rasft_mlx.training.evaluate import EvalSummary
+    from rasft_mlx.evaluation.benchmarks import BenchmarkResult, benchmark_table
+    from rasft_mlx.evaluation.evaluate import EvalSummary
 
     def result(name, problems, correct):
         summary = EvalSummary(problems, correct / problems, 1, None, None, 0, 1.0)

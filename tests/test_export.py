@@ -18,12 +18,12 @@ from typer.testing import CliRunner
 
 from rasft_mlx.cli import app
 from rasft_mlx.commands.train import run_training
-from rasft_mlx.config import load_recipe, recipe_from_dict, save_recipe
 from rasft_mlx.export.formats import ExportError, export_run
 from rasft_mlx.export.hub import HubError, push_folder
 from rasft_mlx.export.model_card import PAPER_CITATION
 from rasft_mlx.models.adapters import apply_adapters, load_adapters_into, save_adapters
 from rasft_mlx.models.loading import load_model
+from rasft_mlx.recipe.config import load_recipe, recipe_from_dict, save_recipe
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing:FutureWarning")
 TOKENS = [[1, 5, 9, 23, 42, 77, 100, 150, 200, 250, 31, 64]]

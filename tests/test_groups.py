@@ -7,10 +7,10 @@ from dataclasses import replace
 
 import pytest
 
-from rasft_mlx.config import RasftConfig
 from rasft_mlx.rasft.groups import build_group, select_negatives
 from rasft_mlx.rasft.quality import has_valid_format, is_collapsed, is_shortcut, quality_failure
 from rasft_mlx.rasft.rollouts import Rollout
+from rasft_mlx.recipe.config import RasftConfig
 
 WORDS = "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike".split()
 

@@ -16,7 +16,7 @@ from rich.console import Console
 from test_checkpoint import TIMEOUT, adapter_bytes, start
 
 from rasft_mlx.commands.train import run_training
-from rasft_mlx.config import load_recipe
+from rasft_mlx.recipe.config import load_recipe
 
 EXIT_WITHIN_SECONDS = 10
 
@@ -105,7 +105,7 @@ def test_a_stop_during_the_final_extra_sets_leaves_no_summary_and_resume_finishe
     import pytest
 
     import rasft_mlx.commands.train as train_command
-    from rasft_mlx.progress import request_stop
+    from rasft_mlx.console.progress import request_stop
     from rasft_mlx.training.stop_signals import TrainingInterrupted
 
     path = tmp_path / "recipe.yaml"
@@ -206,7 +206,7 @@ def test_compare_sigterm_during_the_base_models_evaluation(tiny_llama_dir, tmp_p
 def test_a_signal_outside_any_phase_interrupts_at_once_inside_one_it_asks_to_stop():
     import pytest
 
-    from rasft_mlx.progress import PhaseInterrupted, check, phase, stop_requested
+    from rasft_mlx.console.progress import PhaseInterrupted, check, phase, stop_requested
     from rasft_mlx.training.stop_signals import interruptible
 
     quiet = Console(quiet=True)

@@ -20,11 +20,16 @@ from rich.console import Console
 from tiny_models import make_weak_base_model
 
 from rasft_mlx.commands.train import run_training
-from rasft_mlx.config import DEFAULT_SYSTEM_PROMPT, EvalConfig, RolloutConfig, recipe_from_dict
 from rasft_mlx.data.encoding import encode_expert_sequences
 from rasft_mlx.data.synthetic import generate_problems
+from rasft_mlx.evaluation.evaluate import evaluate_problems
 from rasft_mlx.models.loading import load_model
-from rasft_mlx.training.evaluate import evaluate_problems
+from rasft_mlx.recipe.config import (
+    DEFAULT_SYSTEM_PROMPT,
+    EvalConfig,
+    RolloutConfig,
+    recipe_from_dict,
+)
 from rasft_mlx.training.run_data import load_run_data
 
 # With the settings below SFT takes level-0 pass@1 from ~0.4 to ~0.9 (+0.2..+0.55 over seeds).

@@ -1,4 +1,4 @@
-"""`rasft_mlx.memory`: per-row decode bytes by hand, auto batch sizing, free memory."""
+"""`rasft_mlx.runtime.memory`: per-row decode bytes by hand, auto batch sizing, free memory."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 from mlx_lm import load
 
 from rasft_mlx.generation.completions import SamplingSettings, generate_completions
-from rasft_mlx.memory import (
+from rasft_mlx.runtime.memory import (
     AUTO_MAX_ROWS,
     ModelDims,
     auto_decode_rows,

@@ -6,7 +6,7 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
-from rasft_mlx.config import TrainingConfig
+from rasft_mlx.recipe.config import TrainingConfig
 from rasft_mlx.training.train_step import build_optimizer
 
 torch = pytest.importorskip("torch")

@@ -9,7 +9,6 @@ import pytest
 from mlx.utils import tree_flatten
 from tiny_models import make_tiny_model_dir
 
-from rasft_mlx.config import RasftConfig, recipe_from_dict
 from rasft_mlx.data.encoding import encode_expert_sequences
 from rasft_mlx.experiments.plan import (
     build_plan,
@@ -24,6 +23,7 @@ from rasft_mlx.models.adapters import (
 )
 from rasft_mlx.models.loading import load_model
 from rasft_mlx.rasft.routing import expected_rollout_problems
+from rasft_mlx.recipe.config import RasftConfig, recipe_from_dict
 from rasft_mlx.training import memory_estimate
 from rasft_mlx.training.batching import padded_length
 from rasft_mlx.training.run_data import load_run_data

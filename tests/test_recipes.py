@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from rasft_mlx.config import load_recipe
+from rasft_mlx.recipe.config import load_recipe
 
 RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*.yaml"))
 
@@ -27,10 +27,10 @@ def test_gsm8k_and_quickstart_recipes_run_rasft():
 def test_the_authors_protocol_comparison_reads_beside_the_main_one():
     """Same base-model evaluation (so --base-from applies), same step budget, and the protocol
     holds every key the authors fix except the ones the recipe names as changed for this CPU."""
+    from rasft_mlx.evaluation.extra_sets import load_extra_sets
     from rasft_mlx.experiments.compare import plan_budget
     from rasft_mlx.experiments.compare_base import evaluation_identity, identity_differences
-    from rasft_mlx.protocols import protocol_report
-    from rasft_mlx.training.final_evaluation import load_extra_sets
+    from rasft_mlx.recipe.protocols import protocol_report
     from rasft_mlx.training.run_data import load_run_data
 
     folder = RECIPES[0].parent

@@ -10,12 +10,12 @@ import yaml
 from mlx_lm import load
 
 from rasft_mlx.commands.train import run_training
-from rasft_mlx.config import DEFAULT_SYSTEM_PROMPT, LoraConfig, RolloutConfig, load_recipe
 from rasft_mlx.data.encoding import encode_expert_sequences, encode_prompt
 from rasft_mlx.data.synthetic import generate_problems
 from rasft_mlx.models.adapters import adapter_modules, apply_adapters
 from rasft_mlx.rasft.reference import with_reference_logprobs
 from rasft_mlx.rasft.rollouts import generate_samples
+from rasft_mlx.recipe.config import DEFAULT_SYSTEM_PROMPT, LoraConfig, RolloutConfig, load_recipe
 from rasft_mlx.training.losses import token_logprobs
 
 

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from rasft_mlx.cli import app
 from rasft_mlx.commands.train import run_training
-from rasft_mlx.config import recipe_from_dict
+from rasft_mlx.recipe.config import recipe_from_dict
 from rasft_mlx.reporting import series
 from rasft_mlx.reporting.compare_page import write_compare_report
 from rasft_mlx.reporting.run_reader import ReportError

@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 from tiny_models import build_model, model_config
 
-from rasft_mlx.config import LoraConfig
 from rasft_mlx.data.encoding import TrainingSequence
 from rasft_mlx.models.adapters import adapter_modules, apply_adapters
 from rasft_mlx.models.response_logits import ResponseLogits, output_head
+from rasft_mlx.recipe.config import LoraConfig
 from rasft_mlx.training.batching import collate, window_length
 from rasft_mlx.training.losses import token_logprobs
 

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from rasft_mlx.cli import app
 from rasft_mlx.commands.train import TrainingError, TrainingInterrupted, run_training
-from rasft_mlx.config import load_recipe
+from rasft_mlx.recipe.config import load_recipe
 from rasft_mlx.training.checkpoint import list_checkpoints, read_checkpoint
 
 QUIET = Console(quiet=True)

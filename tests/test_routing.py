@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rasft_mlx.config import RasftConfig
 from rasft_mlx.rasft.routing import (
     calibrate_thresholds,
     mid_window,
@@ -13,6 +12,7 @@ from rasft_mlx.rasft.routing import (
     select_all,
     select_fraction,
 )
+from rasft_mlx.recipe.config import RasftConfig
 
 NLLS = [float(v) for v in range(1, 101)]
 PROBLEMS = {f"p{int(v):03d}": v for v in NLLS}

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from rasft_mlx.config import load_recipe
 from rasft_mlx.data.hub_datasets import parse_split, slice_bounds
 from rasft_mlx.data.rows import DataError, DataWarning
 from rasft_mlx.data.sources import BENCHMARKS, load_problems, resolve_source
-from rasft_mlx.dataset_config import ColumnsConfig, DatasetSource
+from rasft_mlx.recipe.config import load_recipe
+from rasft_mlx.recipe.dataset_config import ColumnsConfig, DatasetSource
 
 ROOT = Path(__file__).resolve().parent.parent
 REAL_GSM8K_TEST = Path(__file__).resolve().parents[2] / "shared/data/gsm8k/test.jsonl"

@@ -63,8 +63,8 @@ def test_different_test_sets_are_refused():
 def test_compare_reads_the_last_greedy_outcomes_and_pairs_the_modes(tmp_path):
     import json
 
+    from rasft_mlx.evaluation.outcomes import final_outcomes
     from rasft_mlx.experiments.compare_results import paired_versus
-    from rasft_mlx.experiments.run_outcomes import final_outcomes
 
     def write(epoch, correct):
         rows = [{"id": f"p{i}", "correct": c, "sample": -1} for i, c in enumerate(correct)]
@@ -115,8 +115,8 @@ def test_every_pair_beyond_the_reference_is_compared_and_shown():
 def test_answer_shapes_count_boxed_truncated_and_unanswered_greedy_answers(tmp_path):
     import json
 
+    from rasft_mlx.evaluation.outcomes import answer_shapes, final_eval_file
     from rasft_mlx.experiments.compare_report import _answer_shape_lines
-    from rasft_mlx.experiments.run_outcomes import answer_shapes, final_eval_file
 
     rows = [
         {"completion": "2 + 2 = 4\n\\boxed{4}", "verdict": "correct", "sample": -1},

@@ -12,7 +12,6 @@ import pytest
 from mlx.utils import tree_flatten, tree_map
 from mlx_lm import load
 
-from rasft_mlx.config import DEFAULT_SYSTEM_PROMPT, LoraConfig, TrainingConfig
 from rasft_mlx.data.encoding import encode_expert_sequences
 from rasft_mlx.data.synthetic import generate_problems
 from rasft_mlx.generation.completions import SamplingSettings, generate_completions
@@ -24,6 +23,7 @@ from rasft_mlx.models.adapters import (
     save_adapters,
 )
 from rasft_mlx.rasft.reference import response_logprobs
+from rasft_mlx.recipe.config import DEFAULT_SYSTEM_PROMPT, LoraConfig, TrainingConfig
 from rasft_mlx.training.batching import collate
 from rasft_mlx.training.losses import LossSettings, token_logprobs
 from rasft_mlx.training.train_step import CompiledTrainStep, build_lr_schedule

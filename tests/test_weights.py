@@ -7,7 +7,6 @@ from dataclasses import replace
 
 import pytest
 
-from rasft_mlx.config import RasftConfig
 from rasft_mlx.rasft.weights import (
     LINEAR_EXPERT_WEIGHT_MIN,
     LINEAR_ROLLOUT_WEIGHT_MAX,
@@ -19,6 +18,7 @@ from rasft_mlx.rasft.weights import (
     solvability_histogram,
     word_trigram_jaccard,
 )
+from rasft_mlx.recipe.config import RasftConfig
 
 K = 3
 

@@ -31,7 +31,7 @@ def chat_corpus(count: int = 400) -> list[str]:
     BPE trained on these merges the system prompt and the chat roles into a few tokens, so
     sequences are about half as long as with `training_corpus` (and training twice as fast).
     """
-    from rasft_mlx.config import DEFAULT_SYSTEM_PROMPT
+    from rasft_mlx.recipe.config import DEFAULT_SYSTEM_PROMPT
 
     problems = generate_problems(count, seed=123, min_level=0, max_level=5)
     return [
@@ -201,8 +201,8 @@ def pretrain(
     import numpy as np
     from mlx_lm import load
 
-    from rasft_mlx.config import DEFAULT_SYSTEM_PROMPT
     from rasft_mlx.data.encoding import encode_expert_sequences
+    from rasft_mlx.recipe.config import DEFAULT_SYSTEM_PROMPT
     from rasft_mlx.training.batching import plan_batches
 
     model, tokenizer = load(str(model_dir))

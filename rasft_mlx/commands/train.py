@@ -11,27 +11,28 @@ from pathlib import Path
 import mlx.core as mx
 from rich.console import Console
 
-import rasft_mlx.distributed as distributed
-from rasft_mlx.config import ROLLOUT_MODES, Recipe, recipe_to_dict
+import rasft_mlx.runtime.distributed as distributed
+from rasft_mlx.console.progress import PhaseInterrupted, attached
 from rasft_mlx.data.encoding import encode_prompt
-from rasft_mlx.fileio import atomic_write_text
+from rasft_mlx.evaluation.evaluate import HeldOutEvaluation
+from rasft_mlx.evaluation.extra_sets import (
+    drift_from_start,
+    evaluate_extra_sets,
+    load_extra_sets,
+)
 from rasft_mlx.models.adapters import (
     apply_adapters,
     total_parameter_count,
     trainable_parameter_count,
 )
 from rasft_mlx.models.loading import load_model
-from rasft_mlx.peer_watchdog import start_watchdog
-from rasft_mlx.progress import PhaseInterrupted, attached
 from rasft_mlx.rasft.routing import expected_rollout_problems
+from rasft_mlx.recipe.config import ROLLOUT_MODES, Recipe, recipe_to_dict
 from rasft_mlx.reporting.run_report import REPORT_FILE, write_report_quietly
 from rasft_mlx.reporting.trackers import check_installed, tracking
+from rasft_mlx.runtime.fileio import atomic_write_text
+from rasft_mlx.runtime.peer_watchdog import start_watchdog
 from rasft_mlx.training.checkpoint import checkpoints_dir
-from rasft_mlx.training.final_evaluation import (
-    drift_from_start,
-    evaluate_extra_sets,
-    load_extra_sets,
-)
 from rasft_mlx.training.loop import TrainingLoop, TrainResult
 from rasft_mlx.training.memory_estimate import check_memory, estimate_run_memory
 from rasft_mlx.training.run_data import encode_training_data, load_run_data
@@ -196,7 +197,7 @@ def _train(run: _Run, stop_after, signals) -> TrainResult:
         source,
         run_dir,
         console,
-        run.test_problems,
+        HeldOutEvaluation(loaded, recipe, run.test_problems, run_dir, metrics),
         metrics,
         timings,
         stop_after,

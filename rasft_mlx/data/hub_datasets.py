@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 
 from rasft_mlx.data.rows import DataError, RowSource
-from rasft_mlx.dataset_config import DatasetSource
+from rasft_mlx.recipe.dataset_config import DatasetSource
 
 INSTALL_HINT = "pip install datasets"
 # Local files the `datasets` builders read, by suffix.

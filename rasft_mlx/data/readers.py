@@ -17,7 +17,7 @@ from rasft_mlx.data.rows import (
     require_text,
 )
 from rasft_mlx.data.verify import last_boxed
-from rasft_mlx.dataset_config import ColumnsConfig
+from rasft_mlx.recipe.dataset_config import ColumnsConfig
 
 __all__ = ["DataError", "DataWarning"]  # re-exported: every reader raises and warns with these
 

@@ -19,7 +19,7 @@ from rasft_mlx.data.readers import (
 )
 from rasft_mlx.data.rows import DataError, RowSource, jsonl_rows
 from rasft_mlx.data.synthetic import generate_problems
-from rasft_mlx.dataset_config import FORMATS, GRADERS, ColumnsConfig, DatasetSource
+from rasft_mlx.recipe.dataset_config import FORMATS, GRADERS, ColumnsConfig, DatasetSource
 
 SYNTHETIC_DEFAULTS = {
     "seed": 0,

@@ -27,7 +27,7 @@ from pathlib import Path
 import yaml
 from rich.console import Console
 
-from rasft_mlx.config import MODES, Recipe, recipe_to_dict, save_recipe
+from rasft_mlx.console.progress import PhaseInterrupted
 from rasft_mlx.experiments.compare_base import (
     RECIPE_FILE,
     BaseReuseError,
@@ -36,7 +36,7 @@ from rasft_mlx.experiments.compare_base import (
 )
 from rasft_mlx.experiments.compare_report import write_results
 from rasft_mlx.experiments.compare_results import Budget, build_results, collect_run
-from rasft_mlx.progress import PhaseInterrupted
+from rasft_mlx.recipe.config import MODES, Recipe, recipe_to_dict, save_recipe
 from rasft_mlx.reporting.compare_page import (
     COMPARE_FILE,
     compare_charts,

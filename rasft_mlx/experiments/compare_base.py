@@ -17,9 +17,9 @@ from pathlib import Path
 import mlx.core as mx
 from rich.console import Console
 
-from rasft_mlx.config import Recipe, RecipeError, load_recipe, recipe_to_dict
 from rasft_mlx.data.problem import Problem, problems_digest
-from rasft_mlx.fileio import atomic_write_text
+from rasft_mlx.recipe.config import Recipe, RecipeError, load_recipe, recipe_to_dict
+from rasft_mlx.runtime.fileio import atomic_write_text
 
 BASE_DIR = "base"
 BASE_FILE = "base.json"
@@ -61,7 +61,7 @@ def free_memory() -> None:
 
 
 def _load_sets(recipe: Recipe) -> tuple[list[Problem], list[Problem], list]:
-    from rasft_mlx.training.final_evaluation import load_extra_sets
+    from rasft_mlx.evaluation.extra_sets import load_extra_sets
     from rasft_mlx.training.run_data import load_run_data
 
     train_problems, test_problems = load_run_data(recipe)
@@ -109,8 +109,8 @@ def base_model_results(
     if path.is_file():
         console.print(f"base model: reusing {path}")
         return json.loads(path.read_text())
+    from rasft_mlx.evaluation.evaluate import evaluate_and_write
     from rasft_mlx.models.loading import load_model
-    from rasft_mlx.training.evaluate import evaluate_and_write
     from rasft_mlx.training.run_data import encode_training_data
 
     train_problems, test_problems, extra_sets = _load_sets(recipe)

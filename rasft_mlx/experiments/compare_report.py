@@ -8,7 +8,7 @@ from pathlib import Path
 
 from rich.table import Table
 
-from rasft_mlx.fileio import atomic_write_text
+from rasft_mlx.runtime.fileio import atomic_write_text
 
 RESULTS_JSON = "results.json"
 RESULTS_MD = "results.md"

@@ -13,16 +13,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from rasft_mlx.config import ROLLOUT_MODES, Recipe
-from rasft_mlx.dataset_config import source_label
-from rasft_mlx.experiments.compare_base import BASE_DIR
-from rasft_mlx.experiments.run_outcomes import (
+from rasft_mlx.evaluation.outcomes import (
     answer_shapes,
     extra_set_outcomes,
     final_eval_file,
     final_outcomes,
 )
+from rasft_mlx.experiments.compare_base import BASE_DIR
 from rasft_mlx.experiments.statistics import paired_difference
+from rasft_mlx.recipe.config import ROLLOUT_MODES, Recipe
+from rasft_mlx.recipe.dataset_config import source_label
 
 RATIO_MODES = ("rasft",)  # modes whose loss carries the clipped inverse ratio rho
 

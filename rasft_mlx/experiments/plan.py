@@ -11,12 +11,8 @@ import mlx.core as mx
 import numpy as np
 from mlx.utils import tree_flatten, tree_unflatten
 
-from rasft_mlx.config import ROLLOUT_MODES, Recipe
 from rasft_mlx.data.encoding import encode_prompt
 from rasft_mlx.generation.completions import SamplingSettings, generate_completions
-from rasft_mlx.memory import (
-    peak_rss_bytes,
-)
 from rasft_mlx.models.adapters import (
     apply_adapters,
     total_parameter_count,
@@ -25,6 +21,10 @@ from rasft_mlx.models.adapters import (
 from rasft_mlx.models.loading import load_model
 from rasft_mlx.rasft.rollouts import sampling_settings
 from rasft_mlx.rasft.routing import expected_rollout_problems
+from rasft_mlx.recipe.config import ROLLOUT_MODES, Recipe
+from rasft_mlx.runtime.memory import (
+    peak_rss_bytes,
+)
 from rasft_mlx.training.batching import collate
 from rasft_mlx.training.checkpoint import mlx_random_state, restore_mlx_random_state
 from rasft_mlx.training.memory_estimate import (

@@ -6,9 +6,9 @@ from typing import TYPE_CHECKING
 
 from rich.table import Table
 
-from rasft_mlx.config import ROLLOUT_MODES
-from rasft_mlx.display import format_bytes
-from rasft_mlx.protocols import protocol_report
+from rasft_mlx.console.display import format_bytes
+from rasft_mlx.recipe.config import ROLLOUT_MODES
+from rasft_mlx.recipe.protocols import protocol_report
 
 if TYPE_CHECKING:
     from rasft_mlx.experiments.plan import ProbeResult, RunPlan

@@ -15,9 +15,9 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from rasft_mlx.config import Recipe, RecipeError, load_recipe
 from rasft_mlx.export.model_card import CARD_FILE, CARD_MARKER, render_card
 from rasft_mlx.models.adapters import ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE
+from rasft_mlx.recipe.config import Recipe, RecipeError, load_recipe
 
 FORMATS = ("mlx", "peft", "fused")
 PEFT_WEIGHTS_FILE = "adapter_model.safetensors"

@@ -12,11 +12,11 @@ from dataclasses import dataclass, replace
 
 import mlx.core as mx
 
-import rasft_mlx.distributed as distributed
+import rasft_mlx.runtime.distributed as distributed
+from rasft_mlx.console.progress import check, phase
 from rasft_mlx.generation.engine import REPETITION_CONTEXT
-from rasft_mlx.memory import auto_decode_rows
 from rasft_mlx.models.adapters import dropout_mode
-from rasft_mlx.progress import check, phase
+from rasft_mlx.runtime.memory import auto_decode_rows
 
 ALL_TOKENS = 1 << 30
 
@@ -69,7 +69,10 @@ def generate_completions(
         context = max(len(p) for p in prompts) + settings.max_new_tokens
         settings = replace(settings, batch_size=auto_decode_rows(model, context))
     generate = _engine_completions if supports_model(model) else _batch_generate_completions
-    with dropout_mode(model, False), phase(label, len(prompts)) as reporter:
+    with (
+        dropout_mode(model, False),
+        phase(label, len(prompts), token_budget=len(prompts) * settings.max_new_tokens) as reporter,
+    ):
         return generate(model, tokenizer, prompts, settings, seed, reporter)
 
 
@@ -169,7 +172,8 @@ def _batch_generate_completions(model, tokenizer, prompts, settings, seed, repor
             completions.append(Completion(text, tuple(ids), len(ids) >= settings.max_new_tokens))
             generated += len(ids)
         if reporter is not None:
-            reporter.advance(len(chunk), sum(len(ids) for ids in response.token_ids))
+            tokens = sum(len(ids) for ids in response.token_ids)
+            reporter.advance(len(chunk), tokens, len(chunk) * settings.max_new_tokens - tokens)
         check(label="generation")
     stats = GenerationStats(len(prompts), generated, time.perf_counter() - started)
     return completions, stats

@@ -28,8 +28,8 @@ from dataclasses import dataclass, field
 import mlx.core as mx
 import numpy as np
 
+from rasft_mlx.console.progress import check
 from rasft_mlx.generation.nucleus import default_candidates, make_rollout_sampler
-from rasft_mlx.progress import check
 
 REPETITION_CONTEXT = 20  # mlx-lm's default repetition_context_size
 
@@ -222,7 +222,11 @@ def _decode_chunk(
             check("generation")
             if reporter is not None:
                 done_now = rows - len(active) + finished
-                reporter.advance(done_now - reported, (step + 1 - reported_step) * len(active))
+                reporter.advance(
+                    done_now - reported,
+                    (step + 1 - reported_step) * len(active),
+                    (done_now - reported) * (limit - step - 1),
+                )
                 reported, reported_step = done_now, step + 1
             if finished == len(active):
                 break

@@ -11,9 +11,9 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten, tree_unflatten
 
-from rasft_mlx.config import LoraConfig
-from rasft_mlx.fileio import atomic_write
 from rasft_mlx.models.loading import ModelError
+from rasft_mlx.recipe.config import LoraConfig
+from rasft_mlx.runtime.fileio import atomic_write
 
 ADAPTER_WEIGHTS_FILE = "adapters.safetensors"
 ADAPTER_CONFIG_FILE = "adapter_config.json"

@@ -8,8 +8,8 @@ from pathlib import Path
 import mlx.core as mx
 import mlx.nn as nn
 
-from rasft_mlx.config import ModelConfig
-from rasft_mlx.memory import is_cpu_device
+from rasft_mlx.recipe.config import ModelConfig
+from rasft_mlx.runtime.memory import is_cpu_device
 
 
 class ModelError(ValueError):

@@ -16,7 +16,6 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from rasft_mlx.config import RasftConfig
 from rasft_mlx.rasft.quality import quality_failure
 from rasft_mlx.rasft.rollouts import Rollout
 from rasft_mlx.rasft.weights import (
@@ -25,6 +24,7 @@ from rasft_mlx.rasft.weights import (
     problem_weights,
     word_trigram_jaccard,
 )
+from rasft_mlx.recipe.config import RasftConfig
 
 NEGATIVE_SIMILARITY_TARGET = 0.45
 UNGRADED_VERDICTS = ("truncated", "no_answer")

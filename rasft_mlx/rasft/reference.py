@@ -7,11 +7,11 @@ from dataclasses import replace
 import mlx.core as mx
 import numpy as np
 
-import rasft_mlx.distributed as distributed
+import rasft_mlx.runtime.distributed as distributed
+from rasft_mlx.console.progress import check, phase
 from rasft_mlx.data.encoding import TrainingSequence
 from rasft_mlx.models.adapters import adapters_disabled, dropout_mode
 from rasft_mlx.models.response_logits import ResponseLogits
-from rasft_mlx.progress import check, phase
 from rasft_mlx.training.batching import collate
 from rasft_mlx.training.losses import token_logprobs
 

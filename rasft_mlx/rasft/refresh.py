@@ -10,14 +10,14 @@ from pathlib import Path
 
 import numpy as np
 from rich.console import Console
-from rich.table import Table
 
+from rasft_mlx.console.display import readable
 from rasft_mlx.data.encoding import TrainingSequence, encode_prompt
-from rasft_mlx.fileio import atomic_write_text
 from rasft_mlx.generation.completions import rank_seed
 from rasft_mlx.rasft.authors_schedule import route_once, select_for_refresh
 from rasft_mlx.rasft.groups import RolloutGroup, build_group, rejection_sampling_group
 from rasft_mlx.rasft.reference import response_logprobs, with_reference_logprobs
+from rasft_mlx.rasft.refresh_table import refresh_table
 from rasft_mlx.rasft.rollouts import (
     Rollout,
     gather_rollouts,
@@ -36,6 +36,7 @@ from rasft_mlx.rasft.weights import (
     no_rollout_weights,
     solvability_histogram,
 )
+from rasft_mlx.runtime.fileio import atomic_write_text
 from rasft_mlx.training.losses import LossSettings
 
 SOLVED_ROUTES = ("weighted", "fallback_degenerate", "rft")  # a correct rollout was kept
@@ -183,7 +184,7 @@ class RasftSource:
         routing = route_once(list(zip(ids, nll, strict=True)), self.thresholds, window)
         self.pending, self.hard_pool = list(routing.pending), frozenset(routing.hard_pool)
         self.metrics.write({"event": "route", "step": 0, **routing.counts})
-        self.console.print(f"routed by demo NLL: {json.dumps(routing.counts)}")
+        self.console.print(f"routed by demo NLL: {readable(routing.counts)}")
         return [replace(self.experts[pid], weight=1.0) for pid in routing.queue]
 
     def _authors_refresh(self, progress: float) -> list[TrainingSequence]:
@@ -381,20 +382,7 @@ class RasftSource:
         }
 
     def _print(self, record: dict) -> None:
-        table = Table(title=f"RASFT refresh {record['refresh']}", show_header=False)
-        for key in ("problems_selected", "rollouts_generated", "rollouts_trained"):
-            table.add_row(key.replace("_", " "), str(record[key]))
-        table.add_row("generation tok/s", f"{record['generation_tokens_per_second']:.0f}")
-        histogram = record["solvability_histogram"]
-        k = len(histogram) - 1
-        table.add_row("solvability", "  ".join(f"{i}/{k}: {n}" for i, n in enumerate(histogram)))
-        table.add_row("routes", json.dumps(record["routes"]))
-        table.add_row("weight routes", json.dumps(record["weight_routes"]))
-        table.add_row("expert weight", json.dumps(record["expert_weight"]))
-        table.add_row("rollout weight", json.dumps(record["rollout_weight"]))
-        table.add_row("dropped", json.dumps(record["dropped"]))
-        table.add_row("ratio on bounds", json.dumps(record["ratio_clip_since_last_refresh"]))
-        self.console.print(table)
+        self.console.print(refresh_table(record))
 
 
 def _stats(values: np.ndarray) -> dict:

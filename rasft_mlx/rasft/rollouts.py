@@ -5,8 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass
 
-import rasft_mlx.distributed as distributed
-from rasft_mlx.config import RolloutConfig
+import rasft_mlx.runtime.distributed as distributed
 from rasft_mlx.data.graders import grade
 from rasft_mlx.data.problem import Problem
 from rasft_mlx.generation.completions import (
@@ -16,6 +15,7 @@ from rasft_mlx.generation.completions import (
     decode_share,
     generate_completions,
 )
+from rasft_mlx.recipe.config import RolloutConfig
 
 
 @dataclass(frozen=True)

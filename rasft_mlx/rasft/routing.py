@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from rasft_mlx.config import RasftConfig
+from rasft_mlx.recipe.config import RasftConfig
 
 
 def select_all(ids: Iterable[str]) -> list[str]:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from rasft_mlx.config import RasftConfig
+from rasft_mlx.recipe.config import RasftConfig
 
 # Linear weighting ("follow the abstract literally"), see linear_weights.
 LINEAR_EXPERT_WEIGHT_MIN = 0.2

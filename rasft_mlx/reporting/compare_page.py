@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rasft_mlx.fileio import atomic_write_text
 from rasft_mlx.reporting import charts, series
 from rasft_mlx.reporting.page import Section, note, render_page, table
 from rasft_mlx.reporting.run_reader import ReportError, read_metrics
+from rasft_mlx.runtime.fileio import atomic_write_text
 
 COMPARE_FILE = "compare.html"
 FIGURES_DIR = "figures"

@@ -7,10 +7,10 @@ import platform
 from importlib import metadata
 from pathlib import Path
 
-from rasft_mlx.fileio import atomic_write_text
 from rasft_mlx.reporting import charts, series
 from rasft_mlx.reporting.page import Section, escape, note, preformatted, render_page, table
 from rasft_mlx.reporting.run_reader import RunFiles, read_run
+from rasft_mlx.runtime.fileio import atomic_write_text
 
 REPORT_FILE = "report.html"
 STEP_CHARTS = (  # (metrics key, chart id, title, y label, caption)

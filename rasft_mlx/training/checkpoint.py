@@ -24,7 +24,7 @@ import mlx.core as mx
 import numpy as np
 
 from rasft_mlx.data.encoding import TrainingSequence
-from rasft_mlx.fileio import atomic_write_text
+from rasft_mlx.runtime.fileio import atomic_write_text
 
 CHECKPOINTS_DIR = "checkpoints"
 LATEST_FILE = "latest"

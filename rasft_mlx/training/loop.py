@@ -14,21 +14,20 @@ import numpy as np
 from mlx.utils import tree_flatten, tree_map, tree_unflatten
 from rich.console import Console
 
-import rasft_mlx.distributed as distributed
-from rasft_mlx.config import Recipe
+import rasft_mlx.runtime.distributed as distributed
+from rasft_mlx.console.display import TrainingDisplay
+from rasft_mlx.console.progress import PhaseInterrupted
 from rasft_mlx.data.encoding import TrainingSequence
-from rasft_mlx.data.problem import Problem
-from rasft_mlx.display import TrainingDisplay
-from rasft_mlx.memory import peak_memory_gb
 from rasft_mlx.models.adapters import save_adapters
 from rasft_mlx.models.loading import LoadedModel
-from rasft_mlx.progress import PhaseInterrupted
+from rasft_mlx.recipe.config import Recipe
+from rasft_mlx.runtime.memory import peak_memory_gb
 from rasft_mlx.training.batching import collate
 from rasft_mlx.training.checkpoint import (
     mlx_random_state,
     restore_mlx_random_state,
 )
-from rasft_mlx.training.evaluate import EvalSummary, evaluate_and_record
+from rasft_mlx.training.hooks import HeldOutScoring, ScoreSummary
 from rasft_mlx.training.loop_checkpoint import LoopCheckpoints, assign_in_place
 from rasft_mlx.training.run_directory import MetricsLog, TrainingError
 from rasft_mlx.training.step_plan import (
@@ -54,7 +53,7 @@ class TrainResult:
     trained_tokens: int
     final_loss: float
     seconds: float
-    eval_summary: EvalSummary | None
+    eval_summary: ScoreSummary | None
 
 
 class TrainingLoop(LoopCheckpoints):
@@ -72,7 +71,7 @@ class TrainingLoop(LoopCheckpoints):
         source: SequenceSource,
         run_dir: Path,
         console: Console,
-        test_problems: list[Problem],
+        held_out: HeldOutScoring,
         metrics: MetricsLog,
         timings: Counter,
         stop_after: int | None = None,
@@ -82,7 +81,7 @@ class TrainingLoop(LoopCheckpoints):
         self.loaded, self.recipe, self.source = loaded, recipe, source
         self.on_epoch_end = on_epoch_end  # after each epoch's checkpoint (the report)
         self.run_dir, self.console = run_dir, console
-        self.test_problems, self.metrics, self.timings = test_problems, metrics, timings
+        self.held_out, self.metrics, self.timings = held_out, metrics, timings
         self.stop_after = stop_after
         self.training = recipe.training
         self.rng = np.random.default_rng(self.training.seed)
@@ -95,7 +94,7 @@ class TrainingLoop(LoopCheckpoints):
         self.loss = float("nan")
         self.planned = 0
         self.completed = False
-        self.eval_summary: EvalSummary | None = None
+        self.eval_summary: ScoreSummary | None = None
         self.last_checkpoint: Path | None = None
         self.step_fn: CompiledTrainStep | None = None
         self.optimizer = None
@@ -108,7 +107,9 @@ class TrainingLoop(LoopCheckpoints):
         """A new run: the step plan from the expert demos; epoch 1's sequences (a RASFT refresh)
         and the starting model's evaluation come in `run`, after a step-0 checkpoint."""
         self.planned = planned_steps(self.source.expert_count, self.recipe)
-        self.baseline_eval_pending = bool(self.recipe.eval.before_training and self.test_problems)
+        self.baseline_eval_pending = bool(
+            self.recipe.eval.before_training and self.held_out.has_problems
+        )
         self._build_step()
 
     def _build_step(self) -> None:
@@ -220,9 +221,7 @@ class TrainingLoop(LoopCheckpoints):
 
     def _baseline_eval(self) -> None:
         started = time.perf_counter()
-        before = evaluate_and_record(
-            self.loaded, self.recipe, self.test_problems, self.run_dir, -1, self.metrics
-        )
+        before = self.held_out.score(-1)
         self.timings["eval"] += time.perf_counter() - started
         self.baseline_eval_pending = False
         self.console.print(
@@ -259,16 +258,17 @@ class TrainingLoop(LoopCheckpoints):
         """Adapters, eval, then an epoch-end checkpoint that starts the next epoch."""
         loaded, epoch = self.loaded, self.epoch
         save_adapters(
-            loaded.model, self.recipe.lora, self.recipe.model.path, self.run_dir / "adapters"
+            loaded.model,
+            self.recipe.lora,
+            self.recipe.model.path,
+            self.run_dir / "adapters",
         )
         last_epoch = epoch == self.training.epochs - 1 or self.step >= max_steps
-        if self.test_problems and (self.training.eval_every_epoch or last_epoch):
+        if self.held_out.has_problems and (self.training.eval_every_epoch or last_epoch):
             eval_started = time.perf_counter()
             self.eval_summary = self._guarded(
                 signals,
-                lambda: evaluate_and_record(
-                    loaded, self.recipe, self.test_problems, self.run_dir, epoch, self.metrics
-                ),
+                lambda: self.held_out.score(epoch),
             )
             self.timings["eval"] += time.perf_counter() - eval_started
             display.message(

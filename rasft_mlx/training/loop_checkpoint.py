@@ -12,7 +12,7 @@ from pathlib import Path
 import mlx.core as mx
 from mlx.utils import tree_flatten, tree_unflatten
 
-import rasft_mlx.distributed as distributed
+import rasft_mlx.runtime.distributed as distributed
 from rasft_mlx.models.adapters import adapter_config_dict
 from rasft_mlx.training.checkpoint import (
     Checkpoint,
@@ -23,7 +23,6 @@ from rasft_mlx.training.checkpoint import (
     step_dir_name,
     write_checkpoint,
 )
-from rasft_mlx.training.evaluate import EvalSummary
 from rasft_mlx.training.run_directory import TrainingError
 
 
@@ -53,7 +52,7 @@ class LoopCheckpoints:
         )
         self.baseline_eval_pending = bool(state.get("baseline_eval_pending", False))
         if state.get("eval") is not None:
-            self.eval_summary = EvalSummary(**state["eval"])
+            self.eval_summary = self.held_out.summary_from_dict(state["eval"])
         self._restore_weights(checkpoint)
         self._build_step()
         flat = checkpoint.optimizer_state()

@@ -11,17 +11,17 @@ from dataclasses import dataclass
 
 from mlx.utils import tree_flatten
 
-from rasft_mlx.config import ROLLOUT_MODES, Recipe
+from rasft_mlx.console.display import format_bytes
 from rasft_mlx.data.encoding import TrainingSequence
-from rasft_mlx.display import format_bytes
-from rasft_mlx.memory import (
+from rasft_mlx.models.adapters import adapted_layer_count, adapter_modules
+from rasft_mlx.recipe.config import ROLLOUT_MODES, Recipe
+from rasft_mlx.runtime.memory import (
     DECODE_LOGIT_COPIES,
     auto_decode_rows,
     kv_bytes_per_row,
     machine_memory_bytes,
     model_dims,
 )
-from rasft_mlx.models.adapters import adapted_layer_count, adapter_modules
 from rasft_mlx.training.batching import padded_length, window_length
 from rasft_mlx.training.step_plan import loss_settings
 

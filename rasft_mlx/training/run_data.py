@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from dataclasses import asdict
 
-from rasft_mlx.config import Recipe
 from rasft_mlx.data.encoding import encode_expert_sequences
 from rasft_mlx.data.problem import Problem
 from rasft_mlx.data.sources import load_problems
+from rasft_mlx.recipe.config import Recipe
 from rasft_mlx.training.run_directory import TrainingError
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import yaml
 from rich.console import Console
 
-from rasft_mlx.config import Recipe, recipe_to_dict, save_recipe
+from rasft_mlx.recipe.config import Recipe, recipe_to_dict, save_recipe
 from rasft_mlx.training.checkpoint import (
     Checkpoint,
     list_checkpoints,

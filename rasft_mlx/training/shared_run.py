@@ -8,7 +8,7 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
-import rasft_mlx.distributed as distributed
+import rasft_mlx.runtime.distributed as distributed
 from rasft_mlx.training.checkpoint import Checkpoint, checkpoints_dir, read_checkpoint
 
 

@@ -6,8 +6,8 @@ import math
 from dataclasses import dataclass
 from typing import Protocol
 
-from rasft_mlx.config import Recipe
 from rasft_mlx.data.encoding import TrainingSequence
+from rasft_mlx.recipe.config import Recipe
 from rasft_mlx.training.batching import plan_batches
 from rasft_mlx.training.losses import LossSettings
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 from rich.console import Console
 
-import rasft_mlx.distributed as distributed
-from rasft_mlx.progress import attached, clear_stop, phase_running, request_stop
+import rasft_mlx.runtime.distributed as distributed
+from rasft_mlx.console.progress import attached, clear_stop, phase_running, request_stop
 
 TRAINING_STOP = "stopping after the current step or chunk, then writing a checkpoint"
 

@@ -10,10 +10,10 @@ import mlx.nn as nn
 import mlx.optimizers as optim
 from mlx.utils import tree_flatten, tree_map, tree_unflatten
 
-import rasft_mlx.distributed as distributed
-from rasft_mlx.config import TrainingConfig
+import rasft_mlx.runtime.distributed as distributed
 from rasft_mlx.models.adapters import adapters_disabled, dropout_mode
 from rasft_mlx.models.response_logits import ResponseLogits
+from rasft_mlx.recipe.config import TrainingConfig
 from rasft_mlx.training.batching import Batch
 from rasft_mlx.training.losses import LossSettings, loss_terms
 

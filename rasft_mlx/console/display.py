@@ -13,7 +13,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from rasft_mlx.progress import sharing
+from rasft_mlx.console.progress import sharing
 
 
 def format_bytes(n: float) -> str:
@@ -21,6 +21,32 @@ def format_bytes(n: float) -> str:
         ((u, s) for u, s in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)) if n >= s), ("B", 1)
     )
     return f"{n / scale:.2f} {unit}" if scale > 1 else f"{int(n)} B"
+
+
+def readable(value) -> str:
+    """A record's value as a table cell a person reads: `{"truncated": 90, "wrong": 6}` ->
+    `truncated 90, wrong 6`; `{"mean": .5, "min": .1, "max": .9}` -> `mean 0.5 (min 0.1, max 0.9)`."""
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, dict):
+        if not value:
+            return "none"
+        rest = dict(value)
+        text = ""
+        if {"mean", "min", "max"} <= rest.keys():
+            text = (
+                f"mean {readable(rest.pop('mean'))} "
+                f"(min {readable(rest.pop('min'))}, max {readable(rest.pop('max'))})"
+            )
+        others = ", ".join(f"{k.replace('_', ' ')} {readable(v)}" for k, v in rest.items())
+        return ", ".join(part for part in (text, others) if part)
+    if isinstance(value, (list, tuple)):
+        return ", ".join(readable(v) for v in value) or "none"
+    return str(value)
 
 
 def format_stats(stats: dict) -> str:

@@ -7,22 +7,22 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import rasft_mlx.distributed as distributed
-from rasft_mlx.config import EvalConfig
+import rasft_mlx.runtime.distributed as distributed
 from rasft_mlx.data.encoding import encode_prompt
 from rasft_mlx.data.graders import grade
 from rasft_mlx.data.problem import Problem
-from rasft_mlx.fileio import atomic_write_text
 from rasft_mlx.generation.completions import (
     SamplingSettings,
     decode_share,
     generate_completions,
     rank_seed,
 )
+from rasft_mlx.recipe.config import EvalConfig
+from rasft_mlx.runtime.fileio import atomic_write_text
 
 if TYPE_CHECKING:
-    from rasft_mlx.config import Recipe
     from rasft_mlx.models.loading import LoadedModel
+    from rasft_mlx.recipe.config import Recipe
     from rasft_mlx.training.run_directory import MetricsLog
 
 
@@ -193,3 +193,26 @@ def evaluate_and_record(
     summary = evaluate_and_write(loaded, recipe, problems, run_dir, f"eval-epoch-{epoch + 1}")
     metrics.write({"event": "eval", "epoch": epoch, **summary.as_dict()})
     return summary
+
+
+@dataclass(frozen=True)
+class HeldOutEvaluation:
+    """The loop's held-out scoring (training/hooks.py): the recipe's test problems, per epoch."""
+
+    loaded: LoadedModel
+    recipe: Recipe
+    problems: list[Problem]
+    run_dir: Path
+    metrics: MetricsLog
+
+    @property
+    def has_problems(self) -> bool:
+        return bool(self.problems)
+
+    def score(self, epoch: int) -> EvalSummary:
+        return evaluate_and_record(
+            self.loaded, self.recipe, self.problems, self.run_dir, epoch, self.metrics
+        )
+
+    def summary_from_dict(self, state: dict) -> EvalSummary:
+        return EvalSummary(**state)

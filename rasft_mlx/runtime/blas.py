@@ -75,7 +75,7 @@ def reexec_with_optimised_blas() -> None:
 
 
 def main() -> None:
-    """`python -m rasft_mlx.blas`: print `export` lines for shells and scripts."""
+    """`python -m rasft_mlx.runtime.blas`: print `export` lines for shells and scripts."""
     for key, value in blas_environment().items():
         print(f"export {key}={value}")
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from rasft_mlx.typed_fields import field_meta
+from rasft_mlx.recipe.typed_fields import field_meta
 
 DEFAULT_SYSTEM_PROMPT = "Please reason step by step, and put your final answer within \\boxed{}."
 FORMATS = ("auto", "gsm8k", "generic", "math", "authors", "messages", "synthetic")

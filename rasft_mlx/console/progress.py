@@ -22,7 +22,6 @@ from rich.progress import (
     Progress,
     TextColumn,
     TimeElapsedColumn,
-    TimeRemainingColumn,
 )
 
 PLAIN_EVERY_SECONDS = float(os.environ.get("RASFT_MLX_PROGRESS_EVERY", "10"))
@@ -83,13 +82,32 @@ def sharing(live: Progress | None) -> Iterator[None]:
         _live = previous
 
 
+def remaining_seconds(
+    elapsed: float, done: int, total: int, tokens: int, token_budget: int, unused: int
+) -> float | None:
+    """The ETA of a phase. With a token budget (decoding: sequences x max new tokens) it is the
+    budget still open (less what finished sequences will never use) at the token rate so far, so
+    a batched decode, where sequences finish together, estimates well from its first steps; else
+    the time per finished item. None before anything to go on, or once done."""
+    if done >= total or elapsed <= 0:
+        return None
+    if token_budget and tokens:
+        return max(token_budget - tokens - unused, 0) * elapsed / tokens
+    if done:
+        return elapsed / done * (total - done)
+    return None
+
+
 class PhaseReporter:
     """Counts done items and generated tokens; shows them as a bar on a terminal (in the shared
     live display when there is one) or as plain lines at most every PLAIN_EVERY_SECONDS."""
 
-    def __init__(self, console: Console | None, label: str, total: int, unit: str):
+    def __init__(
+        self, console: Console | None, label: str, total: int, unit: str, token_budget: int = 0
+    ):
         self.console, self.label, self.total, self.unit = console, label, total, unit
-        self.done = self.tokens = 0
+        self.token_budget = token_budget
+        self.done = self.tokens = self.unused = 0
         self.started = self.last_line = time.perf_counter()
         self.bar: Progress | None = None
         self.owns_bar = False
@@ -104,16 +122,18 @@ class PhaseReporter:
                 MofNCompleteColumn(),
                 TextColumn("{task.fields[stats]}"),
                 TimeElapsedColumn(),
-                TimeRemainingColumn(),
                 console=console,
                 transient=True,
             )
             self.bar.start()
         self.task = self.bar.add_task(label, total=total, stats="")
 
-    def advance(self, done: int = 0, tokens: int = 0) -> None:
+    def advance(self, done: int = 0, tokens: int = 0, unused: int = 0) -> None:
+        """`done` more items finished, `tokens` more generated; `unused`: budget tokens that the
+        items finished now will not generate (they stopped before max new tokens)."""
         self.done = min(self.done + done, self.total)
         self.tokens += tokens
+        self.unused += unused
         if self.bar is not None:
             self.bar.update(self.task, completed=self.done, stats=self._rate())
             return
@@ -122,17 +142,27 @@ class PhaseReporter:
             self.last_line = now
             self.console.print(self.line(), soft_wrap=True, highlight=False)
 
+    def _eta(self, elapsed: float) -> float | None:
+        return remaining_seconds(
+            elapsed, self.done, self.total, self.tokens, self.token_budget, self.unused
+        )
+
     def _rate(self) -> str:
         elapsed = max(time.perf_counter() - self.started, 1e-9)
-        return f"{self.tokens / elapsed:.0f} tok/s" if self.tokens else ""
+        parts = [f"{self.tokens / elapsed:.0f} tok/s"] if self.tokens else []
+        eta = self._eta(elapsed)
+        if eta is not None:
+            parts.append(f"eta {eta:.0f} s")
+        return ", ".join(parts)
 
     def line(self) -> str:
         elapsed = time.perf_counter() - self.started
         text = f"{self.label}: {self.done}/{self.total} {self.unit}"
         if self.tokens:
             text += f", {self.tokens / max(elapsed, 1e-9):.0f} tok/s"
-        if 0 < self.done < self.total:
-            text += f", eta {elapsed / self.done * (self.total - self.done):.0f} s"
+        eta = self._eta(elapsed)
+        if eta is not None:
+            text += f", eta {eta:.0f} s"
         return text
 
     def close(self) -> None:
@@ -145,11 +175,14 @@ class PhaseReporter:
 
 
 @contextmanager
-def phase(label: str, total: int, unit: str = "sequences") -> Iterator[PhaseReporter]:
-    """A long phase of `total` items: report progress through the yielded reporter."""
+def phase(
+    label: str, total: int, unit: str = "sequences", token_budget: int = 0
+) -> Iterator[PhaseReporter]:
+    """A long phase of `total` items (`token_budget`: the most tokens it can generate, for a
+    token-based ETA): report progress through the yielded reporter."""
     global _running_phases
     check(label)
-    reporter = PhaseReporter(_console, label, total, unit)
+    reporter = PhaseReporter(_console, label, total, unit, token_budget)
     _running_phases += 1
     try:
         yield reporter

@@ -9,16 +9,15 @@ from pathlib import Path
 
 import yaml
 
-from rasft_mlx.dataset_config import (  # noqa: F401  (re-exported: the recipe's data section)
+from rasft_mlx.recipe.dataset_config import (  # noqa: F401  (re-exported: the recipe's data section)
     DEFAULT_SYSTEM_PROMPT,
     ColumnsConfig,
     DataConfig,
     DatasetSource,
     SyntheticConfig,
 )
-from rasft_mlx.fileio import atomic_write_text
-from rasft_mlx.protocols import PROTOCOLS, apply_protocol
-from rasft_mlx.typed_fields import (
+from rasft_mlx.recipe.protocols import PROTOCOLS, apply_protocol
+from rasft_mlx.recipe.typed_fields import (
     RecipeError,
     apply_override,
     build_dataclass,
@@ -29,6 +28,7 @@ from rasft_mlx.typed_fields import (
     leaves,
     type_label,
 )
+from rasft_mlx.runtime.fileio import atomic_write_text
 
 TRACKERS = ("wandb", "tensorboard", "trackio")
 MODES = ("sft", "dft", "sft_kl", "asft", "profit", "rasft", "rft")
@@ -248,7 +248,7 @@ class Recipe:
         metadata=_range(
             choices=PROTOCOLS,
             help="authors: the RASFT authors' values for every key the recipe leaves out "
-            "(rasft_mlx/protocols.py, docs/FIDELITY.md)",
+            "(rasft_mlx/recipe/protocols.py, docs/FIDELITY.md)",
         ),
     )
     model: ModelConfig = field(default_factory=ModelConfig)

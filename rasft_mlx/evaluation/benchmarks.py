@@ -9,7 +9,6 @@ from pathlib import Path
 
 import yaml
 
-from rasft_mlx.config import DataConfig, EvalConfig, ModelConfig, RecipeError
 from rasft_mlx.data.hub_datasets import parse_split
 from rasft_mlx.data.sources import (
     BENCHMARKS,
@@ -17,13 +16,14 @@ from rasft_mlx.data.sources import (
     load_problems,
     resolve_source,
 )
-from rasft_mlx.dataset_config import DatasetSource
-from rasft_mlx.fileio import atomic_write_text
+from rasft_mlx.evaluation.evaluate import EvalSummary, evaluate_problems, write_eval_outputs
 from rasft_mlx.models.adapters import load_adapters_into
 from rasft_mlx.models.loading import load_model
-from rasft_mlx.protocols import PRESETS
-from rasft_mlx.training.evaluate import EvalSummary, evaluate_problems, write_eval_outputs
-from rasft_mlx.typed_fields import build_dataclass
+from rasft_mlx.recipe.config import DataConfig, EvalConfig, ModelConfig, RecipeError
+from rasft_mlx.recipe.dataset_config import DatasetSource
+from rasft_mlx.recipe.protocols import PRESETS
+from rasft_mlx.recipe.typed_fields import build_dataclass
+from rasft_mlx.runtime.fileio import atomic_write_text
 
 
 def eval_config(protocol: str = "project", **given) -> EvalConfig:

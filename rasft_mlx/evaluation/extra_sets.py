@@ -8,18 +8,18 @@ from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
 
-import rasft_mlx.distributed as distributed
-from rasft_mlx.config import Recipe, recipe_to_dict
+import rasft_mlx.runtime.distributed as distributed
 from rasft_mlx.data.problem import Problem
 from rasft_mlx.data.sources import SYNTHETIC_SOURCES, load_problems
-from rasft_mlx.training.drift import (
+from rasft_mlx.evaluation.drift import (
     answers_identity,
     load_answers,
     measure_drift,
     reference_answers,
     save_answers,
 )
-from rasft_mlx.training.evaluate import evaluate_and_write
+from rasft_mlx.evaluation.evaluate import evaluate_and_write
+from rasft_mlx.recipe.config import Recipe, recipe_to_dict
 from rasft_mlx.training.run_directory import MetricsLog
 
 DRIFT_BATCH = 16

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import mlx.core as mx
 
-import rasft_mlx.distributed as distributed
+import rasft_mlx.runtime.distributed as distributed
 
 EXIT_PEER_LOST = 75
 HEARTBEAT, FINISHED = b"h", b"f"

@@ -13,13 +13,13 @@ from pathlib import Path
 import mlx.core as mx
 import numpy as np
 
+from rasft_mlx.console.progress import check, phase
 from rasft_mlx.data.encoding import TrainingSequence, encode_prompt
 from rasft_mlx.data.problem import Problem, problems_digest
-from rasft_mlx.fileio import atomic_write_text
 from rasft_mlx.generation.completions import SamplingSettings, generate_completions
 from rasft_mlx.models.adapters import adapters_disabled, dropout_mode
 from rasft_mlx.models.response_logits import ResponseLogits
-from rasft_mlx.progress import check, phase
+from rasft_mlx.runtime.fileio import atomic_write_text
 from rasft_mlx.training.batching import collate
 from rasft_mlx.training.checkpoint import (
     CheckpointError,

@@ -1,0 +1,1 @@
+"""The console: the training display, tables, and phase progress with prompt interruption."""

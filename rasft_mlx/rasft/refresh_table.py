@@ -1,0 +1,34 @@
+"""The table a refresh prints: what was selected, generated and trained, in rows a person reads."""
+
+from __future__ import annotations
+
+from rich.table import Table
+
+from rasft_mlx.console.display import readable
+
+
+def ratio_cell(shares: dict | None) -> str:
+    if not shares:
+        return "-"
+    return (
+        f"{shares['at_min']:.0%} at the floor, {shares['at_max']:.0%} at the ceiling "
+        f"(of {shares['sequences']} sequences since the last refresh)"
+    )
+
+
+def refresh_table(record: dict) -> Table:
+    """The refresh record (as written to metrics.jsonl) as a two-column table."""
+    table = Table(title=f"RASFT refresh {record['refresh']}", show_header=False)
+    for key in ("problems_selected", "rollouts_generated", "rollouts_trained"):
+        table.add_row(key.replace("_", " "), str(record[key]))
+    table.add_row("generation tok/s", f"{record['generation_tokens_per_second']:.0f}")
+    histogram = record["solvability_histogram"]
+    k = len(histogram) - 1
+    table.add_row("solvability", "  ".join(f"{i}/{k}: {n}" for i, n in enumerate(histogram)))
+    table.add_row("routes", readable(record["routes"]))
+    table.add_row("weight routes", readable(record["weight_routes"]))
+    table.add_row("expert weight", readable(record["expert_weight"]))
+    table.add_row("rollout weight", readable(record["rollout_weight"]))
+    table.add_row("dropped", readable(record["dropped"]))
+    table.add_row("ratio on bounds", ratio_cell(record["ratio_clip_since_last_refresh"]))
+    return table
