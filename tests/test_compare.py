@@ -429,13 +429,19 @@ def test_refresh_signal_by_hand():
     from rasft_mlx.experiments.compare_report import _signal_lines
     from rasft_mlx.experiments.compare_results import refresh_signal
 
-    def row(refresh, routes, trained, weight=None, at_min=None):
+    def row(refresh, routes, trained, weight=None, at_min=None, mixed=None, floor=None):
         return {
             "refresh": refresh,
             "weight_routes": routes,
             "rollouts_trained": trained,
             "rollout_weight": None if weight is None else {"mean": weight},
             "ratio_clip_since_last_refresh": None if at_min is None else {"at_min": at_min},
+            "mechanism": {  # runs of earlier versions have none: the gauges read as missing
+                "mixed_group_share": mixed,
+                "trained_share": trained / 8,
+                "rollout_weight_median": weight,
+                "rollout_weight_at_floor": floor,
+            },
         }
 
     runs = [
@@ -445,7 +451,7 @@ def test_refresh_signal_by_hand():
             "seed": 0,
             "refreshes": [
                 row(1, {"no_rollouts": 48, "fallback_empty": 40, "fallback_unsolved": 8}, 0),
-                row(2, {"weighted": 5, "fallback_unsolved": 42, "no_rollouts": 49}, 5, 0.005, 0.2),
+                row(2, {"weighted": 5, "fallback_unsolved": 42}, 5, 0.005, 0.2, 0.75, 1.0),
             ],
         },
         {
@@ -453,7 +459,7 @@ def test_refresh_signal_by_hand():
             "seed": 1,
             "refreshes": [
                 row(1, {"no_rollouts": 2, "weighted": 2}, 4, 0.01),
-                row(2, {"weighted": 1, "no_rollouts": 3}, 1, 0.02, 0.5),
+                row(2, {"weighted": 1, "no_rollouts": 3}, 1, 0.02, 0.5, mixed=0.25, floor=0.0),
             ],
         },
         {  # rft trains with rho = 1: its clip counts are not a ratio floor
@@ -474,12 +480,18 @@ def test_refresh_signal_by_hand():
         "rollouts_trained": 2.0,
         "rollout_weight": pytest.approx(0.01),  # seed 0 trained none: no weight to average
         "ratio_at_min_before": None,  # the first refresh comes before any step
+        "mixed_group_share": None,
+        "trained_share": pytest.approx((0 / 8 + 4 / 8) / 2),
+        "rollout_weight_median": pytest.approx(0.01),
+        "rollout_weight_at_floor": None,
     }
-    assert second["weighted_share"] == pytest.approx((5 / 96 + 1 / 4) / 2)
+    assert second["weighted_share"] == pytest.approx((5 / 47 + 1 / 4) / 2)
+    assert second["mixed_group_share"] == pytest.approx(0.5)
+    assert second["rollout_weight_at_floor"] == pytest.approx(0.5)
     assert second["rollout_weight"] == pytest.approx(0.0125)
     assert second["ratio_at_min_before"] == pytest.approx(0.35)
     assert second["rollouts_trained"] == 3.0
     # results.md shows it as shares
     text = "\n".join(_signal_lines({"refresh_signal": signal}))
-    assert "| rasft | 1 | 25.0% | 2.0 | 0.010 | - |" in text
-    assert "| rasft | 2 | 15.1% | 3.0 | 0.013 | 35.0% |" in text
+    assert "| rasft | 1 | 2 | - | 25.0% | 0.01 | - | 25.0% | - |" in text
+    assert "| rasft | 2 | 2 | 50.0% | 37.5% | 0.0125 | 50.0% | 17.8% | 35.0% |" in text

@@ -90,3 +90,15 @@ def test_the_mean_weighs_benchmarks_equally_not_problems(tmp_path):
     table = benchmark_table([result("big", 500, 400), result("small", 30, 6)])
     assert table["mean"] == {"pass_at_1": pytest.approx((0.8 + 0.2) / 2)}  # not 406 / 530
     assert [row["problems"] for row in table["benchmarks"]] == [500, 30]
+
+
+def test_sampled_eval_counts_mixed_groups_by_hand():
+    from rasft_mlx.evaluation.evaluate import EvalRecord, sample_solvability
+
+    def record(problem: str, sample: int, correct: bool) -> EvalRecord:
+        return EvalRecord(problem, "q", "c", None, "1", correct, "ok", sample)
+
+    # K = 4: p1 2/4 right, p2 0/4, p3 4/4, p4 1/4 -> histogram [1, 1, 1, 0, 1], mixed 2 of 4
+    rights = {"p1": [1, 0, 1, 0], "p2": [0, 0, 0, 0], "p3": [1, 1, 1, 1], "p4": [0, 0, 0, 1]}
+    records = [record(p, i, bool(c)) for p, row in rights.items() for i, c in enumerate(row)]
+    assert sample_solvability(records, 4) == ([1, 1, 1, 0, 1], 0.5)

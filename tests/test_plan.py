@@ -104,6 +104,8 @@ def test_selection_estimates_and_refresh_count(tiny_llama_dir):
     recipe = make_recipe(tiny_llama_dir, "rasft", {"refresh_every_steps": 2}, epochs=2)
     assert refresh_count(4, recipe) == 4  # each epoch + after steps 2 and 6 (not 4, 8: epoch ends)
     assert refresh_count(4, replace(recipe, training=replace(recipe.training, max_steps=5))) == 3
+    warm = replace(recipe, rasft=replace(recipe.rasft, warmup_epochs=1))
+    assert refresh_count(4, warm) == 2  # epoch 2's start and after step 6; none in the warm-up
 
 
 def test_memory_estimate_grows_with_batch_and_length(tiny_llama_dir, loaded):

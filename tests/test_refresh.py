@@ -97,3 +97,34 @@ def test_rasft_run_writes_ledger_and_refresh_metrics(tiny_llama_dir, tmp_path):
     summary = json.loads((run_dir / "summary.json").read_text())
     split = summary["wall_time_split_seconds"]
     assert {"rollout", "verify", "reference", "train", "eval", "other"} <= set(split)
+
+
+def test_warmup_epochs_train_the_demos_alone_then_refresh(tiny_llama_dir, tmp_path):
+    """rasft.warmup_epochs: 1 of 2: epoch 1 trains the 16 demos at weight 1 (two steps), and the
+    only refresh comes at epoch 2's start, after them; its record carries the mechanism gauges."""
+    recipe_path = tmp_path / "recipe.yaml"
+    recipe_path.write_text(
+        yaml.safe_dump(
+            {
+                "model": {"path": str(tiny_llama_dir)},
+                "data": {"synthetic": {"n_train": 16, "n_test": 4, "min_level": 0, "max_level": 1}},
+                "lora": {"rank": 4},
+                "training": {"mode": "rasft", "epochs": 2, "batch_size": 8, "warmup_steps": 0},
+                "rollout": {"k": 2, "max_new_tokens": 8},
+                "rasft": {"warmup_epochs": 1},
+                "eval": {"max_new_tokens": 8},
+                "output": {"report": False},
+            }
+        )
+    )
+    run_dir = tmp_path / "run"
+    run_training(load_recipe(recipe_path), run_dir)
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    events = [(r["event"], r.get("step")) for r in records if r["event"] in ("step", "refresh")]
+    assert events[:3] == [("step", 1), ("step", 2), ("refresh", None)]
+    [refresh] = [r for r in records if r["event"] == "refresh"]
+    assert refresh["refresh"] == 1 and refresh["ratio_clip_since_last_refresh"]["sequences"] == 16
+    gauges = refresh["mechanism"]
+    histogram = refresh["solvability_histogram"]
+    assert gauges["mixed_group_share"] == round(histogram[1] / 16, 4)
+    assert gauges["trained_share"] == round(refresh["rollouts_trained"] / 32, 4)

@@ -242,3 +242,22 @@ def test_real_gsm8k_reads_the_same_through_datasets_and_our_reader():
     through_datasets = load_problems(spec)
     assert [p.answer for p in ours] == [p.answer for p in through_datasets]
     assert [p.solution for p in ours] == [p.solution for p in through_datasets]
+
+
+def test_the_retention_set_is_the_earlier_stages_test_questions():
+    """synthetic-retention: test-split questions at other levels, the same ones a stage-0 recipe
+    with those levels tests on, and none of this recipe's training questions."""
+    from rasft_mlx.data.sources import load_problems
+    from rasft_mlx.data.synthetic import level_of
+
+    stage1 = {"seed": 0, "n_train": 60, "min_level": 3, "max_level": 3, "n_retention": 40}
+    retention = load_problems("synthetic-retention", synthetic=stage1, split="test")
+    stage0_test = load_problems(
+        "synthetic",
+        synthetic={"seed": 0, "n_test": 40, "min_level": 1, "max_level": 2},
+        split="test",
+    )
+    assert [p.question for p in retention] == [p.question for p in stage0_test]
+    assert {level_of(p) for p in retention} == {1, 2}
+    train = load_problems("synthetic", synthetic=stage1, split="train")
+    assert not {p.question for p in train} & {p.question for p in retention}

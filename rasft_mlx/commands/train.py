@@ -234,6 +234,7 @@ def _train(run: _Run, stop_after, signals) -> TrainResult:
         "train_seconds": round(result.seconds, 2),
         "total_seconds": round(total_seconds, 2),
         "skipped_too_long": run.encoding.skipped_too_long,
+        "start_adapter": _start_adapter_record(loaded),
         "eval": result.eval_summary.as_dict() if result.eval_summary else None,
         "wall_time_split_seconds": {k: round(v, 2) for k, v in timings.items()},
         **{key: value for key, value in extra.items() if value},
@@ -243,6 +244,13 @@ def _train(run: _Run, stop_after, signals) -> TrainResult:
         summary["eval_before_training"] = json.loads(before.read_text())
     atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     return result
+
+
+def _start_adapter_record(loaded) -> dict | None:
+    start = loaded.start_adapter
+    if start is None:
+        return None
+    return {"path": str(start.directory), "sha256": start.digest, "rank": start.rank}
 
 
 def _started_extra(run: _Run) -> dict:

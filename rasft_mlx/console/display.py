@@ -120,6 +120,7 @@ def benchmark_results_table(model: str, adapter, results) -> Table:
     table.add_column("pass@1 (greedy)", justify="right")
     if sampled:
         table.add_column(f"avg@{first.samples} (T={first.temperature})", justify="right")
+        table.add_column("mixed groups", justify="right")
     table.add_column("tok/s", justify="right")
     for result in results:
         summary = result.summary
@@ -127,6 +128,7 @@ def benchmark_results_table(model: str, adapter, results) -> Table:
         row += [str(summary.problems), f"{summary.pass_at_1:.3f}"]
         if sampled:
             row.append(f"{summary.avg_at_k:.3f}")
+            row.append("-" if summary.mixed_share is None else f"{summary.mixed_share:.0%}")
         row.append(f"{summary.generated_tokens / max(summary.seconds, 1e-9):.0f}")
         table.add_row(*row)
     if len(results) > 1:
@@ -135,5 +137,6 @@ def benchmark_results_table(model: str, adapter, results) -> Table:
         mean.append(f"{sum(r.summary.pass_at_1 for r in results) / count:.3f}")
         if sampled:
             mean.append(f"{sum(r.summary.avg_at_k for r in results) / count:.3f}")
+            mean.append("")
         table.add_row(*mean, "", end_section=True)
     return table

@@ -31,12 +31,16 @@ SYNTHETIC_DEFAULTS = {
     "n_validation": 200,
     "ood_min_level": 2,
     "ood_max_level": 4,
+    "n_retention": 500,
+    "retention_min_level": 1,
+    "retention_max_level": 2,
 }
 # source -> the split it always reads (None: the split asked for)
 SYNTHETIC_SOURCES = {
     "synthetic": None,
     "synthetic-ood": "ood",
     "synthetic-validation": "validation",
+    "synthetic-retention": "retention",
 }
 # Formats whose answers are LaTeX (graded by math-verify under grader "auto").
 LATEX_FORMATS = ("math", "authors")
@@ -166,11 +170,14 @@ def _synthetic_problems(split: str, settings: dict | None) -> list[Problem]:
         raise DataError(
             f"unknown synthetic settings {unknown}; known: {sorted(SYNTHETIC_DEFAULTS)}"
         )
-    if split not in ("train", "test", "ood", "validation"):
+    if split not in ("train", "test", "ood", "validation", "retention"):
         raise DataError(
-            f"synthetic data has splits 'train', 'test', 'ood' and 'validation', not {split!r}"
+            "synthetic data has splits 'train', 'test', 'ood', 'validation' and 'retention', "
+            f"not {split!r}"
         )
-    levels = ("ood_min_level", "ood_max_level") if split == "ood" else ("min_level", "max_level")
+    levels = ("min_level", "max_level")
+    if split in ("ood", "retention"):
+        levels = (f"{split}_min_level", f"{split}_max_level")
     common = {
         "seed": merged["seed"],
         "min_level": merged[levels[0]],
@@ -181,6 +188,8 @@ def _synthetic_problems(split: str, settings: dict | None) -> list[Problem]:
         if split == "validation":
             training = generate_problems(merged["n_train"], split="train", **common)
             exclude = frozenset(p.question for p in training)
+        if split == "retention":  # test-split questions of other levels (an earlier stage's)
+            return generate_problems(merged["n_retention"], split="test", **common)
         return generate_problems(merged[f"n_{split}"], split=split, exclude=exclude, **common)
     except ValueError as exc:
         raise DataError(f"synthetic data: {exc}") from exc

@@ -48,6 +48,10 @@ class EvalSummary:
     temperature: float | None
     generated_tokens: int
     seconds: float
+    # With samples > 1: how many problems had 0, 1, ..., K of their K samples right, and the
+    # share with a mixed group (some but not all right), where RASFT's weights act.
+    solvability_histogram: list[int] | None = None
+    mixed_share: float | None = None
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -99,9 +103,10 @@ def evaluate_problems(
     if distributed.distributed():
         records, tokens, seconds = _gather_records(records, tokens, seconds, problems)
     sampled_records = [r for r in records if r.sample >= 0]
-    avg_at_k = None
+    avg_at_k = histogram = mixed = None
     if config.samples > 1:
         avg_at_k = sum(r.correct for r in sampled_records) / max(len(sampled_records), 1)
+        histogram, mixed = sample_solvability(sampled_records, config.samples)
     greedy_records = [r for r in records if r.sample == -1]
     summary = EvalSummary(
         problems=len(problems),
@@ -111,8 +116,22 @@ def evaluate_problems(
         temperature=config.temperature if config.samples > 1 else None,
         generated_tokens=tokens,
         seconds=round(seconds, 3),
+        solvability_histogram=histogram,
+        mixed_share=mixed,
     )
     return records, summary
+
+
+def sample_solvability(sampled: list[EvalRecord], k: int) -> tuple[list[int], float]:
+    """Problems with 0..K right samples, and the share with a mixed group (0 < right < K)."""
+    right: dict[str, int] = {}
+    for record in sampled:
+        right[record.id] = right.get(record.id, 0) + record.correct
+    histogram = [0] * (k + 1)
+    for count in right.values():
+        histogram[count] += 1
+    mixed = sum(histogram[1:k]) / max(len(right), 1)
+    return histogram, round(mixed, 4)
 
 
 def _evaluate_share(model, tokenizer, problems, prompts, config: EvalConfig, seed):

@@ -19,6 +19,7 @@ from rasft_mlx.evaluation.drift import (
     save_answers,
 )
 from rasft_mlx.evaluation.evaluate import evaluate_and_write
+from rasft_mlx.models.start_adapter import start_identity
 from rasft_mlx.recipe.config import Recipe, recipe_to_dict
 from rasft_mlx.training.run_directory import MetricsLog
 
@@ -87,7 +88,8 @@ def drift_from_start(
     settings = (recipe.data.system_prompt, recipe.eval.max_new_tokens, recipe.eval.batch_size)
     if distributed.distributed():
         answers_file = None
-    identity = answers_identity(recipe_to_dict(recipe)["model"], problems, *settings)
+    model = {**recipe_to_dict(recipe)["model"], **start_identity(recipe.model.adapter)}
+    identity = answers_identity(model, problems, *settings)
     sequences = load_answers(answers_file, identity) if answers_file is not None else None
     reused = sequences is not None
     if sequences is None:

@@ -18,6 +18,7 @@ import mlx.core as mx
 from rich.console import Console
 
 from rasft_mlx.data.problem import Problem, problems_digest
+from rasft_mlx.models.start_adapter import start_identity
 from rasft_mlx.recipe.config import Recipe, RecipeError, load_recipe, recipe_to_dict
 from rasft_mlx.runtime.fileio import atomic_write_text
 
@@ -39,7 +40,7 @@ def evaluation_identity(
     """What decides the base model's evaluation, one entry per part that can differ."""
     settings = recipe_to_dict(recipe)
     identity: dict[str, object] = {
-        "model": settings["model"],
+        "model": {**settings["model"], **start_identity(recipe.model.adapter)},
         "eval": {key: settings["eval"][key] for key in EVAL_KEYS},
         "data.system_prompt": recipe.data.system_prompt,
         "test set": problems_digest(test_problems),

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from rich.table import Table
 
+from rasft_mlx.reporting import mechanism
 from rasft_mlx.runtime.fileio import atomic_write_text
 
 RESULTS_JSON = "results.json"
@@ -163,33 +164,17 @@ def _drift_lines(results: dict) -> list[str]:
 
 
 def _signal_lines(results: dict) -> list[str]:
-    """Where the rollout modes depart from SFT, per refresh (means over seeds)."""
     signal = results.get("refresh_signal") or {}
     if not signal:
         return []
     lines = [
-        "## Where the rollouts change training (per refresh, mean over seeds)",
+        "## Is the mechanism at work? (per refresh, mean over seeds)",
         "",
-        "| mode | refresh | problems weighted by their group | rollouts trained "
-        "| rollout weight | sequences on the ratio floor before it |",
-        "|---|---|---|---|---|---|",
+        "| " + " | ".join(mechanism.HEADERS) + " |",
+        "|" + "---|" * len(mechanism.HEADERS),
     ]
-    for mode, rows in signal.items():
-        for row in rows:
-            lines.append(
-                f"| {mode} | {row['refresh']} | {_share_text(row['weighted_share'])} "
-                f"| {row['rollouts_trained']:.1f} | {_pct(row['rollout_weight'])} "
-                f"| {_share_text(row['ratio_at_min_before'])} |"
-            )
-    return lines + [
-        "",
-        "A problem's expert weight departs from 1 only when its rollout group sets it ('weighted');"
-        " unsolved, degenerate or empty groups and problems not rolled out keep weight 1, as in"
-        " SFT. A sequence on the ratio floor has its loss scaled by rasft.ratio_min: the policy"
-        " gives its tokens at least 1/ratio_min times the reference's probability (geometric"
-        " mean per token), so it has drifted towards it by at least that much.",
-        "",
-    ]
+    lines += ["| " + " | ".join(row) + " |" for row in mechanism.mechanism_rows(signal)]
+    return lines + ["", mechanism.NOTE, ""]
 
 
 def _share_text(value: float | None) -> str:

@@ -100,6 +100,7 @@ def _refresh_rows(records: list[dict]) -> list[dict]:
         "rollout_weight",
         "dropped",
         "ratio_clip_since_last_refresh",
+        "mechanism",
     )
     return [{k: r.get(k) for k in keys} for r in records if r.get("event") == "refresh"]
 
@@ -298,6 +299,14 @@ def _mean_present(values: Sequence[float | None]) -> float | None:
     return statistics.fmean(present) if present else None
 
 
+GAUGES = (
+    "mixed_group_share",
+    "trained_share",
+    "rollout_weight_median",
+    "rollout_weight_at_floor",
+)
+
+
 def refresh_signal(runs: list[dict]) -> dict[str, list[dict]]:
     """Per rollout mode and refresh, means over seeds of where the method departs from SFT: the
     share of problems whose expert weight came from their rollout group (route 'weighted'; the
@@ -315,6 +324,7 @@ def refresh_signal(runs: list[dict]) -> dict[str, list[dict]]:
             routes = [row.get("weight_routes") or {} for row in found]
             clip = [row.get("ratio_clip_since_last_refresh") or {} for row in found]
             rollout_weight = [(row.get("rollout_weight") or {}).get("mean") for row in found]
+            gauges = [row.get("mechanism") or {} for row in found]
             rows.append(
                 {
                     "refresh": refresh,
@@ -324,6 +334,7 @@ def refresh_signal(runs: list[dict]) -> dict[str, list[dict]]:
                     ),
                     "rollouts_trained": statistics.fmean(r["rollouts_trained"] for r in found),
                     "rollout_weight": _mean_present(rollout_weight),
+                    **{key: _mean_present([g.get(key) for g in gauges]) for key in GAUGES},
                     "ratio_at_min_before": (
                         _mean_present([c.get("at_min") for c in clip])
                         if mode in RATIO_MODES

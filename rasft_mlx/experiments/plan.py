@@ -107,15 +107,17 @@ def refresh_count(steps_in_epoch: int, recipe: Recipe) -> int:
     training, every = recipe.training, recipe.rasft.refresh_every_steps
     limit = training.max_steps if training.max_steps is not None else math.inf
     count = step = 0
-    for _ in range(training.epochs):
+    for epoch in range(training.epochs):
         if step >= limit:
             break
-        count += 1
+        warming_up = epoch < recipe.rasft.warmup_epochs
+        count += not warming_up
         for position in range(1, steps_in_epoch + 1):
             step += 1
             if step >= limit:
                 break
-            count += bool(every and position < steps_in_epoch and step % every == 0)
+            inside = every and position < steps_in_epoch and step % every == 0
+            count += bool(inside and not warming_up)
     return count
 
 
@@ -147,7 +149,12 @@ def build_plan(recipe: Recipe, *, loaded=None, probe_steps: int = 0) -> RunPlan:
     evals = (evals if training.eval_every_epoch else 1) + evaluation.before_training
     sizing = estimate_run_memory(recipe, loaded, sequences, test_prompts, selected)
     plan = RunPlan(
-        model=recipe.model.path,
+        model=recipe.model.path
+        + (
+            f" + adapter {recipe.model.adapter} (rank {loaded.start_adapter.rank}, fused)"
+            if loaded.start_adapter
+            else ""
+        ),
         mode=training.mode,
         total_parameters=total_parameter_count(loaded.model),
         trainable_parameters=trainable_parameter_count(loaded.model),

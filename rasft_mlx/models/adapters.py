@@ -105,11 +105,21 @@ def adapter_config_dict(model: nn.Module, config: LoraConfig, base_model: str) -
     }
 
 
-def save_adapters(model: nn.Module, config: LoraConfig, base_model: str, out_dir: Path) -> None:
-    """Write adapters.safetensors + adapter_config.json in mlx-lm's format, each atomically."""
+def save_adapters(
+    model: nn.Module, config: LoraConfig, base_model: str, out_dir: Path, start=None
+) -> None:
+    """Write adapters.safetensors + adapter_config.json in mlx-lm's format, each atomically.
+
+    With a starting adapter (`start`, fused into the base) the files hold start + trained as one
+    LoRA (models/start_adapter.py), so they load on the bare base like any mlx-lm adapter."""
     weights = dict(tree_flatten(model.trainable_parameters()))
+    adapter_config = adapter_config_dict(model, config, base_model)
+    if start is not None:
+        from rasft_mlx.models.start_adapter import combined_adapter
+
+        weights, adapter_config = combined_adapter(start, weights, adapter_config)
     atomic_write(out_dir / ADAPTER_WEIGHTS_FILE, lambda p: mx.save_safetensors(p, weights))
-    text = json.dumps(adapter_config_dict(model, config, base_model), indent=2)
+    text = json.dumps(adapter_config, indent=2)
     atomic_write(out_dir / ADAPTER_CONFIG_FILE, lambda p: Path(p).write_text(text))
 
 

@@ -8,12 +8,10 @@ from pathlib import Path
 import mlx.core as mx
 import mlx.nn as nn
 
+from rasft_mlx.models.errors import ModelError
+from rasft_mlx.models.start_adapter import fuse_start_adapter, read_start_adapter
 from rasft_mlx.recipe.config import ModelConfig
 from rasft_mlx.runtime.memory import is_cpu_device
-
-
-class ModelError(ValueError):
-    """A model or adapter that cannot be loaded, with what was expected."""
 
 
 @dataclass
@@ -22,6 +20,7 @@ class LoadedModel:
     tokenizer: object
     source: str
     local_dir: Path | None
+    start_adapter: object | None = None  # models/start_adapter.StartAdapter, fused into the base
 
 
 def _should_dequantize(config: ModelConfig) -> bool:
@@ -79,7 +78,8 @@ def _target_dtype(config: ModelConfig) -> mx.Dtype | None:
 
 
 def load_model(config: ModelConfig) -> LoadedModel:
-    """Load model + tokenizer, dequantised and cast as the config (and the device) asks."""
+    """Load model + tokenizer, dequantised and cast as the config (and the device) asks, with the
+    starting adapter (`model.adapter`) fused in: the starting policy."""
     from mlx_lm import load as mlx_lm_load
     from mlx_lm.utils import dequantize_model
 
@@ -98,4 +98,10 @@ def load_model(config: ModelConfig) -> LoadedModel:
     if dtype is not None:
         model.set_dtype(dtype)
     local = Path(source) if Path(source).exists() else None
-    return LoadedModel(model=model, tokenizer=tokenizer, source=source, local_dir=local)
+    start = None
+    if config.adapter:
+        start = read_start_adapter(config.adapter)
+        fuse_start_adapter(model, start)
+    return LoadedModel(
+        model=model, tokenizer=tokenizer, source=source, local_dir=local, start_adapter=start
+    )

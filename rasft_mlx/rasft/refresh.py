@@ -15,9 +15,10 @@ from rasft_mlx.console.display import readable
 from rasft_mlx.data.encoding import TrainingSequence, encode_prompt
 from rasft_mlx.generation.completions import rank_seed
 from rasft_mlx.rasft.authors_schedule import route_once, select_for_refresh
-from rasft_mlx.rasft.groups import RolloutGroup, build_group, rejection_sampling_group
+from rasft_mlx.rasft.gauges import mechanism_gauges, rollout_weight_floor
+from rasft_mlx.rasft.groups import build_group, rejection_sampling_group
 from rasft_mlx.rasft.reference import response_logprobs, with_reference_logprobs
-from rasft_mlx.rasft.refresh_table import refresh_table
+from rasft_mlx.rasft.refresh_record import ledger_row, refresh_table
 from rasft_mlx.rasft.rollouts import (
     Rollout,
     gather_rollouts,
@@ -53,6 +54,7 @@ class RasftSource:
         self.run_dir = run_dir
         self.timings: Counter = Counter()
         self.refresh_count = 0
+        self.epoch = 0  # the epoch whose sequences were handed out last
         self.ratio_counts = [0, 0, 0]  # sequences at the ratio's min, at its max, all; per period
         self.rng = np.random.default_rng(recipe.training.seed + 17)
         self.problems = {p.id: p for p in problems}
@@ -85,6 +87,7 @@ class RasftSource:
             }
         return {
             "refresh_count": self.refresh_count,
+            "epoch": self.epoch,
             "ratio_counts": list(self.ratio_counts),
             "rng": self.rng.bit_generator.state,
             "hard_pool": sorted(self.hard_pool),
@@ -95,6 +98,7 @@ class RasftSource:
 
     def load_state_dict(self, state: dict) -> None:
         self.refresh_count = int(state["refresh_count"])
+        self.epoch = int(state.get("epoch", 0))
         self.ratio_counts = list(state.get("ratio_counts", [0, 0, 0]))
         self.rng.bit_generator.state = state["rng"]
         self.hard_pool = frozenset(state["hard_pool"])
@@ -139,13 +143,26 @@ class RasftSource:
 
     def epoch_sequences(self, epoch: int) -> list[TrainingSequence]:
         self._prepare()
+        self.epoch = epoch
         if self.authors:
             return self._authors_start()
+        if self.warming_up:
+            self.console.print(
+                f"warm-up epoch {epoch + 1} of {self.recipe.rasft.warmup_epochs}: "
+                "the expert demos at weight 1, no rollouts"
+            )
+            return [replace(s, weight=1.0) for s in self.experts.values()]
         return self.refresh(progress=epoch / max(self.recipe.training.epochs, 1))
+
+    @property
+    def warming_up(self) -> bool:
+        """`rasft.warmup_epochs`: the first epochs train the demos alone (SFT with RASFT's loss,
+        ratio to the start included), so the first refresh samples a model that has the format."""
+        return self.epoch < self.recipe.rasft.warmup_epochs
 
     def refreshed_sequences(self, step: int, progress: float) -> list[TrainingSequence] | None:
         every = self.recipe.rasft.refresh_every_steps
-        if self.authors or every <= 0 or step % every != 0:
+        if self.authors or every <= 0 or step % every != 0 or self.warming_up:
             return None
         return self.refresh(progress=min(progress, 1.0))
 
@@ -301,7 +318,7 @@ class RasftSource:
                     continue
                 rollout_sequences.append(sequence)
                 trained[rollout.sample] = weight
-            ledger.append(self._ledger_row(problem, verified[problem.id], group, trained))
+            ledger.append(ledger_row(problem, verified[problem.id], group, trained))
             if owners:  # over several ranks: which one decoded this problem
                 ledger[-1]["rank"] = owners[problem.id]
         solved = {pid for pid, w in weights.items() if w.route in SOLVED_ROUTES}
@@ -322,27 +339,6 @@ class RasftSource:
         self._print(record)
         return weights, rollout_sequences
 
-    def _ledger_row(self, problem, rollouts, group: RolloutGroup, trained: dict) -> dict:
-        weights = group.weights
-        return {
-            "problem_id": problem.id,
-            "gold": problem.answer,
-            "group_size": group.group_size,
-            "solvability": weights.solvability,
-            "route": weights.route,
-            "expert_weight": weights.expert_weight,
-            "samples": [
-                {
-                    "text": r.text,
-                    "extracted": r.extracted,
-                    "verdict": r.verdict,
-                    "role": group.roles[r.sample],
-                    "weight": trained.get(r.sample, 0.0),
-                }
-                for r in rollouts
-            ],
-        }
-
     def _write_ledger(self, rows: list[dict]) -> None:
         path = self.run_dir / "rollouts" / f"refresh-{self.refresh_count:03d}.jsonl"
         atomic_write_text(path, "".join(json.dumps(row) + "\n" for row in rows))
@@ -351,13 +347,18 @@ class RasftSource:
         k = self.recipe.rollout.k
         correct_counts = [sum(r.correct for r in verified[p.id]) for p in problems]
         expert = np.array([w.expert_weight for w in weights.values()])
-        rollout = np.array([x for w in weights.values() for x in w.rollout_weights] or [0.0])
+        trained_weights = [x for w in weights.values() for x in w.rollout_weights]
+        rollout = np.array(trained_weights or [0.0])
+        generated = sum(len(verified[p.id]) for p in problems)
         return {
             "event": "refresh",
             "refresh": self.refresh_count,
             "problems_selected": len(problems),
-            "rollouts_generated": sum(len(verified[p.id]) for p in problems),
+            "rollouts_generated": generated,
             "rollouts_trained": trained,
+            "mechanism": mechanism_gauges(
+                correct_counts, k, generated, trained_weights, self.weight_floor
+            ),
             "generation_tokens_per_second": round(stats.tokens_per_second, 1),
             "solvability_histogram": solvability_histogram(correct_counts, k),
             "routes": routes,
@@ -369,6 +370,14 @@ class RasftSource:
             "ratio_clip_since_last_refresh": self._ratio_shares(),
             "timings": dict(self.timings),
         }
+
+    @property
+    def weight_floor(self) -> float | None:
+        """The rollout weight floor of this run's weighting (rft and the linear rule have none)."""
+        rasft = self.recipe.rasft
+        if self.recipe.training.mode == "rft" or rasft.weighting != "reference":
+            return None
+        return rollout_weight_floor(rasft)
 
     def _ratio_shares(self) -> dict | None:
         at_min, at_max, sequences = self.ratio_counts
@@ -382,7 +391,7 @@ class RasftSource:
         }
 
     def _print(self, record: dict) -> None:
-        self.console.print(refresh_table(record))
+        self.console.print(refresh_table(record, self.weight_floor))
 
 
 def _stats(values: np.ndarray) -> dict:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 
 import yaml
 
+from rasft_mlx.recipe.cross_fields import check_cross_fields
 from rasft_mlx.recipe.dataset_config import (  # noqa: F401  (re-exported: the recipe's data section)
     DEFAULT_SYSTEM_PROMPT,
     ColumnsConfig,
@@ -61,6 +61,13 @@ class ModelConfig:
     )
     revision: str | None = field(default=None, metadata=_range(help="Hub revision"))
     trust_remote_code: bool = False
+    adapter: str | None = field(
+        default=None,
+        metadata=_range(
+            help="start from a trained LoRA: a run dir or an mlx-lm adapters dir, fused into the "
+            "base; the reference (ratio, KL, drift) is this starting policy"
+        ),
+    )
 
 
 @dataclass(frozen=True)
@@ -182,6 +189,10 @@ class RasftConfig:
     selection: str = field(default="all", metadata=_range(choices=("all", "fraction", "nll_band")))
     selection_fraction: float = field(default=0.35, metadata=_range(0.0, 1.0))
     refresh_every_steps: int = field(default=0, metadata=_range(0, help="0 = between epochs only"))
+    warmup_epochs: int = field(
+        default=0,
+        metadata=_range(0, help="first epochs on the demos alone (weight 1), no rollouts"),
+    )
     calibration_size: int = field(default=1000, metadata=_range(1))
     easy_quantile: float = field(default=0.10, metadata=_range(0.0, 1.0))
     mid_window_start: tuple[float, float] = (0.20, 0.45)
@@ -270,58 +281,11 @@ class Recipe:
 
 
 # (lower key, upper key, operator): cross-field orderings checked by validate_recipe.
-_ORDERED_PAIRS = (
-    ("data.synthetic.min_level", "data.synthetic.max_level", "<="),
-    ("data.synthetic.ood_min_level", "data.synthetic.ood_max_level", "<="),
-    ("rasft.r_min", "rasft.r_max", "<="),
-    ("rasft.ratio_min", "rasft.ratio_max", "<="),
-    ("rasft.rollout_adv_floor", "rasft.rollout_adv_cap", "<="),
-    ("rasft.easy_quantile", "rasft.hard_quantile", "<"),
-)
-_UNIT_WINDOWS = ("rasft.mid_window_start", "rasft.mid_window_end")
-
-
-def _check_cross_fields(recipe: Recipe, source: str, overridden: dict[str, str]) -> None:
-    """Orderings between fields; an overridden key's --set is blamed before the file."""
-
-    def lookup(path: str):
-        return functools.reduce(getattr, path.split("."), recipe)
-
-    for lower, upper, op in _ORDERED_PAIRS:
-        lo, hi = lookup(lower), lookup(upper)
-        if lo > hi or (op == "<" and lo == hi):
-            blamed = overridden.get(lower) or overridden.get(upper) or source
-            raise RecipeError(f"{blamed}: '{lower}' ({lo}) must be {op} '{upper}' ({hi})")
-    if recipe.rasft.schedule == "authors":
-        for path, wanted in (("training.epochs", 1), ("rasft.refresh_every_steps", 0)):
-            if lookup(path) != wanted:
-                raise RecipeError(
-                    f"{overridden.get(path, source)}: '{path}' must be {wanted} with "
-                    f"rasft.schedule 'authors' (one pass; it refreshes when the queue runs dry), "
-                    f"got {lookup(path)}"
-                )
-    for path in _UNIT_WINDOWS:
-        lo, hi = lookup(path)
-        if not 0.0 <= lo < hi <= 1.0:
-            raise RecipeError(
-                f"{overridden.get(path, source)}: '{path}' must be [lo, hi] with "
-                f"0 <= lo < hi <= 1, got [{lo}, {hi}]"
-            )
-    for path in ("data.train", "data.test"):
-        spec = lookup(path)
-        if isinstance(spec, DatasetSource) and not spec.hub.strip():
-            blamed = overridden.get(f"{path}.hub") or overridden.get(path) or source
-            raise RecipeError(
-                f"{blamed}: '{path}.hub' is required: a Hub dataset id (openai/gsm8k), a local "
-                "dataset directory, or a builder (parquet, csv, json) with data_files"
-            )
-
-
 def validate_recipe(recipe: Recipe, source: str = "<recipe>") -> None:
     """Check every field's type and range, then the cross-field constraints; raise RecipeError."""
     for path, hint, meta, value in leaves(recipe):
         check_leaf(hint, meta, value, source, path)
-    _check_cross_fields(recipe, source, {})
+    check_cross_fields(recipe, source, {})
 
 
 def _top_level(data, source: str) -> dict:
@@ -335,7 +299,7 @@ def _top_level(data, source: str) -> dict:
 
 def _recipe_from_data(data: dict, source: str, overridden: dict[str, str]) -> Recipe:
     recipe = build_dataclass(Recipe, apply_protocol(data), "", source, overridden)
-    _check_cross_fields(recipe, source, overridden)
+    check_cross_fields(recipe, source, overridden)
     return recipe
 
 

@@ -31,6 +31,17 @@ class SyntheticConfig:
     )
     ood_min_level: int = field(default=2, metadata=field_meta(1, 5))
     ood_max_level: int = field(default=4, metadata=field_meta(1, 5))
+    n_retention: int = field(
+        default=500,
+        metadata=field_meta(
+            1, help="size of 'synthetic-retention': test questions at the retention levels"
+        ),
+    )
+    retention_min_level: int = field(default=1, metadata=field_meta(0, 5))
+    retention_max_level: int = field(
+        default=2,
+        metadata=field_meta(0, 5, help="an earlier stage's levels, to measure forgetting"),
+    )
 
 
 @dataclass(frozen=True)

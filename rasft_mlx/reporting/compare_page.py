@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rasft_mlx.reporting import charts, series
+from rasft_mlx.reporting import charts, mechanism, series
 from rasft_mlx.reporting.page import Section, note, render_page, table
 from rasft_mlx.reporting.run_reader import ReportError, read_metrics
 from rasft_mlx.runtime.fileio import atomic_write_text
@@ -179,6 +179,10 @@ def build_compare_report(results: dict, drawn: list[charts.Chart] | None = None)
         Section("modes", "Modes over seeds", found, body),
         Section("runs", "Runs", [], runs + note("Each run dir holds its own report.html.")),
     ]
+    signal = mechanism.mechanism_rows(results.get("refresh_signal") or {})
+    if signal:
+        gauges = table(list(mechanism.HEADERS), signal) + note(mechanism.NOTE)
+        sections.insert(1, Section("mechanism", "Is the mechanism at work?", [], gauges))
     seeds = ", ".join(map(str, results["seeds"]))
     subtitle = f"{results['model']} · {results['recipe']} · seeds {seeds}"
     return render_page("rasft-mlx compare", subtitle, sections)

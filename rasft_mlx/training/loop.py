@@ -262,6 +262,7 @@ class TrainingLoop(LoopCheckpoints):
             self.recipe.lora,
             self.recipe.model.path,
             self.run_dir / "adapters",
+            start=loaded.start_adapter,
         )
         last_epoch = epoch == self.training.epochs - 1 or self.step >= max_steps
         if self.held_out.has_problems and (self.training.eval_every_epoch or last_epoch):

@@ -79,7 +79,20 @@ class LoopCheckpoints:
             f"about {self.planned} optimizer steps)"
         )
 
+    def _check_same_start(self, checkpoint: Checkpoint) -> None:
+        saved = checkpoint.state.get("start_adapter_sha256")
+        start = self.loaded.start_adapter
+        if saved != getattr(start, "digest", None):
+            where = (
+                f"{start.directory} now holds sha256 {start.digest[:12]}" if start else "none now"
+            )
+            raise TrainingError(
+                f"model.adapter: checkpoint {checkpoint.path} continued from a starting adapter "
+                f"with sha256 {str(saved)[:12]}, {where}; resume from the same start"
+            )
+
     def _restore_weights(self, checkpoint: Checkpoint) -> None:
+        self._check_same_start(checkpoint)
         weights = checkpoint.adapter_weights()
         expected = dict(tree_flatten(self.loaded.model.trainable_parameters()))
         problems = sorted(set(weights) ^ set(expected))
@@ -117,6 +130,7 @@ class LoopCheckpoints:
             "source": source_state,
             "baseline_eval_pending": self.baseline_eval_pending,
             "metrics_bytes": metrics_path.stat().st_size if metrics_path.exists() else 0,
+            "start_adapter_sha256": getattr(self.loaded.start_adapter, "digest", None),
         }
         if distributed.distributed():
             state["world_size"] = distributed.world_size()

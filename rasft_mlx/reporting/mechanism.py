@@ -1,0 +1,57 @@
+"""The mechanism table of a comparison: per rollout mode and refresh, whether RASFT acted.
+
+Read before accuracy: a run whose groups are all wrong, whose rollouts are not trained, or whose
+trained rollouts sit at the weight floor trains like SFT, whatever its pass@1 says. Plain data
+in, (headers, rows) out: results.md and compare.html render the same table.
+"""
+
+from __future__ import annotations
+
+HEADERS = (
+    "mode",
+    "refresh",
+    "seeds",
+    "mixed groups",
+    "rollouts trained / generated",
+    "median rollout weight",
+    "rollouts at the weight floor",
+    "problems weighted by their group",
+    "sequences on the ratio floor before it",
+)
+NOTE = (
+    "Mixed groups: selected problems with some but not all of their K samples right, the only "
+    "ones whose expert weight and rollouts RASFT sets from the group. Rollouts at the weight "
+    "floor (rollout_adv_coef x rollout_adv_floor) carry almost no gradient. A problem's expert "
+    "weight departs from 1 only when its rollout group sets it ('weighted'). A sequence on the "
+    "ratio floor has its loss scaled by rasft.ratio_min: the policy gives its tokens at least "
+    "1/ratio_min times the reference's probability. Means over seeds."
+)
+
+
+def _share(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1%}"
+
+
+def _number(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3g}"
+
+
+def mechanism_rows(signal: dict[str, list[dict]]) -> list[tuple[str, ...]]:
+    """One row per mode and refresh of results.json's `refresh_signal`."""
+    rows = []
+    for mode, refreshes in signal.items():
+        for row in refreshes:
+            rows.append(
+                (
+                    mode,
+                    str(row["refresh"]),
+                    str(row["seeds"]),
+                    _share(row.get("mixed_group_share")),
+                    _share(row.get("trained_share")),
+                    _number(row.get("rollout_weight_median")),
+                    _share(row.get("rollout_weight_at_floor")),
+                    _share(row.get("weighted_share")),
+                    _share(row.get("ratio_at_min_before")),
+                )
+            )
+    return rows
