@@ -50,3 +50,23 @@ def test_the_authors_protocol_comparison_reads_beside_the_main_one():
         "rollout.max_new_tokens",
         "training.mode",
     ]
+
+
+def test_the_readme_states_the_quickstart_recipe_it_measured():
+    """README's quickstart figures name the recipe's budget: a changed recipe fails here until
+    the figures are measured again and the sentence updated."""
+    import re
+
+    readme = (RECIPES[0].parents[1] / "README.md").read_text()
+    recipe = load_recipe(RECIPES[0].parent / "quickstart.yaml")
+    text = " ".join(readme.split())
+    found = re.search(
+        r"on (\d+) problems of the built-in synthetic arithmetic task for (\d+) epochs "
+        r"\(K=(\d+) rollouts per selected problem\) and evaluates it on (\d+) held-out problems",
+        text,
+    )
+    assert found, "README's quickstart sentence no longer names its budget"
+    stated = tuple(int(x) for x in found.groups())
+    synthetic = recipe.data.synthetic
+    assert stated == (synthetic.n_train, recipe.training.epochs, recipe.rollout.k, synthetic.n_test)
+    assert re.search(r"Measured on main on \d{4}-\d{2}-\d{2}, on the [^:]+: \d+ s", text)

@@ -64,22 +64,24 @@ def test_rollouts_come_from_the_live_adapter(tiny_llama_dir):
     assert changed != first
 
 
-def test_rasft_run_writes_ledger_and_refresh_metrics(tiny_llama_dir, tmp_path):
+def tiny_rasft_recipe(model_dir, tmp_path, **sections):
+    """Two epochs of RASFT on 16 level 0-1 problems, K = 2; `sections` add recipe sections."""
     recipe_path = tmp_path / "recipe.yaml"
-    recipe_path.write_text(
-        yaml.safe_dump(
-            {
-                "model": {"path": str(tiny_llama_dir)},
-                "data": {"synthetic": {"n_train": 16, "n_test": 4, "min_level": 0, "max_level": 1}},
-                "lora": {"rank": 4},
-                "training": {"mode": "rasft", "epochs": 2, "batch_size": 8, "warmup_steps": 0},
-                "rollout": {"k": 2, "max_new_tokens": 8},
-                "eval": {"max_new_tokens": 8},
-            }
-        )
-    )
+    data = {
+        "model": {"path": str(model_dir)},
+        "data": {"synthetic": {"n_train": 16, "n_test": 4, "min_level": 0, "max_level": 1}},
+        "lora": {"rank": 4},
+        "training": {"mode": "rasft", "epochs": 2, "batch_size": 8, "warmup_steps": 0},
+        "rollout": {"k": 2, "max_new_tokens": 8},
+        "eval": {"max_new_tokens": 8},
+    }
+    recipe_path.write_text(yaml.safe_dump({**data, **sections}))
+    return load_recipe(recipe_path)
+
+
+def test_rasft_run_writes_ledger_and_refresh_metrics(tiny_llama_dir, tmp_path):
     run_dir = tmp_path / "run"
-    result = run_training(load_recipe(recipe_path), run_dir)
+    result = run_training(tiny_rasft_recipe(tiny_llama_dir, tmp_path), run_dir)
     assert result.steps >= 4
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     refreshes = [r for r in records if r["event"] == "refresh"]
@@ -102,23 +104,11 @@ def test_rasft_run_writes_ledger_and_refresh_metrics(tiny_llama_dir, tmp_path):
 def test_warmup_epochs_train_the_demos_alone_then_refresh(tiny_llama_dir, tmp_path):
     """rasft.warmup_epochs: 1 of 2: epoch 1 trains the 16 demos at weight 1 (two steps), and the
     only refresh comes at epoch 2's start, after them; its record carries the mechanism gauges."""
-    recipe_path = tmp_path / "recipe.yaml"
-    recipe_path.write_text(
-        yaml.safe_dump(
-            {
-                "model": {"path": str(tiny_llama_dir)},
-                "data": {"synthetic": {"n_train": 16, "n_test": 4, "min_level": 0, "max_level": 1}},
-                "lora": {"rank": 4},
-                "training": {"mode": "rasft", "epochs": 2, "batch_size": 8, "warmup_steps": 0},
-                "rollout": {"k": 2, "max_new_tokens": 8},
-                "rasft": {"warmup_epochs": 1},
-                "eval": {"max_new_tokens": 8},
-                "output": {"report": False},
-            }
-        )
-    )
     run_dir = tmp_path / "run"
-    run_training(load_recipe(recipe_path), run_dir)
+    recipe = tiny_rasft_recipe(
+        tiny_llama_dir, tmp_path, rasft={"warmup_epochs": 1}, output={"report": False}
+    )
+    run_training(recipe, run_dir)
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     events = [(r["event"], r.get("step")) for r in records if r["event"] in ("step", "refresh")]
     assert events[:3] == [("step", 1), ("step", 2), ("refresh", None)]

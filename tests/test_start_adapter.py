@@ -161,7 +161,8 @@ def test_a_staged_run_starts_from_the_adapter_and_exports_the_whole_policy(
         return [json.loads(x)["completion"] for x in lines]
 
     # The starting policy's evaluation is stage 0's adapter, scored on the same problems.
-    assert run_completions("eval-epoch-0.jsonl") == completions_of(tmp_path / "s0" / "adapters")
+    # (a run dir stands for its adapters/, as `rasft-mlx eval --adapter RUN_DIR` takes it)
+    assert run_completions("eval-epoch-0.jsonl") == completions_of(tmp_path / "s0")
 
     # Step 1 of stage 1: policy = start, so the inverse ratio is 1 on every sequence (no bound hit).
     steps = [json.loads(x) for x in (tmp_path / "s1" / "metrics.jsonl").read_text().splitlines()]

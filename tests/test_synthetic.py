@@ -27,7 +27,7 @@ WORD_OPERANDS = {"half": 2, "third": 3, "quarter": 4, "doubles": 2, "triples": 3
 OOD_WORD_OPERANDS = {"twice as many": 2, "three times as large": 3, "with a friend": 2}
 
 
-def solution_errors(problem: Problem) -> list[str]:
+def solution_errors(problem: Problem, extra_steps: int = 0) -> list[str]:
     """Everything wrong with a solution's steps; empty when it is a correct derivation."""
     errors = []
     level = level_of(problem)
@@ -42,8 +42,8 @@ def solution_errors(problem: Problem) -> list[str]:
     known |= {value for word, value in WORD_OPERANDS.items() if f"{word}." in problem.question}
     known |= {value for word, value in OOD_WORD_OPERANDS.items() if word in problem.question}
     steps = lines[:-1]
-    if len(steps) != level:
-        errors.append(f"{len(steps)} steps for level {level}")
+    if len(steps) != level + extra_steps:
+        errors.append(f"{len(steps)} steps for level {level} + {extra_steps}")
     previous = None
     for step in steps:
         found = EQUATION.findall(step)
@@ -227,3 +227,20 @@ def test_validation_skips_training_questions_even_where_collisions_are_likely():
     train = {p.question for p in load_problems("synthetic", split="train", synthetic=settings)}
     validation = [p.question for p in load_problems("synthetic-validation", synthetic=settings)]
     assert len(set(validation)) == 300 and not train & set(validation)
+
+
+def test_extra_steps_lengthen_a_level_with_its_own_kinds_of_events():
+    """Level 2 + 1 step: three add/subtract lines (no doubling or halving, which level 3 brings),
+    each a correct derivation; extra_steps 0 leaves the ladder's problems as they were."""
+    plain = generate_problems(60, seed=3, min_level=2, max_level=2)
+    assert generate_problems(60, seed=3, min_level=2, max_level=2, extra_steps=0) == plain
+    longer = generate_problems(60, seed=3, min_level=2, max_level=2, extra_steps=1)
+    for problem in longer:
+        assert solution_errors(problem, extra_steps=1) == [], problem
+        lines = problem.solution.splitlines()
+        assert len(lines) == 4 and lines[-1].startswith("\\boxed{")
+        events = [line for line in lines[:-1] if not line.startswith("At first")]
+        assert all(re.search(r" [+-] ", line) for line in events), problem.solution
+    assert not {p.question for p in longer} & {p.question for p in plain}
+    with pytest.raises(ValueError, match="level 1 or above"):
+        generate_problems(2, seed=0, min_level=0, max_level=1, extra_steps=1)

@@ -34,6 +34,7 @@ SYNTHETIC_DEFAULTS = {
     "n_retention": 500,
     "retention_min_level": 1,
     "retention_max_level": 2,
+    "extra_steps": 0,
 }
 # source -> the split it always reads (None: the split asked for)
 SYNTHETIC_SOURCES = {
@@ -182,6 +183,8 @@ def _synthetic_problems(split: str, settings: dict | None) -> list[Problem]:
         "seed": merged["seed"],
         "min_level": merged[levels[0]],
         "max_level": merged[levels[1]],
+        # the retention set is an earlier stage's problems: the level ladder as it is
+        "extra_steps": 0 if split == "retention" else merged["extra_steps"],
     }
     try:
         exclude: frozenset[str] = frozenset()

@@ -25,6 +25,7 @@ level's training range, up to three times it), at the levels asked for (ids "syn
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import random
 import re
@@ -185,11 +186,14 @@ def generate_problems(
     max_level: int = 3,
     split: str = "train",
     exclude: frozenset[str] = frozenset(),
+    extra_steps: int = 0,
 ) -> list[Problem]:
     """n unique problems of `split`; levels cycle min_level..max_level, so any prefix is balanced.
 
     "validation" draws from the train split's questions (the test split stays untouched) with its
-    own random stream, skipping the questions in `exclude` (the training set's)."""
+    own random stream, skipping the questions in `exclude` (the training set's). `extra_steps`
+    lengthens every chain by that many events of the level's own kinds (level 2 + 1: three
+    add/subtract steps, between levels 2 and 3); 0 gives the ladder's problems unchanged."""
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n}")
     if not 0 <= min_level <= max_level <= MAX_LEVEL:
@@ -200,6 +204,8 @@ def generate_problems(
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     if split == "ood" and min_level < 1:
         raise ValueError("the ood split starts at level 1 (level 0 has no events to rephrase)")
+    if extra_steps and min_level < 1:
+        raise ValueError("extra steps need level 1 or above (level 0 has no events)")
     rng = random.Random(f"rasft-synthetic:{seed}:{split}")
     levels = range(min_level, max_level + 1)
     seen_questions: set[str] = set()
@@ -207,7 +213,7 @@ def generate_problems(
     for index in range(n):
         level = levels[index % len(levels)]
         for _ in range(MAX_ATTEMPTS_PER_PROBLEM):
-            question, solution, answer = _make_problem(rng, level, split == "ood")
+            question, solution, answer = _make_problem(rng, level, split == "ood", extra_steps)
             membership = "train" if split == "validation" else split
             in_split = split == "ood" or split_of_question(question) == membership
             if question not in seen_questions and question not in exclude and in_split:
@@ -229,12 +235,17 @@ def generate_problems(
     return problems
 
 
-def _make_problem(rng: random.Random, level: int, ood: bool = False) -> tuple[str, str, int]:
+def _make_problem(
+    rng: random.Random, level: int, ood: bool = False, extra_steps: int = 0
+) -> tuple[str, str, int]:
     if level == 0:
         return _read_off_problem(rng)
+    spec = _LEVEL_SPECS[level]
+    if extra_steps:
+        spec = dataclasses.replace(spec, steps=spec.steps + extra_steps)
     if ood:
-        return _chain_problem(rng, _scaled(_LEVEL_SPECS[level], 3), _OOD_SURFACE)
-    return _chain_problem(rng, _LEVEL_SPECS[level], _TRAIN_SURFACE)
+        return _chain_problem(rng, _scaled(spec, 3), _OOD_SURFACE)
+    return _chain_problem(rng, spec, _TRAIN_SURFACE)
 
 
 def _scaled(spec: _LevelSpec, scale: int) -> _LevelSpec:

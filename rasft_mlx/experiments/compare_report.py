@@ -91,7 +91,7 @@ def _extra_set_lines(results: dict) -> list[str]:
     base_extra = results.get("base_extra") or {}
     if base_extra:
         cells = [_pct(base_extra.get(n, {}).get("pass_at_1")) for n in names]
-        lines.append("| base model | " + " | ".join(cells) + " |")
+        lines.append(f"| {mechanism.start_label(results)} | " + " | ".join(cells) + " |")
     for mode in modes:
         if mode not in summaries:
             continue
@@ -113,7 +113,7 @@ def _extra_set_lines(results: dict) -> list[str]:
 def _answer_shape_lines(results: dict) -> list[str]:
     summaries = results["summary"]
     rows = [(m, summaries[m].get("answer_shapes")) for m in results["modes"] if m in summaries]
-    rows = [("base model", results.get("base_answer_shapes")), *rows]
+    rows = [(mechanism.start_label(results), results.get("base_answer_shapes")), *rows]
     rows = [(name, shapes) for name, shapes in rows if shapes]
     if not rows:
         return []
@@ -217,7 +217,7 @@ def results_markdown(results: dict, figures: Sequence[tuple[str, str]] = ()) -> 
     ]
     if base is not None:
         lines.append(
-            f"| base model | 1 | {base['pass_at_1']:.3f} | | | | 0 | 0 "
+            f"| {mechanism.start_label(results)} | 1 | {base['pass_at_1']:.3f} | | | | 0 | 0 "
             f"| {_duration(base['seconds'])} (eval) |"
         )
     for mode in modes:
@@ -341,7 +341,8 @@ def results_table(results: dict) -> Table:
     table.add_column("wall / run", justify="right", no_wrap=True)
     base = results["base"]
     if base is not None:
-        row = ("base model", "1", f"{base['pass_at_1']:.3f}", "", "", "", "0", "0")
+        row = (mechanism.start_label(results), "1", f"{base['pass_at_1']:.3f}", "", "", "", "0")
+        row += ("0",)
         table.add_row(*row, _duration(base["seconds"]))
     for mode in results["modes"]:
         s = results["summary"].get(mode)

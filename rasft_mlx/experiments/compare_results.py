@@ -379,6 +379,7 @@ def build_results(
         "recipe": recipe_source,
         "compare_dir": str(out_dir),
         "model": recipe.model.path,
+        "start_adapter": recipe.model.adapter,
         "data": {"train": source_label(recipe.data.train), "test": source_label(recipe.data.test)},
         "train_problems": base["train_problems"],
         "test_problems": test_problems,

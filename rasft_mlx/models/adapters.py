@@ -124,10 +124,13 @@ def save_adapters(
 
 
 def load_adapters_into(model: nn.Module, adapter_dir: str | Path) -> None:
-    """Apply the adapters saved in `adapter_dir` to `model`, with a clear error when they do not fit."""
+    """Apply the adapters saved in `adapter_dir` (an adapters dir, or a run dir holding one) to
+    `model`, with a clear error when they do not fit."""
     from mlx_lm.tuner.utils import load_adapters
 
     adapter_dir = Path(adapter_dir)
+    if not (adapter_dir / ADAPTER_CONFIG_FILE).is_file() and (adapter_dir / "adapters").is_dir():
+        adapter_dir = adapter_dir / "adapters"
     if not (adapter_dir / ADAPTER_CONFIG_FILE).is_file():
         raise ModelError(f"adapter: {adapter_dir} has no {ADAPTER_CONFIG_FILE}")
     try:

@@ -37,6 +37,14 @@ class SyntheticConfig:
             1, help="size of 'synthetic-retention': test questions at the retention levels"
         ),
     )
+    extra_steps: int = field(
+        default=0,
+        metadata=field_meta(
+            0,
+            3,
+            help="lengthen every chain by N events of its level's kinds (not the retention set)",
+        ),
+    )
     retention_min_level: int = field(default=1, metadata=field_meta(0, 5))
     retention_max_level: int = field(
         default=2,

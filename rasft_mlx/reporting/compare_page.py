@@ -144,7 +144,7 @@ def build_compare_report(results: dict, drawn: list[charts.Chart] | None = None)
     rows = []
     base = results.get("base")
     if base:
-        rows.append(("base model", 1, f"{base['pass_at_1']:.3f}", "-", "-", "-"))
+        rows.append((mechanism.start_label(results), 1, f"{base['pass_at_1']:.3f}", "-", "-", "-"))
     for mode in results["modes"]:
         summary = results.get("summary", {}).get(mode)
         if summary:

@@ -55,3 +55,9 @@ def mechanism_rows(signal: dict[str, list[dict]]) -> list[tuple[str, ...]]:
                 )
             )
     return rows
+
+
+def start_label(results: dict) -> str:
+    """What a comparison's runs start from: the base model, or the base with a fused adapter."""
+    adapter = results.get("start_adapter")
+    return f"start (base + {adapter})" if adapter else "base model"
