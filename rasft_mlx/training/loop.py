@@ -100,6 +100,7 @@ class TrainingLoop(LoopCheckpoints):
         self.optimizer = None
         self.schedule = None
         self.baseline_eval_pending = False
+        self.step_seconds = 0.0  # optimizer steps' own time this session, for the step ETA
 
     # -- setup -----------------------------------------------------------------------------
 
@@ -307,6 +308,9 @@ class TrainingLoop(LoopCheckpoints):
         input_tokens = sum(len(self.sequences[i].tokens) - 1 for idx in group for i in idx)
         total_elapsed = time.perf_counter() - started
         done_here = max(self.step - first_step, 1)
+        # The ETA of the optimizer steps left, at this session's mean step time: refreshes and
+        # evaluations show their own progress and ETA, and would swamp an early estimate.
+        self.step_seconds += elapsed
         if hasattr(self.source, "observe_step"):
             self.source.observe_step(result)
         record = {
@@ -323,7 +327,7 @@ class TrainingLoop(LoopCheckpoints):
             "tokens_per_second": input_tokens / elapsed if elapsed > 0 else 0.0,
             "peak_memory_gb": peak_memory_gb(),
             "elapsed_seconds": total_elapsed,
-            "eta_seconds": total_elapsed / done_here * max(self.planned - self.step, 0),
+            "eta_seconds": self.step_seconds / done_here * max(self.planned - self.step, 0),
         }
         self.metrics.write(record)
         display.step(self.step, record)
