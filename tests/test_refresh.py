@@ -118,3 +118,9 @@ def test_warmup_epochs_train_the_demos_alone_then_refresh(tiny_llama_dir, tmp_pa
     histogram = refresh["solvability_histogram"]
     assert gauges["mixed_group_share"] == round(histogram[1] / 16, 4)
     assert gauges["trained_share"] == round(refresh["rollouts_trained"] / 32, 4)
+    # The step ETA counts optimizer-step time, not the refresh before step 3: at the run's mean
+    # time per step so far (elapsed / step) the 3 - last steps left would take longer.
+    steps = [r for r in records if r["event"] == "step"]
+    third, last = steps[2], steps[-1]["step"]
+    assert third["step"] == 3 and last > 3
+    assert third["eta_seconds"] < 0.9 * third["elapsed_seconds"] / 3 * (last - 3)

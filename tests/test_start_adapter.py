@@ -175,3 +175,19 @@ def test_a_staged_run_starts_from_the_adapter_and_exports_the_whole_policy(
     config = json.loads((exported / "adapter_config.json").read_text())
     assert config["lora_parameters"]["rank"] == 8
     assert run_completions("eval-epoch-1.jsonl") == completions_of(exported)
+
+
+def test_resume_refuses_a_start_adapter_that_changed(tiny_llama_dir, tmp_path):
+    from rasft_mlx.commands.train import TrainingError, TrainingInterrupted
+
+    make_adapter(tiny_llama_dir, tmp_path / "start", 1, rank=2, num_layers=1)
+    data = stage_recipe(tiny_llama_dir, tmp_path, "s1", model={"adapter": str(tmp_path / "start")})
+    data["output"]["save_every"] = 1
+    recipe = load_yaml_recipe(tmp_path, data, "s1")
+    with pytest.raises(TrainingInterrupted):
+        run_training(recipe, tmp_path / "run", QUIET, stop_after=1)
+    make_adapter(tiny_llama_dir, tmp_path / "start", 2, rank=2, num_layers=1)  # retrained
+    with pytest.raises(
+        TrainingError, match="model.adapter: checkpoint .* resume from the same start"
+    ):
+        run_training(recipe, tmp_path / "run", QUIET, resume=True)

@@ -128,11 +128,12 @@ def load_adapters_into(model: nn.Module, adapter_dir: str | Path) -> None:
     `model`, with a clear error when they do not fit."""
     from mlx_lm.tuner.utils import load_adapters
 
-    adapter_dir = Path(adapter_dir)
-    if not (adapter_dir / ADAPTER_CONFIG_FILE).is_file() and (adapter_dir / "adapters").is_dir():
-        adapter_dir = adapter_dir / "adapters"
-    if not (adapter_dir / ADAPTER_CONFIG_FILE).is_file():
-        raise ModelError(f"adapter: {adapter_dir} has no {ADAPTER_CONFIG_FILE}")
+    from rasft_mlx.models.start_adapter import adapter_directory
+
+    try:
+        adapter_dir = adapter_directory(adapter_dir)
+    except ModelError as error:
+        raise ModelError(str(error).replace("model.adapter:", "adapter:", 1)) from None
     try:
         load_adapters(model, str(adapter_dir))
     except (ValueError, KeyError) as error:

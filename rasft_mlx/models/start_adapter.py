@@ -58,12 +58,13 @@ def adapter_directory(path: str | Path) -> Path:
     )
 
 
+def weights_digest(directory: Path) -> str:
+    return hashlib.sha256((directory / WEIGHTS_FILE).read_bytes()).hexdigest()
+
+
 def start_identity(adapter: str | None) -> dict:
     """What identifies a starting adapter beyond its path: its weights' sha256 (none: {})."""
-    if not adapter:
-        return {}
-    directory = adapter_directory(adapter)
-    return {"adapter_sha256": hashlib.sha256((directory / WEIGHTS_FILE).read_bytes()).hexdigest()}
+    return {"adapter_sha256": weights_digest(adapter_directory(adapter))} if adapter else {}
 
 
 def read_start_adapter(path: str | Path) -> StartAdapter:
@@ -93,8 +94,7 @@ def read_start_adapter(path: str | Path) -> StartAdapter:
             factors[module] = (value, weights[f"{module}.lora_b"])
         elif leaf != "lora_b":
             raise ModelError(f"model.adapter: unexpected weight {key!r} in {directory}")
-    digest = hashlib.sha256((directory / WEIGHTS_FILE).read_bytes()).hexdigest()
-    return StartAdapter(directory, config, factors, digest)
+    return StartAdapter(directory, config, factors, weights_digest(directory))
 
 
 def fuse_start_adapter(model: nn.Module, start: StartAdapter) -> int:
