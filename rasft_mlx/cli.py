@@ -13,7 +13,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from rasft_mlx.runtime.blas import reexec_with_optimised_blas
+from rasft_mlx.runtime.blas import slow_blas_warning
+from rasft_mlx.runtime.process import prepare_command_line_process
 from rasft_mlx.runtime.version import __version__
 
 STOP_AFTER_ENV = "RASFT_MLX_TEST_STOP_AFTER"  # tests: interrupt the run after that step
@@ -57,6 +58,11 @@ def _user_errors() -> tuple[type[Exception], ...]:
     running = (TrainingError, DistributedError, TrackerError)
     writing = (ExportError, HubError, ReportError)
     return reading + running + writing
+
+
+def _warn(warning: str | None) -> None:
+    if warning:
+        error_console.print(Text.assemble(("warning: ", "bold yellow"), warning), soft_wrap=True)
 
 
 def _version_callback(value: bool) -> None:
@@ -112,6 +118,7 @@ def train(
         loaded = load_recipe(recipe_file, set_ or [])
         run_dir = resolve_run_dir(loaded, str(out) if out else None)
         console.print(f"[bold]rasft-mlx train[/bold] {recipe} -> {run_dir}")
+        _warn(slow_blas_warning())
         mode = True if resume else "auto" if auto_resume else False
         stop_after = os.environ.get(STOP_AFTER_ENV)  # a test hook, as the checkpoint sleep
         result = run_training(
@@ -131,14 +138,16 @@ def train(
     except _user_errors() as error:
         _fail(error)
     table = Table(title="run finished", show_header=False)
-    table.add_row("run dir", str(result.run_dir))
-    table.add_row("steps", str(result.steps))
-    table.add_row("trained tokens", f"{result.trained_tokens:,}")
-    table.add_row("final loss", f"{result.final_loss:.4f}")
-    table.add_row("wall time", f"{result.seconds:.1f} s")
+    rows = {"run dir": str(result.run_dir), "steps": str(result.steps)}
+    rows |= {
+        "trained tokens": f"{result.trained_tokens:,}",
+        "final loss": f"{result.final_loss:.4f}",
+    }
+    rows |= {"wall time": f"{result.seconds:.1f} s"}
     if result.eval_summary:
-        table.add_row("eval pass@1", f"{result.eval_summary.pass_at_1:.3f}")
-    table.add_row("adapters", str(result.run_dir / "adapters"))
+        rows["eval pass@1"] = f"{result.eval_summary.pass_at_1:.3f}"
+    for name, value in (rows | {"adapters": str(result.run_dir / "adapters")}).items():
+        table.add_row(name, value)
     console.print(table)
 
 
@@ -198,6 +207,7 @@ def evaluate(
         sources = parse_data_sources(data)
         if len(sources) == 1:
             sources = [("eval", sources[0][1])]
+        _warn(slow_blas_warning())
         with interruptible(console) as signals:
             results = run_benchmarks(
                 model,
@@ -278,9 +288,8 @@ def export(
     if push_to_hub is None:
         return
     if pushed.dry_run:
-        console.print(f"dry run: would upload {len(pushed.files)} files to {pushed.url}:")
-        for name in pushed.files:
-            console.print(f"  {name}")
+        listing = "".join(f"\n  {name}" for name in pushed.files)
+        console.print(f"dry run: would upload {len(pushed.files)} files to {pushed.url}:{listing}")
     else:
         console.print(f"[bold]pushed[/bold] {len(pushed.files)} files to {pushed.url}")
 
@@ -347,6 +356,7 @@ def compare(
             f"[bold]rasft-mlx compare[/bold] {recipe_file}: {', '.join(mode_list)} x {seeds} "
             f"seeds -> {out_dir}"
         )
+        _warn(slow_blas_warning())
         results = run_compare(
             loaded,
             out_dir,
@@ -397,15 +407,12 @@ def plan(
     except _user_errors() as error:
         _fail(error)
     console.print(render_plan(run_plan))
-    for line in protocol_lines(loaded_recipe):
-        console.print(Text(line), soft_wrap=True)
-    warning = check_memory(run_plan)
-    if warning:
-        error_console.print(Text.assemble(("warning: ", "bold yellow"), warning), soft_wrap=True)
+    console.print(Text("".join(f"{x}\n" for x in protocol_lines(loaded_recipe))), end="")
+    _warn(check_memory(run_plan))
 
 
 def main() -> None:
-    reexec_with_optimised_blas()
+    prepare_command_line_process()
     app()
 
 

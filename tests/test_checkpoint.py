@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import yaml
+from child_processes import popen
 from rich.console import Console
 
 from rasft_mlx.commands.train import run_training
@@ -49,7 +50,7 @@ def start(recipe: Path, run_dir: Path, *extra: str, env: dict | None = None) -> 
     if "openblas" not in env.get("LD_PRELOAD", ""):
         env["RASFT_MLX_NO_BLAS"] = "1"  # the same BLAS as the in-process reference run
     command = [sys.executable, "-m", "rasft_mlx.cli", "train", str(recipe), "--out", str(run_dir)]
-    return subprocess.Popen(
+    return popen(
         [*command, *extra],
         env=env,
         stdout=subprocess.PIPE,

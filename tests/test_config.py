@@ -26,6 +26,11 @@ def write(tmp_path: Path, text: str) -> Path:
     return path
 
 
+def write_with_model(tmp_path: Path, text: str) -> Path:
+    """A recipe that names its model (every recipe must), then `text`."""
+    return write(tmp_path, "model:\n  path: builtin:smollm2-135m\n" + text)
+
+
 def error_of(path: Path, overrides: tuple[str, ...] = ()) -> str:
     with pytest.raises(RecipeError) as info:
         load_recipe(path, overrides)
@@ -69,9 +74,17 @@ output:
 """
 
 
-def test_empty_file_gives_defaults(tmp_path):
-    assert load_recipe(write(tmp_path, "")) == Recipe()
-    assert load_recipe(write(tmp_path, "# only a comment\n")) == Recipe()
+def test_an_empty_recipe_or_one_without_a_model_is_an_error_naming_the_file(tmp_path):
+    for text in ("", "# only a comment\n"):
+        path = write(tmp_path, text)
+        assert error_of(path).startswith(f"{path}: the recipe is empty; a recipe needs at least")
+    path = write(tmp_path, "training:\n  epochs: 2\n")
+    assert error_of(path).startswith(f"{path}: the recipe names no model")
+    assert error_of(write(tmp_path, "model:\n  path: ''\n")).startswith(f"{path}: the recipe")
+    named = load_recipe(write(tmp_path, ""), ["model.path=builtin:smollm2-135m"])
+    assert named == dataclasses.replace(
+        Recipe(), model=dataclasses.replace(Recipe().model, path="builtin:smollm2-135m")
+    )
 
 
 def test_defaults_pass_validation():
@@ -103,7 +116,8 @@ def test_full_valid_recipe(tmp_path):
 
 
 def test_empty_section_gives_defaults(tmp_path):
-    assert load_recipe(write(tmp_path, "lora:\ntraining:\n  epochs: 2\n")).lora == Recipe().lora
+    recipe = load_recipe(write_with_model(tmp_path, "lora:\ntraining:\n  epochs: 2\n"))
+    assert recipe.lora == Recipe().lora
 
 
 def test_yaml_syntax_error_reports_line_and_column(tmp_path):
@@ -227,7 +241,9 @@ def test_out_of_range(tmp_path, yaml_text, expected):
 
 
 def test_bounds_are_inclusive(tmp_path):
-    recipe = load_recipe(write(tmp_path, "rollout:\n  top_p: 1\ntraining:\n  warmup_steps: 0\n"))
+    recipe = load_recipe(
+        write_with_model(tmp_path, "rollout:\n  top_p: 1\ntraining:\n  warmup_steps: 0\n")
+    )
     assert recipe.rollout.top_p == 1.0
     assert recipe.training.warmup_steps == 0
 
@@ -246,7 +262,7 @@ def test_choices_without_suggestion(tmp_path):
 
 
 def test_none_allowed_for_optional_fields(tmp_path):
-    text = "model:\n  revision: null\ntraining:\n  max_steps: ~\nlora:\n  keys: null\n"
+    text = "model:\n  path: m\n  revision: null\ntraining:\n  max_steps: ~\nlora:\n  keys: null\n"
     recipe = load_recipe(write(tmp_path, text))
     assert recipe.model.revision is None
     assert recipe.training.max_steps is None
@@ -262,7 +278,7 @@ def test_none_rejected_for_required_fields(tmp_path):
 
 def test_tuple_fields(tmp_path):
     text = "lora:\n  keys: [mlp.up_proj]\nrasft:\n  mid_window_start: [0, 0.5]\n"
-    recipe = load_recipe(write(tmp_path, text))
+    recipe = load_recipe(write_with_model(tmp_path, text))
     assert recipe.lora.keys == ("mlp.up_proj",)
     assert recipe.rasft.mid_window_start == (0.0, 0.5)
 
@@ -298,7 +314,7 @@ def test_bad_tuple_fields(tmp_path, yaml_text, expected):
 
 
 def test_override_valid_nested(tmp_path):
-    path = write(tmp_path, "training:\n  batch_size: 8\n")
+    path = write_with_model(tmp_path, "training:\n  batch_size: 8\n")
     recipe = load_recipe(
         path,
         [
@@ -321,17 +337,17 @@ def test_override_valid_nested(tmp_path):
 
 
 def test_override_creates_missing_section(tmp_path):
-    recipe = load_recipe(write(tmp_path, ""), ["rollout.k=5"])
+    recipe = load_recipe(write_with_model(tmp_path, ""), ["rollout.k=5"])
     assert recipe.rollout.k == 5
 
 
 def test_override_last_one_wins(tmp_path):
-    recipe = load_recipe(write(tmp_path, ""), ["rollout.k=5", "rollout.k=7"])
+    recipe = load_recipe(write_with_model(tmp_path, ""), ["rollout.k=5", "rollout.k=7"])
     assert recipe.rollout.k == 7
 
 
 def test_override_float_in_exponent_form(tmp_path):
-    recipe = load_recipe(write(tmp_path, ""), ["training.learning_rate=1e-4"])
+    recipe = load_recipe(write_with_model(tmp_path, ""), ["training.learning_rate=1e-4"])
     assert recipe.training.learning_rate == 1e-4
     assert isinstance(recipe.training.learning_rate, float)
 
@@ -428,7 +444,7 @@ def test_cross_field_checks(tmp_path, yaml_text, expected):
 
 def test_cross_field_equal_bounds_allowed(tmp_path):
     text = "rasft:\n  r_min: 2\n  r_max: 2\ndata:\n  synthetic:\n    min_level: 3\n"
-    recipe = load_recipe(write(tmp_path, text))
+    recipe = load_recipe(write_with_model(tmp_path, text))
     assert recipe.rasft.r_min == recipe.rasft.r_max == 2.0
 
 

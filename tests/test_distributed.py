@@ -16,6 +16,7 @@ import mlx.core as mx
 import numpy as np
 import pytest
 import yaml
+from child_processes import popen
 from rich.console import Console
 from tiny_models import make_weak_base_model
 
@@ -57,7 +58,7 @@ def start_ranks(tmp_path: Path, args: list[str], world: int = 2, env: dict | Non
             **(env or {}),
         }
         processes.append(
-            subprocess.Popen(
+            popen(
                 [sys.executable, "-m", "rasft_mlx.cli", *args],
                 env=rank_env,
                 cwd=tmp_path,

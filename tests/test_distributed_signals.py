@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+from child_processes import popen
 from test_distributed import ROOT, free_ports, recipe_file, start_long_run
 
 from rasft_mlx.training.checkpoint import list_checkpoints, read_checkpoint
@@ -27,7 +28,7 @@ def start_one_rank(tmp_path: Path, rank: int, args: list[str]) -> tuple[subproce
     hostfile.write_text(json.dumps([[f"127.0.0.1:{port}"] for port in ports]))
     env = {**os.environ, "PYTHONPATH": str(ROOT), "MLX_RANK": str(rank)}
     env |= {"MLX_HOSTFILE": str(hostfile), "OMP_NUM_THREADS": "1"}
-    process = subprocess.Popen(
+    process = popen(
         [sys.executable, *args],
         env=env,
         cwd=tmp_path,

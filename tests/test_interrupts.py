@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import yaml
+from child_processes import popen
 from rich.console import Console
 from test_checkpoint import TIMEOUT, adapter_bytes, start
 
@@ -152,9 +153,7 @@ def start_command(*args: str) -> subprocess.Popen:
     """A real `rasft-mlx ...` process with plain progress lines as often as they come."""
     env = {**os.environ, "RASFT_MLX_PROGRESS_EVERY": "0", "HF_HUB_OFFLINE": "1"}
     command = [sys.executable, "-m", "rasft_mlx.cli", *args]
-    return subprocess.Popen(
-        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
+    return popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
 def signal_at(process, prefix: str, sig: signal.Signals) -> tuple[int, str, float]:

@@ -325,7 +325,22 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Recipe:
     overridden: dict[str, str] = {}
     for override in overrides:
         apply_override(Recipe, data, override, source, overridden)
-    return _recipe_from_data(data, source, overridden)
+    recipe = _recipe_from_data(data, source, overridden)  # wrong keys and types first
+    _require_model(data, source, empty=yaml.safe_load(text) is None)
+    return recipe
+
+
+def _require_model(data: dict, source: str, empty: bool) -> None:
+    """A recipe names its model: an empty file or a forgotten `model.path` would otherwise start
+    a full default run on whatever the default model is."""
+    model = data.get("model")
+    if isinstance(model, dict) and model.get("path"):
+        return
+    what = "is empty" if empty else "names no model"
+    raise RecipeError(
+        f"{source}: the recipe {what}; a recipe needs at least `model: {{path: ...}}` (a Hub id, "
+        "a local dir, a .gguf file or builtin:smollm2-135m), or --set model.path=..."
+    )
 
 
 def recipe_to_dict(recipe) -> dict:

@@ -101,6 +101,7 @@ class TrainingLoop(LoopCheckpoints):
         self.schedule = None
         self.baseline_eval_pending = False
         self.step_seconds = 0.0  # optimizer steps' own time this session, for the step ETA
+        self.checkpointed_at: tuple | None = None  # (step, epoch, position, completed) last saved
 
     # -- setup -----------------------------------------------------------------------------
 
@@ -127,9 +128,16 @@ class TrainingLoop(LoopCheckpoints):
         )
 
     def _stop_if_requested(self, signals: StopSignals) -> None:
-        if signals.agree():  # over several ranks: every rank stops at the same step
-            path = self.checkpoint()
-            raise signals.interruption(self.step, path)
+        """The step boundary's one agreement over the ranks (docs/DISTRIBUTED.md: every other
+        collective sits at a place each rank reaches by the same deterministic path)."""
+        if signals.agree():
+            raise signals.interruption(self.step, self._checkpoint_here())
+
+    def _checkpoint_here(self) -> Path:
+        """A checkpoint of the loop as it is now, reusing one just written for the same state."""
+        if self.last_checkpoint is not None and self.checkpointed_at == self.checkpoint_key():
+            return self.last_checkpoint
+        return self.checkpoint()
 
     # -- the loop --------------------------------------------------------------------------
 
@@ -183,8 +191,8 @@ class TrainingLoop(LoopCheckpoints):
                         full_epoch = steps_per_epoch(len(refreshed), self.recipe)
                         self._set_queue(ahead, display, full_epoch)
                     train_started += time.perf_counter() - paused
-                    if save_every and self.step % save_every == 0 and not signals.agree():
-                        self.checkpoint()
+                    if save_every and self.step % save_every == 0:
+                        self._checkpoint_here()
                 self.timings["train"] += time.perf_counter() - train_started
                 self._stop_if_requested(signals)  # before the epoch's eval
                 self._finish_epoch(display, max_steps, signals)

@@ -109,6 +109,10 @@ class LoopCheckpoints:
         self.loaded.model.update(tree_unflatten(list(weights.items())))
         mx.eval(self.loaded.model.parameters())
 
+    def checkpoint_key(self) -> tuple:
+        """What a checkpoint of the loop now would hold, to skip writing the same one twice."""
+        return (self.step, self.epoch, self.position, self.completed)
+
     def checkpoint(self) -> Path:
         """Write a checkpoint (rank 0; the other ranks only hand it their random states)."""
         model = self.loaded.model
@@ -132,11 +136,13 @@ class LoopCheckpoints:
             "metrics_bytes": metrics_path.stat().st_size if metrics_path.exists() else 0,
             "start_adapter_sha256": getattr(self.loaded.start_adapter, "digest", None),
         }
+        self.checkpointed_at = self.checkpoint_key()
         if distributed.distributed():
             state["world_size"] = distributed.world_size()
             state["mlx_random_ranks"] = distributed.all_gather_json(mlx_random_state(), "control")
             if not distributed.is_main():  # where rank 0 writes it (in this rank's run dir)
-                return checkpoints_dir(self.run_dir) / step_dir_name(self.step)
+                self.last_checkpoint = checkpoints_dir(self.run_dir) / step_dir_name(self.step)
+                return self.last_checkpoint
         queue = self.sequences if source_state is not None and self.groups is not None else None
         started = time.perf_counter()
         try:

@@ -12,6 +12,7 @@ from rich.console import Console
 
 import rasft_mlx.runtime.distributed as distributed
 from rasft_mlx.console.progress import attached, clear_stop, phase_running, request_stop
+from rasft_mlx.runtime import hard_stop
 
 TRAINING_STOP = "stopping after the current step or chunk, then writing a checkpoint"
 
@@ -41,15 +42,21 @@ class StopSignals:
         self.requested: signal.Signals | None = None
         self.test_reason: str | None = None
         self._previous: dict = {}
+        self._second_signal: hard_stop.SecondSignalExit | None = None
 
     def __enter__(self) -> StopSignals:
         clear_stop()
         if threading.current_thread() is threading.main_thread():
             for sig in self.CODES:
                 self._previous[sig] = signal.signal(sig, self._handle)
+            if hard_stop.enabled():
+                self._second_signal = hard_stop.SecondSignalExit().__enter__()
         return self
 
     def __exit__(self, *exc) -> None:
+        if self._second_signal is not None:
+            self._second_signal.__exit__(*exc)
+            self._second_signal = None
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         self._previous.clear()
@@ -61,6 +68,8 @@ class StopSignals:
             signal.signal(sig, self._previous.get(sig, signal.SIG_DFL))
             raise KeyboardInterrupt
         self.requested = sig
+        if self._second_signal is not None:
+            self._second_signal.acknowledged.set()
         # Long phases (rollouts, evaluation, reference passes) stop within seconds; over several
         # ranks they run to their end, so that every rank stops at the same step boundary.
         if not distributed.distributed():
@@ -84,6 +93,8 @@ class StopSignals:
         step, with the requesting signal's exit code."""
         if not distributed.distributed():
             return self.stop
+        # Only the agreed value decides: a signal landing during the all-reduce is in this
+        # rank's flag but not in the others' result, so it waits for the next agreement.
         own = self.CODES[self.requested] if self.requested else int(self.stop)
         agreed = distributed.max_over_ranks(own)
         if agreed and not self.stop:
@@ -91,7 +102,7 @@ class StopSignals:
             self.requested = by_code.get(agreed)
             if self.requested is None:
                 self.test_reason = "a stop request on another rank"
-        return self.stop
+        return bool(agreed)
 
     def interruption(self, step: int, checkpoint: Path) -> TrainingInterrupted:
         if self.requested is not None:
@@ -109,6 +120,8 @@ class PhaseStopSignals(StopSignals):
     def _handle(self, signum, frame) -> None:
         if self.requested is None and not phase_running():
             self.requested = signal.Signals(signum)
+            if self._second_signal is not None:
+                self._second_signal.acknowledged.set()
             raise KeyboardInterrupt
         super()._handle(signum, frame)
 
