@@ -7,6 +7,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -50,14 +51,23 @@ def port_in_use(port: int) -> bool:
     return False
 
 
-def test_sigterm_to_rank_0_alone_stops_every_rank_at_one_checkpoint(tiny_llama_dir, tmp_path):
+@pytest.mark.parametrize("signalled", [0, 1], ids=["rank0", "rank1"])
+def test_sigterm_to_one_rank_alone_stops_every_rank_at_one_checkpoint(
+    tiny_llama_dir, tmp_path, signalled
+):
+    """At a random moment after step 2 (scripts/stress_stops.sh runs it in a loop, also with
+    both cores busy): both ranks exit with 143, both name the same step and checkpoint."""
     run_dir, processes = start_long_run(tmp_path, tiny_llama_dir)
-    processes[0].send_signal(signal.SIGTERM)
+    time.sleep(random.uniform(0.0, 1.0))
+    processes[signalled].send_signal(signal.SIGTERM)
     outputs = [p.communicate(timeout=60)[0] for p in processes]
     assert [p.returncode for p in processes] == [143, 143], outputs
-    newest = list_checkpoints(run_dir)[0]
+    checkpoints = list_checkpoints(run_dir)
+    newest = checkpoints[0]
     step = read_checkpoint(newest).step
     assert step >= 2
+    steps = [read_checkpoint(path).step for path in checkpoints]
+    assert steps.count(step) == 1, steps
     for output in outputs:  # rank 1 names the checkpoint rank 0 wrote, not its scratch copy
         assert f"interrupted (SIGTERM) after step {step}; checkpoint {newest}" in output, output
 

@@ -22,7 +22,7 @@ import threading
 import time
 
 WATCHED = (signal.SIGINT, signal.SIGTERM)
-GRACE_SECONDS = 1.0
+GRACE_SECONDS = 0.5
 _enabled = False  # the command line turns it on; a library caller (a notebook) keeps its kernel
 
 
