@@ -244,3 +244,50 @@ def test_extra_steps_lengthen_a_level_with_its_own_kinds_of_events():
     assert not {p.question for p in longer} & {p.question for p in plain}
     with pytest.raises(ValueError, match="level 1 or above"):
         generate_problems(2, seed=0, min_level=0, max_level=1, extra_steps=1)
+
+
+def test_solution_styles_keep_the_questions_and_write_distinct_correct_texts():
+    """Three styles: the same questions as one style, each style about a third of the
+    solutions, every one a correct derivation, and two styles of one problem far below RASFT's
+    near-duplicate threshold (word 3-gram Jaccard 0.82), so correct rollouts in different
+    styles are not collapsed into one."""
+    from rasft_mlx.data.synthetic import _make_problem, _write_solution
+    from rasft_mlx.rasft.groups import word_trigram_jaccard
+
+    plain = generate_problems(300, seed=4, min_level=1, max_level=3)
+    styled = generate_problems(300, seed=4, min_level=1, max_level=3, solution_styles=3)
+    assert [p.question for p in styled] == [p.question for p in plain]
+    assert [p.answer for p in styled] == [p.answer for p in plain]
+    first_lines = Counter(p.solution.split(":")[0].split(" ")[0] for p in styled)
+    styles = {
+        "numbered": sum(p.solution.startswith("Step 1:") for p in styled),
+        "running": sum(p.solution.startswith("To begin, there are") for p in styled),
+    }
+    styles["ladder"] = len(styled) - sum(styles.values())
+    assert all(70 <= count <= 130 for count in styles.values()), (styles, first_lines)
+    closings = re.compile(r"^(So \w+ has \d+ \w+\.|The answer is:)$")
+    for problem in styled:
+        kept = [line for line in problem.solution.split("\n") if not closings.match(line)]
+        ladder_shaped = Problem(problem.id, problem.question, "\n".join(kept), problem.answer)
+        assert solution_errors(ladder_shaped) == [], problem.solution
+    import random
+
+    rng = random.Random(0)
+    for level in (1, 2, 3):
+        question, steps, answer = _make_problem(rng, level)
+        texts = [_write_solution(steps, answer, style) for style in range(3)]
+        for i in range(3):
+            for j in range(i + 1, 3):
+                assert word_trigram_jaccard(texts[i], texts[j]) < 0.5, (texts[i], texts[j])
+    with pytest.raises(ValueError, match="solution_styles must be 1..3"):
+        generate_problems(2, seed=0, solution_styles=4)
+
+
+def test_a_recipe_asks_for_solution_styles(tmp_path):
+    from rasft_mlx.data.sources import load_problems
+
+    problems = load_problems(
+        "synthetic", split="train", synthetic={"n_train": 30, "solution_styles": 3}
+    )
+    assert any(p.solution.startswith("Step 1:") for p in problems)
+    assert generate_problems(30, seed=0, solution_styles=3) == problems

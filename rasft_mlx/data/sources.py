@@ -35,6 +35,7 @@ SYNTHETIC_DEFAULTS = {
     "retention_min_level": 1,
     "retention_max_level": 2,
     "extra_steps": 0,
+    "solution_styles": 1,
 }
 # source -> the split it always reads (None: the split asked for)
 SYNTHETIC_SOURCES = {
@@ -185,6 +186,7 @@ def _synthetic_problems(split: str, settings: dict | None) -> list[Problem]:
         "max_level": merged[levels[1]],
         # the retention set is an earlier stage's problems: the level ladder as it is
         "extra_steps": 0 if split == "retention" else merged["extra_steps"],
+        "solution_styles": merged["solution_styles"],
     }
     try:
         exclude: frozenset[str] = frozenset()

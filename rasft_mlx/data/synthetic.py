@@ -14,6 +14,14 @@ Levels (every answer is a non-negative integer; every solution ends with ``\\box
 
 From level 2 on each solution line reads "After selling: 24 - 5 = 19 apples.".
 
+`solution_styles` N > 1 writes each solution in one of N styles, drawn per problem from its own
+random stream (the questions stay those of N = 1): the ladder's labelled lines, numbered steps
+("Step 2: 24 - 5 = 19.") or running sentences ("Now there are 24 - 5 = 19 apples."), each
+closing its own way. With one style, every correct solution of a problem is the same text, so
+RASFT's near-duplicate rule (word 3-gram Jaccard >= 0.82) keeps at most one correct rollout per
+problem: at most 1/K of the rollouts can train. Real reasoning data has many ways to write a
+solution; the styles give the synthetic task that property.
+
 Problems are deterministic in (seed, split). A question belongs to the test split iff a hash of
 its text says so, so train and test never share a question, for any seed; within a split
 questions are unique. Ids encode the level: "synthetic-train-L2-17".
@@ -34,6 +42,7 @@ from dataclasses import dataclass
 from rasft_mlx.data.problem import Problem
 
 MAX_LEVEL = 5
+MAX_SOLUTION_STYLES = 3
 SPLITS = ("train", "test", "ood", "validation")
 TEST_FRACTION_DENOMINATOR = 5  # one question in five (by hash) belongs to the test split
 MAX_ATTEMPTS_PER_PROBLEM = 2000
@@ -187,13 +196,17 @@ def generate_problems(
     split: str = "train",
     exclude: frozenset[str] = frozenset(),
     extra_steps: int = 0,
+    solution_styles: int = 1,
 ) -> list[Problem]:
     """n unique problems of `split`; levels cycle min_level..max_level, so any prefix is balanced.
 
     "validation" draws from the train split's questions (the test split stays untouched) with its
     own random stream, skipping the questions in `exclude` (the training set's). `extra_steps`
     lengthens every chain by that many events of the level's own kinds (level 2 + 1: three
-    add/subtract steps, between levels 2 and 3); 0 gives the ladder's problems unchanged."""
+    add/subtract steps, between levels 2 and 3); 0 gives the ladder's problems unchanged.
+    `solution_styles`: see the module docstring."""
+    if not 1 <= solution_styles <= MAX_SOLUTION_STYLES:
+        raise ValueError(f"solution_styles must be 1..{MAX_SOLUTION_STYLES}, got {solution_styles}")
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n}")
     if not 0 <= min_level <= max_level <= MAX_LEVEL:
@@ -207,13 +220,14 @@ def generate_problems(
     if extra_steps and min_level < 1:
         raise ValueError("extra steps need level 1 or above (level 0 has no events)")
     rng = random.Random(f"rasft-synthetic:{seed}:{split}")
+    style_rng = random.Random(f"rasft-synthetic-style:{seed}:{split}")
     levels = range(min_level, max_level + 1)
     seen_questions: set[str] = set()
     problems = []
     for index in range(n):
         level = levels[index % len(levels)]
         for _ in range(MAX_ATTEMPTS_PER_PROBLEM):
-            question, solution, answer = _make_problem(rng, level, split == "ood", extra_steps)
+            question, steps, answer = _make_problem(rng, level, split == "ood", extra_steps)
             membership = "train" if split == "validation" else split
             in_split = split == "ood" or split_of_question(question) == membership
             if question not in seen_questions and question not in exclude and in_split:
@@ -224,6 +238,8 @@ def generate_problems(
                 f"(stopped at {index}); ask for fewer or widen the level range"
             )
         seen_questions.add(question)
+        style = style_rng.randrange(solution_styles)
+        solution = steps if isinstance(steps, str) else _write_solution(steps, answer, style)
         problems.append(
             Problem(
                 id=f"synthetic-{split}-L{level}-{index}",
@@ -237,7 +253,7 @@ def generate_problems(
 
 def _make_problem(
     rng: random.Random, level: int, ood: bool = False, extra_steps: int = 0
-) -> tuple[str, str, int]:
+) -> tuple[str, str | _Steps, int]:
     if level == 0:
         return _read_off_problem(rng)
     spec = _LEVEL_SPECS[level]
@@ -277,7 +293,9 @@ def _read_off_problem(rng: random.Random) -> tuple[str, str, int]:
     return question, f"{fact}\n\\boxed{{{count}}}", count
 
 
-def _chain_problem(rng: random.Random, spec: _LevelSpec, surface: _Surface) -> tuple[str, str, int]:
+def _chain_problem(
+    rng: random.Random, spec: _LevelSpec, surface: _Surface
+) -> tuple[str, _Steps, int]:
     """A story that starts with a quantity and changes it step by step, one equation per step."""
     name, other = rng.sample(surface.names, 2)
     obj = rng.choice(surface.objects)
@@ -306,12 +324,36 @@ def _chain_problem(rng: random.Random, spec: _LevelSpec, surface: _Surface) -> t
         sentences.append(sentence.format(name=name, other=other, obj=obj))
         steps.append((label, expression, value))
     sentences.append(surface.question.format(name=name, obj=obj))
-    if spec.steps == 1:
+    return " ".join(sentences), _Steps(tuple(steps), name, obj), value
+
+
+@dataclass(frozen=True)
+class _Steps:
+    """A chain's worked steps, written out by `_write_solution` in one of the styles."""
+
+    steps: tuple[tuple[str, str, int], ...]  # (label, expression, result)
+    name: str
+    obj: str
+
+
+def _write_solution(chain: _Steps, answer: int, style: int) -> str:
+    steps, obj = chain.steps, chain.obj
+    if style == 0 and len(steps) == 1:  # the ladder's level 1: the bare equation
         lines = [f"{expression} = {result}" for _, expression, result in steps]
-    else:
+    elif style == 0:
         lines = [f"{label}: {expression} = {result} {obj}." for label, expression, result in steps]
-    lines.append(f"\\boxed{{{value}}}")
-    return " ".join(sentences), "\n".join(lines), value
+    elif style == 1:
+        lines = [
+            f"Step {i}: {expression} = {result}."
+            for i, (_, expression, result) in enumerate(steps, 1)
+        ]
+        lines.append(f"So {chain.name} has {answer} {obj}.")
+    else:
+        lines = [f"Now there are {expression} = {result} {obj}." for _, expression, result in steps]
+        lines[0] = lines[0].replace("Now there are", "To begin, there are", 1)
+        lines.append("The answer is:")
+    lines.append(f"\\boxed{{{answer}}}")
+    return "\n".join(lines)
 
 
 def _next_event(

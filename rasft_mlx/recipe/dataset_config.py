@@ -45,6 +45,15 @@ class SyntheticConfig:
             help="lengthen every chain by N events of its level's kinds (not the retention set)",
         ),
     )
+    solution_styles: int = field(
+        default=1,
+        metadata=field_meta(
+            1,
+            3,
+            help="write each solution in one of N styles (1: one text per answer, so at most "
+            "one correct rollout per problem survives RASFT's near-duplicate rule)",
+        ),
+    )
     retention_min_level: int = field(default=1, metadata=field_meta(0, 5))
     retention_max_level: int = field(
         default=2,
