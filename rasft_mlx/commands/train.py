@@ -10,6 +10,7 @@ from pathlib import Path
 
 import mlx.core as mx
 from rich.console import Console
+from rich.text import Text
 
 import rasft_mlx.runtime.distributed as distributed
 from rasft_mlx.console.progress import PhaseInterrupted, attached
@@ -26,6 +27,7 @@ from rasft_mlx.models.adapters import (
     trainable_parameter_count,
 )
 from rasft_mlx.models.loading import load_model
+from rasft_mlx.models.numerics import slow_numerics_warning
 from rasft_mlx.rasft.routing import expected_rollout_problems
 from rasft_mlx.recipe.config import ROLLOUT_MODES, Recipe, recipe_to_dict
 from rasft_mlx.reporting.run_report import REPORT_FILE, write_report_quietly
@@ -133,6 +135,9 @@ def _run_training(
         f"model {recipe.model.path}: {total_parameter_count(loaded.model) / 1e6:.1f}M parameters, "
         f"{trainable_parameter_count(loaded.model) / 1e6:.2f}M trainable ({recipe.lora.type})"
     )
+    slow = slow_numerics_warning(loaded.model)
+    if slow:
+        console.print(Text.assemble(("warning: ", "bold yellow"), slow), soft_wrap=True)
     sequences, encoding = encode_training_data(loaded.tokenizer, train_problems, recipe)
     if encoding.skipped_too_long:
         console.print(
