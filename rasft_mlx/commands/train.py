@@ -26,6 +26,7 @@ from rasft_mlx.models.adapters import (
     total_parameter_count,
     trainable_parameter_count,
 )
+from rasft_mlx.models.checkpointing import checkpoint_layers
 from rasft_mlx.models.loading import load_model
 from rasft_mlx.models.numerics import slow_numerics_warning
 from rasft_mlx.rasft.routing import expected_rollout_problems
@@ -131,6 +132,8 @@ def _run_training(
     extra_sets = load_extra_sets(recipe)
     loaded = load_model(recipe.model)
     apply_adapters(loaded.model, recipe.lora)
+    if recipe.training.grad_checkpoint:
+        checkpoint_layers(loaded.model)
     console.print(
         f"model {recipe.model.path}: {total_parameter_count(loaded.model) / 1e6:.1f}M parameters, "
         f"{trainable_parameter_count(loaded.model) / 1e6:.2f}M trainable ({recipe.lora.type})"

@@ -18,6 +18,7 @@ from rasft_mlx.models.adapters import (
     total_parameter_count,
     trainable_parameter_count,
 )
+from rasft_mlx.models.checkpointing import checkpoint_layers
 from rasft_mlx.models.loading import load_model
 from rasft_mlx.rasft.rollouts import sampling_settings
 from rasft_mlx.rasft.routing import expected_rollout_problems
@@ -132,6 +133,8 @@ def build_plan(recipe: Recipe, *, loaded=None, probe_steps: int = 0) -> RunPlan:
     if loaded is None:
         loaded = load_model(recipe.model)
         apply_adapters(loaded.model, recipe.lora)
+        if recipe.training.grad_checkpoint:
+            checkpoint_layers(loaded.model)
     data, training, rollout, evaluation = recipe.data, recipe.training, recipe.rollout, recipe.eval
     tokenizer, system = loaded.tokenizer, data.system_prompt
     sequences, report = encode_training_data(tokenizer, train_problems, recipe)

@@ -116,6 +116,10 @@ class TrainingConfig:
         ),
     )
     grad_clip: float = field(default=1.0, metadata=_range(0.0, help="0 disables clipping"))
+    grad_checkpoint: bool = field(
+        default=False,
+        metadata={"help": "recompute each layer's activations in the backward pass (less memory)"},
+    )
     seed: int = 0
     kl_lambda: float = field(default=0.1, metadata=_range(0.0))
     profit_threshold: float = field(default=0.1, metadata=_range(0.0, 1.0))

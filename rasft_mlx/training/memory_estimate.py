@@ -75,6 +75,8 @@ def estimate_memory(
     per_token = a_hidden * hidden + a_inter * intermediate + a_attn * heads * bucket
     layers = adapted_layer_count(model, recipe.lora) + 1  # + one layer's backward temporaries
     activations = layers * rows * bucket * per_token * act
+    if recipe.training.grad_checkpoint:  # each layer's input kept, one layer's inside at a time
+        activations = (layers * hidden + per_token) * rows * bucket * act
     if recipe.lora.type == "dora":
         sizes = [m.linear.weight.shape for _, m in adapter_modules(model)]
         bits = [getattr(m.linear, "bits", 32) for _, m in adapter_modules(model)]
