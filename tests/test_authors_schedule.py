@@ -11,11 +11,17 @@ import yaml
 from rich.console import Console
 
 from rasft_mlx.commands.train import TrainingInterrupted, run_training
-from rasft_mlx.rasft.authors_schedule import route_once, select_for_refresh
+from rasft_mlx.experiments.plan import authors_refresh_steps
+from rasft_mlx.rasft.authors_schedule import (
+    interval_refresh_due,
+    refresh_step,
+    route_once,
+    select_for_refresh,
+)
 from rasft_mlx.rasft.routing import calibrate_thresholds
 from rasft_mlx.recipe.config import RasftConfig, load_recipe, recipe_from_dict
 from rasft_mlx.recipe.protocols import AUTHORS, protocol_report
-from rasft_mlx.training.step_plan import untrained_part
+from rasft_mlx.training.step_plan import queue_rest, untrained_part
 
 NLL = {f"p{i:03d}": float(i) for i in range(1, 101)}  # quantile q sits at NLL ~ 1 + 99 q
 CONFIG = RasftConfig(hard_quantile=0.95)
@@ -83,6 +89,37 @@ def test_a_refresh_inside_an_epoch_keeps_only_the_demos_still_ahead():
     ]
 
 
+def test_the_authors_interval_refresh_fires_every_32_steps_while_mid_problems_wait():
+    """train_RASFT.py L1521-1524: `optimizer_step > 0 and optimizer_step %
+    args.refresh_interval_steps == 0 and len(pending_mid) > 0`, --refresh_interval_steps 32."""
+    every = recipe_from_dict({"protocol": "authors"}).rasft.refresh_every_steps
+    assert every == 32
+    due = [step for step in range(0, 200) if interval_refresh_due(step, every, ["p001"])]
+    assert due == [32, 64, 96, 128, 160, 192]
+    assert not any(interval_refresh_due(step, every, []) for step in range(200))
+    assert not interval_refresh_due(32, 0, ["p001"])
+    # Routed once, the first refresh takes the whole mid band: it fires after step 32 when the
+    # first queue lasts that long, else when that queue runs dry.
+    assert refresh_step(176, 32) == 32 and refresh_step(32, 32) == 32
+    assert refresh_step(24, 32) == 24 and refresh_step(24, 0) == 24
+
+
+def test_the_plan_shows_the_authors_refresh_step():
+    gsm8k = recipe_from_dict(
+        {"protocol": "authors", "training": {"batch_size": 2, "grad_accumulation": 16}}
+    )
+    assert authors_refresh_steps(7473, gsm8k) == (32,)  # the first queue: ~176 steps
+    assert authors_refresh_steps(1000, gsm8k) == (24,)  # 750 demos: dry after 24 steps
+    short = recipe_from_dict({"protocol": "authors", "training": {"max_steps": 20}})
+    assert authors_refresh_steps(7473, short) == ()
+
+
+def test_a_refresh_of_the_authors_queue_goes_after_the_rest_of_it():
+    sequences = ["a", "b", "c", "d", "e"]
+    groups = [[[0, 1]], [[2, 3]], [[4]]]  # one step done
+    assert queue_rest(sequences, groups, 1) + ["x"] == ["c", "d", "e", "x"]
+
+
 def test_the_authors_protocol_fills_only_the_keys_a_recipe_leaves_out():
     recipe = recipe_from_dict({"protocol": "authors", "rollout": {"k": 2}})
     assert recipe.rasft.schedule == "authors" and recipe.rollout.repetition_scope == "all"
@@ -93,7 +130,7 @@ def test_the_authors_protocol_fills_only_the_keys_a_recipe_leaves_out():
     assert recipe_from_dict({}).rasft.schedule == "epochs"
 
 
-def authors_recipe(model_dir, tmp_path):
+def authors_recipe(model_dir, tmp_path, **rasft):
     data = {
         "protocol": "authors",
         "model": {"path": str(model_dir)},
@@ -101,7 +138,12 @@ def authors_recipe(model_dir, tmp_path):
         "lora": {"rank": 4},
         "training": {"batch_size": 4, "learning_rate": 1e-3, "lr_schedule_steps": 40},
         "rollout": {"k": 2, "max_new_tokens": 6, "temperature": 1.0},
-        "rasft": {"calibration_size": 40, "quality_filters": False, "hard_probe_fraction": 0.5},
+        "rasft": {
+            "calibration_size": 40,
+            "quality_filters": False,
+            "hard_probe_fraction": 0.5,
+            **rasft,
+        },
         "eval": {"samples": 1, "max_new_tokens": 4},
         "output": {"save_every": 3},
     }
@@ -119,7 +161,8 @@ def test_a_run_under_the_authors_schedule(tiny_llama_dir, tmp_path):
     flushes = [r for r in records if r["event"] == "hard_pool_flush"]
     assert sum(route[k] for k in ("easy", "mid_pending", "hard", "other")) == 40
     assert route["mid_pending"] > 0 and route["hard"] > 0
-    assert len(refreshes) == 1  # one refresh, when the queue ran dry
+    assert len(refreshes) == 1  # one refresh, when the queue ran dry (before step 32)
+    assert refreshes[0]["trigger"] == "queue_dry"
     counts = refreshes[0]["routes"]
     assert counts["mid_rollouts"] == math.ceil(route["mid_pending"] * 0.35)
     assert counts["mid_direct"] == route["mid_pending"] - counts["mid_rollouts"]
@@ -131,6 +174,29 @@ def test_a_run_under_the_authors_schedule(tiny_llama_dir, tmp_path):
     trained += counts["mid_direct"] + counts["probe_released"] + refreshes[0]["problems_selected"]
     trained += refreshes[0]["rollouts_trained"] + flushes[0]["problems"]
     assert sum(s["sequences"] for s in steps) == trained
+
+
+def test_an_authors_run_refreshes_at_the_interval_and_appends_to_the_queue(
+    tiny_llama_dir, tmp_path
+):
+    """refresh_every_steps 2: the refresh after step 2 takes the whole mid band; its sequences
+    go after the first queue's rest, which is still trained in full; no refresh after step 4."""
+    recipe = authors_recipe(tiny_llama_dir, tmp_path, refresh_every_steps=2)
+    result = run_training(recipe, tmp_path / "run", Console(quiet=True))
+    records = [json.loads(x) for x in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
+    route = next(r for r in records if r["event"] == "route")
+    [refresh] = [r for r in records if r["event"] == "refresh"]
+    [flush] = [r for r in records if r["event"] == "hard_pool_flush"]
+    assert (refresh["step"], refresh["trigger"]) == (2, "interval")
+    events = [r["event"] for r in records if r["event"] in ("step", "refresh")]
+    assert events.index("refresh") == 2  # after the second step
+    counts = refresh["routes"]
+    trained = route["easy"] + route["hard"] + route["other"]  # the first queue, all of it
+    trained += counts["mid_direct"] + counts["probe_released"] + refresh["problems_selected"]
+    trained += refresh["rollouts_trained"] + flush["problems"]
+    steps = [r for r in records if r["event"] == "step"]
+    assert sum(s["sequences"] for s in steps) == trained
+    assert len(steps) > 4  # the first queue alone outlasts the refresh
 
 
 def test_an_interrupted_authors_run_resumes_to_the_same_adapter_bytes(tiny_llama_dir, tmp_path):

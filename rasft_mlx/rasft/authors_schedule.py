@@ -4,10 +4,13 @@ One pass over the data in file order:
 1. Every problem is routed once by the starting policy's mean demo NLL: easy (<= q_easy), other
    and hard (above the window, up to the ceiling q_hard) are queued as demos with A = 1 (hard ones
    also join the hard pool); mid-window problems wait.
-2. When the queue runs dry, one refresh: ceil(35 %) of the waiting mid band get rollouts, the rest
-   are queued as demos (A = 1); int(3 %) (at least one) of the hard pool are probed: re-scored by
-   NLL, below the window they leave the pool and are queued (A = 1), up to the ceiling they get
-   rollouts, above it they stay. Problems whose rollouts include a correct one leave the pool.
+2. After every `--refresh_interval_steps`-th optimizer step while mid problems wait, and when the
+   queue runs dry while they wait, a refresh of all of them (its queue goes after the current one):
+   ceil(35 %) of the waiting mid band get rollouts, the rest are queued as demos (A = 1); int(3 %)
+   (at least one) of the hard pool are probed: re-scored by NLL, below the window they leave the
+   pool and are queued (A = 1), up to the ceiling they get rollouts, above it they stay. Problems
+   whose rollouts train (a correct one in a group that is not degenerate) leave the pool. Routed
+   once, the mid band waits only until the first refresh: there is one.
 3. When nothing waits, the hard pool is flushed: its demos are trained a second time (A = 1).
 """
 
@@ -53,6 +56,19 @@ def route_once(
             counts["other"] += 1
         queue.append(problem_id)
     return InitialRouting(tuple(queue), tuple(pending), tuple(pool), counts)
+
+
+def interval_refresh_due(step: int, every: int, pending: Sequence[str]) -> bool:
+    """The authors' interval refresh after optimizer step `step` (train_RASFT.py L1521-1524:
+    `optimizer_step > 0 and optimizer_step % args.refresh_interval_steps == 0 and
+    len(pending_mid) > 0`); `every` 0 turns it off."""
+    return every > 0 and step > 0 and step % every == 0 and bool(pending)
+
+
+def refresh_step(first_queue_steps: int, every: int) -> int:
+    """The step of the one refresh of a run routed at the start: the interval's first step when
+    the first queue lasts that long, else the step at which that queue runs dry."""
+    return every if 0 < every <= first_queue_steps else first_queue_steps
 
 
 @dataclass(frozen=True)

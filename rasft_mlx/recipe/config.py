@@ -182,13 +182,17 @@ class RasftConfig:
         metadata=_range(
             choices=("epochs", "authors"),
             help="epochs: a refresh before each epoch (and every refresh_every_steps); authors: "
-            "one pass in data order, routed once by NLL, a refresh when the queue runs dry, "
-            "the hard pool trained again at the end",
+            "one pass in data order, routed once by NLL, a refresh of the waiting mid band "
+            "every refresh_every_steps or when the queue runs dry, the hard pool trained again "
+            "at the end",
         ),
     )
     selection: str = field(default="all", metadata=_range(choices=("all", "fraction", "nll_band")))
     selection_fraction: float = field(default=0.35, metadata=_range(0.0, 1.0))
-    refresh_every_steps: int = field(default=0, metadata=_range(0, help="0 = between epochs only"))
+    refresh_every_steps: int = field(
+        default=0,
+        metadata=_range(0, help="0 = between epochs only (authors: only when the queue runs dry)"),
+    )
     warmup_epochs: int = field(
         default=0,
         metadata=_range(0, help="first epochs on the demos alone (weight 1), no rollouts"),

@@ -44,7 +44,7 @@ AUTHORS: dict[str, dict] = {
         "mid_window_start": [0.20, 0.45],  # --start_low_q, --start_high_q
         "mid_window_end": [0.50, 0.75],  # --end_low_q, --end_high_q
         "hard_quantile": 0.90,  # README run: --hard_probe_ceiling_q 0.90 (argparse: 0.95)
-        "refresh_every_steps": 0,  # the refresh fires when the queue runs dry
+        "refresh_every_steps": 32,  # --refresh_interval_steps (and when the queue runs dry)
         "r_min": 1.0,  # --expert_reward_min
         "r_max": 3.0,  # --expert_reward_max
         "pos_reward": 1.0,

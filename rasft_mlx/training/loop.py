@@ -34,6 +34,7 @@ from rasft_mlx.training.step_plan import (
     SequenceSource,
     loss_settings,
     planned_steps,
+    queue_rest,
     step_groups,
     steps_per_epoch,
     untrained_part,
@@ -185,11 +186,7 @@ class TrainingLoop(LoopCheckpoints):
                     paused = time.perf_counter()
                     refreshed = self._guarded(signals, self._refreshed)
                     if refreshed is not None:
-                        ahead = untrained_part(
-                            self.sequences, self.groups, self.position, refreshed
-                        )
-                        full_epoch = steps_per_epoch(len(refreshed), self.recipe)
-                        self._set_queue(ahead, display, full_epoch)
+                        self._take_refresh(refreshed, display)
                     train_started += time.perf_counter() - paused
                     if save_every and self.step % save_every == 0:
                         self._checkpoint_here()
@@ -206,6 +203,16 @@ class TrainingLoop(LoopCheckpoints):
             time.perf_counter() - started,
             self.eval_summary,
         )
+
+    def _take_refresh(self, refreshed: list[TrainingSequence], display) -> None:
+        """A refresh inside the epoch: appended after the queue's rest (the authors' deque), or
+        the demos still ahead this epoch and the new non-demo sequences."""
+        if getattr(self.source, "appends_refresh", False):
+            rest = queue_rest(self.sequences, self.groups, self.position)
+            self._set_queue(rest + refreshed, display)
+            return
+        ahead = untrained_part(self.sequences, self.groups, self.position, refreshed)
+        self._set_queue(ahead, display, steps_per_epoch(len(refreshed), self.recipe))
 
     def _continued(self):
         return self.source.continued_sequences(self.step, self.step / self.planned)

@@ -73,6 +73,11 @@ def untrained_part(
     return [s for s in refreshed if s.source != "expert" or s.problem_id in ahead]
 
 
+def queue_rest(sequences: list[TrainingSequence], groups: list, position: int) -> list:
+    """The sequences of groups[position:], in plan order: the queue not yet trained."""
+    return [sequences[i] for group in groups[position:] for batch in group for i in batch]
+
+
 def loss_settings(recipe: Recipe) -> LossSettings:
     return LossSettings(
         mode=recipe.training.mode,
