@@ -17,8 +17,10 @@ from rasft_mlx.rasft.authors_schedule import (
     refresh_step,
     route_once,
     select_for_refresh,
+    solved_ids,
 )
 from rasft_mlx.rasft.routing import calibrate_thresholds
+from rasft_mlx.rasft.weights import problem_weights
 from rasft_mlx.recipe.config import RasftConfig, load_recipe, recipe_from_dict
 from rasft_mlx.recipe.protocols import AUTHORS, protocol_report
 from rasft_mlx.training.step_plan import queue_rest, untrained_part
@@ -112,6 +114,18 @@ def test_the_plan_shows_the_authors_refresh_step():
     assert authors_refresh_steps(1000, gsm8k) == (24,)  # 750 demos: dry after 24 steps
     short = recipe_from_dict({"protocol": "authors", "training": {"max_steps": 20}})
     assert authors_refresh_steps(7473, short) == ()
+
+
+def test_k_of_k_solved_problems_stay_in_the_authors_hard_pool():
+    """Their filter returns None for a group of equal rewards (T:821-822: K of K correct gives
+    the expert r_min = 1 = the positives' reward), so the problem is queued as a demo and kept in
+    the pool (T:1256-1258); only problems whose rollouts were queued leave it (T:1339-1340)."""
+    solved = problem_weights(3, 0, RasftConfig(), num_sampled=3)
+    assert solved.route == "fallback_degenerate"
+    partly = problem_weights(2, 1, RasftConfig(), num_sampled=3)
+    routes = {"a": partly.route, "b": solved.route, "c": "fallback_unsolved", "d": "fallback_empty"}
+    assert solved_ids(routes, authors=True) == {"a"}
+    assert solved_ids(routes, authors=False) == {"a", "b"}  # the project's schedule
 
 
 def test_a_refresh_of_the_authors_queue_goes_after_the_rest_of_it():

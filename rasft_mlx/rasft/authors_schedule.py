@@ -71,6 +71,21 @@ def refresh_step(first_queue_steps: int, every: int) -> int:
     return every if 0 < every <= first_queue_steps else first_queue_steps
 
 
+SOLVED_ROUTES = ("weighted", "fallback_degenerate", "rft")  # a correct rollout was kept
+AUTHORS_SOLVED_ROUTES = ("weighted", "rft")  # rollouts were trained
+
+
+def solved_ids(routes: dict[str, str], authors: bool) -> set[str]:
+    """The rolled-out problems that leave the hard pool, from each one's weight route. The
+    authors delete a problem after queueing its rollouts (T:1339-1340). A K-of-K-solved group
+    (expert reward r_min = the positives' reward) is degenerate: their filter returns None
+    (T:821-822), the demo is queued and the problem stays (T:1256-1258); the deletion for a
+    degenerate group with k+ > 0 (T:1270-1276) is unreachable behind that filter. The project's
+    schedule also releases such problems: they are solved."""
+    leaving = AUTHORS_SOLVED_ROUTES if authors else SOLVED_ROUTES
+    return {pid for pid, route in routes.items() if route in leaving}
+
+
 @dataclass(frozen=True)
 class RefreshSelection:
     rollout_ids: tuple[str, ...]  # sorted: the drawn mid problems and the probes in the band

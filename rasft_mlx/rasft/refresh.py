@@ -18,6 +18,7 @@ from rasft_mlx.rasft.authors_schedule import (
     interval_refresh_due,
     route_once,
     select_for_refresh,
+    solved_ids,
 )
 from rasft_mlx.rasft.gauges import mechanism_gauges, rollout_weight_floor
 from rasft_mlx.rasft.groups import build_group, rejection_sampling_group
@@ -43,8 +44,6 @@ from rasft_mlx.rasft.weights import (
 )
 from rasft_mlx.runtime.fileio import atomic_write_text
 from rasft_mlx.training.losses import LossSettings
-
-SOLVED_ROUTES = ("weighted", "fallback_degenerate", "rft")  # a correct rollout was kept
 
 
 class RasftSource:
@@ -335,7 +334,7 @@ class RasftSource:
             ledger.append(ledger_row(problem, verified[problem.id], group, trained))
             if owners:  # over several ranks: which one decoded this problem
                 ledger[-1]["rank"] = owners[problem.id]
-        solved = {pid for pid, w in weights.items() if w.route in SOLVED_ROUTES}
+        solved = solved_ids({pid: w.route for pid, w in weights.items()}, self.authors)
         self.hard_pool = frozenset(self.hard_pool - solved)
 
         if self.needs_reference:
