@@ -7,10 +7,12 @@ from dataclasses import replace
 
 import pytest
 
+from rasft_mlx.data.problem import Problem
+from rasft_mlx.generation.completions import Completion
 from rasft_mlx.rasft.groups import build_group, select_negatives
 from rasft_mlx.rasft.quality import has_valid_format, is_collapsed, is_shortcut, quality_failure
-from rasft_mlx.rasft.rollouts import Rollout
-from rasft_mlx.recipe.config import RasftConfig
+from rasft_mlx.rasft.rollouts import Rollout, verify_samples
+from rasft_mlx.recipe.config import RasftConfig, recipe_from_dict
 
 WORDS = "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike".split()
 
@@ -162,3 +164,21 @@ def test_filter_pieces():
     assert not is_shortcut("x" * 200)  # no boxed answer, no stock phrase
     assert is_shortcut("A" * 150 + " \\boxed{B}")  # a bare choice under 180 characters
     assert not has_valid_format("a" * 100 + " = \\boxed{1}".replace("=", ""))  # no reasoning step
+
+
+def test_truncated_samples_are_graded_under_the_authors_protocol():
+    """The authors keep only each sample's text (T:905) and grade it like any other (T:775-779):
+    a sample cut at max tokens is a positive or a negative by its answer. The project's default
+    keeps it out of the group."""
+    problem = Problem("p", "question", "solution", "7")
+    cut = [Completion(text(0, "7"), (1, 2), True), Completion(text(1, "9"), (1, 2), True)]
+    assert [r.verdict for r in verify_samples(problem, cut)] == ["truncated", "truncated"]
+    graded = verify_samples(problem, cut, grade_truncated=True)
+    assert [(r.verdict, r.correct, r.truncated) for r in graded] == [
+        ("correct", True, True),
+        ("wrong", False, True),
+    ]
+    group = build_group(graded, RasftConfig())
+    assert group.roles == {0: "positive", 1: "negative"} and group.weights.route == "weighted"
+    assert recipe_from_dict({"protocol": "authors"}).rasft.grade_truncated
+    assert not RasftConfig().grade_truncated

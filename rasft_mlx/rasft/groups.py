@@ -2,8 +2,9 @@
 
 1. Near-duplicates are removed (word 3-gram Jaccard >= rasft.dedup_jaccard, the first kept);
    K = the samples left.
-2. Samples that were truncated, have no answer, or (with rasft.quality_filters) fail the quality
-   filters stay in K but enter the group neither as positives nor as negatives.
+2. Samples that were truncated (unless rasft.grade_truncated, as the authors grade them), have no
+   answer, or (with rasft.quality_filters) fail the quality filters stay in K but enter the group
+   neither as positives nor as negatives.
 3. Positives are the verified correct samples. A negative whose highest 3-gram Jaccard to any
    positive is >= rasft.negative_similarity_max is dropped; the rest are sorted by
    |similarity - 0.45| and at most rasft.max_negative_keep enter the group.

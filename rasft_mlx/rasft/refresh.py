@@ -310,7 +310,8 @@ class RasftSource:
         )
         self.timings["rollout"] += time.perf_counter() - started
         started = time.perf_counter()
-        verified = {p.id: verify_samples(p, samples[p.id]) for p in own}
+        graded = self.recipe.rasft.grade_truncated
+        verified = {p.id: verify_samples(p, samples[p.id], graded) for p in own}
         self.timings["verify"] += time.perf_counter() - started
         verified, stats, owners = gather_rollouts(verified, stats, problems)
 

@@ -174,6 +174,13 @@ class RasftConfig:
             "samples count in K but are neither positive nor negative"
         ),
     )
+    grade_truncated: bool = field(
+        default=False,
+        metadata=_range(
+            help="grade the answer of a rollout cut at rollout.max_new_tokens (the authors); "
+            "false: it counts in K but is neither positive nor negative"
+        ),
+    )
     ratio_min: float = field(default=0.4, metadata=_range(0.0))
     ratio_max: float = field(default=1.2, metadata=_range(0.0, lo_open=True))
     dedup_jaccard: float = field(default=0.82, metadata=_range(0.0, 1.0))

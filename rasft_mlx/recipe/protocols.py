@@ -57,6 +57,7 @@ AUTHORS: dict[str, dict] = {
         "dedup_jaccard": 0.82,  # dedupe_samples_by_ngram
         "negative_similarity_max": 0.88,  # classify_and_filter_rollout_samples_unified
         "quality_filters": True,
+        "grade_truncated": True,  # T:775-779: a cut sample is graded (no finish_reason, T:905)
         "ratio_min": 0.4,  # ratio_clip = clamp(ratio, 0.4, 1.2)
         "ratio_max": 1.2,
     },
