@@ -54,7 +54,7 @@ def test_refresh_draws_ceil_35_percent_and_probes_int_3_percent_rescored():
         return [5.0] * len(ids)
 
     rng = np.random.default_rng(0)
-    choice = select_for_refresh(pending, pool, score, t, 0.0, 0.35, 0.03, rng, CONFIG)
+    choice = select_for_refresh(pending, pool, score, t, 0.0, 0.35, 0.03, rng)
     drawn = [p for p in choice.rollout_ids if p in pending]
     assert len(drawn) == math.ceil(25 * 0.35) == 9
     assert set(choice.direct_ids) == (set(pending) - set(drawn)) | set(rescored)
@@ -68,7 +68,7 @@ def test_probes_in_the_band_get_rollouts_and_above_the_ceiling_stay(probe_nll, o
     t = thresholds()
     rng = np.random.default_rng(1)
     choice = select_for_refresh(
-        [], ["p060"], lambda ids: [probe_nll] * len(ids), t, 0.0, 0.35, 0.03, rng, CONFIG
+        [], ["p060"], lambda ids: [probe_nll] * len(ids), t, 0.0, 0.35, 0.03, rng
     )
     assert choice.counts[outcome] == 1
     assert choice.hard_pool == ("p060",)
@@ -89,6 +89,17 @@ def test_a_refresh_inside_an_epoch_keeps_only_the_demos_still_ahead():
         ("d", "expert"),
         ("a", "rollout"),
     ]
+
+
+def test_the_window_slides_between_nll_values_as_theirs_does():
+    """T:1053-1056: `low = (1 - alpha) * thresholds["start_low"] + alpha * thresholds["end_low"]`,
+    NLLs; with NLLs that are not linear in the quantile, halfway is not the NLL at q 0.35."""
+    t = calibrate_thresholds([float(i * i) for i in range(1, 101)], CONFIG)
+    halfway = (t.mid_start[0] + t.mid_end[0]) / 2  # 1491.65; the NLL at q 0.35 is 1271.15
+    assert t.nll_at(0.35) < 1400.0 < halfway
+    rng = np.random.default_rng(0)
+    choice = select_for_refresh([], ["p"], lambda ids: [1400.0], t, 0.5, 0.35, 0.03, rng)
+    assert choice.counts["probe_released"] == 1 and choice.hard_pool == ()
 
 
 def test_the_authors_interval_refresh_fires_every_32_steps_while_mid_problems_wait():

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from rasft_mlx.rasft.routing import BandThresholds, mid_window
+from rasft_mlx.rasft.routing import BandThresholds
 
 
 @dataclass(frozen=True)
@@ -103,12 +103,12 @@ def select_for_refresh(
     mid_fraction: float,
     probe_fraction: float,
     rng: np.random.Generator,
-    config,
 ) -> RefreshSelection:
     """Step 2's choices. `score_nll` gives the current policy's mean demo NLL of the ids it is
-    handed (only the probed ones are re-scored); `progress` slides the window (step / horizon)."""
-    window_q = mid_window(progress, config)
-    low = thresholds.nll_at(window_q[0])
+    handed (only the probed ones are re-scored); `progress` slides the window (step / horizon)
+    between the calibrated NLLs, as theirs does (T:1053-1056), not between quantiles."""
+    t = min(max(progress, 0.0), 1.0)
+    low = (1 - t) * thresholds.mid_start[0] + t * thresholds.mid_end[0]
     drawn: list[str] = []
     if pending:
         count = min(max(1, math.ceil(len(pending) * mid_fraction)), len(pending))

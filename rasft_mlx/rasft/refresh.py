@@ -231,7 +231,6 @@ class RasftSource:
             config.selection_fraction,
             config.hard_probe_fraction,
             self.rng,
-            config,
         )
         self.pending, self.hard_pool = [], frozenset(selection.hard_pool)
         rolled = sorted(selection.rollout_ids, key=self.order.__getitem__)
