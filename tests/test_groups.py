@@ -10,7 +10,13 @@ import pytest
 from rasft_mlx.data.problem import Problem
 from rasft_mlx.generation.completions import Completion
 from rasft_mlx.rasft.groups import build_group, select_negatives
-from rasft_mlx.rasft.quality import has_valid_format, is_collapsed, is_shortcut, quality_failure
+from rasft_mlx.rasft.quality import (
+    authors_boxed,
+    has_valid_format,
+    is_collapsed,
+    is_shortcut,
+    quality_failure,
+)
 from rasft_mlx.rasft.rollouts import Rollout, verify_samples
 from rasft_mlx.recipe.config import RasftConfig, recipe_from_dict
 
@@ -182,3 +188,18 @@ def test_truncated_samples_are_graded_under_the_authors_protocol():
     assert group.roles == {0: "positive", 1: "negative"} and group.weights.route == "weighted"
     assert recipe_from_dict({"protocol": "authors"}).rasft.grade_truncated
     assert not RasftConfig().grade_truncated
+
+
+def test_the_filters_read_the_boxed_answer_as_the_authors_do():
+    """extract_boxed_content (T:139-162): the last `\\boxed{` only, None when unclosed, "" when
+    empty; is_shortcut strips math wrappers (T:165-176, T:407-410) before the bare-choice test."""
+    body = "Let x be the count; then x = 3 + 4, so we have the result. " * 2
+    assert authors_boxed("\\boxed{1} then \\boxed{2") is None  # the last one is unclosed
+    assert authors_boxed("\\boxed{}") == "" and authors_boxed("\\fbox{7}") is None
+    assert has_valid_format(body + "\\boxed{7}")
+    assert not has_valid_format(body + "\\fbox{7}")
+    assert not has_valid_format(body + "\\boxed{7} and \\boxed{8")
+    assert has_valid_format(body + "\\boxed{}")  # an empty box is a box
+    assert is_shortcut("So the answer: \\boxed{}.")  # any box in under 120 characters
+    wrapped = "Adding the two parts gives the total; " * 4 + "\\boxed{\\,7}"
+    assert 120 <= len(wrapped) < 180 and is_shortcut(wrapped)  # "\\,7" -> "7": a bare number
