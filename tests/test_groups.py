@@ -18,6 +18,7 @@ from rasft_mlx.rasft.quality import (
     quality_failure,
 )
 from rasft_mlx.rasft.rollouts import Rollout, verify_samples
+from rasft_mlx.rasft.weights import word_trigram_jaccard
 from rasft_mlx.recipe.config import RasftConfig, recipe_from_dict
 
 WORDS = "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike".split()
@@ -203,3 +204,18 @@ def test_the_filters_read_the_boxed_answer_as_the_authors_do():
     assert is_shortcut("So the answer: \\boxed{}.")  # any box in under 120 characters
     wrapped = "Adding the two parts gives the total; " * 4 + "\\boxed{\\,7}"
     assert 120 <= len(wrapped) < 180 and is_shortcut(wrapped)  # "\\,7" -> "7": a bare number
+
+
+def test_texts_under_three_words_compare_as_the_authors_do():
+    """ngram_jaccard (T:303-312) over word_ngrams (T:296-300): a text under three words has no
+    3-grams; two such texts score 1.0 (the second is a duplicate, K shrinks), one against a
+    longer text 0.0. The project compares them by their 1- or 2-grams."""
+    assert word_trigram_jaccard("42", "17", authors=True) == 1.0
+    assert word_trigram_jaccard("42", "17") == 0.0
+    assert word_trigram_jaccard("x 42", text(0), authors=True) == 0.0
+    samples = [rollout(0, "wrong", "42"), rollout(1, "wrong", "17"), rollout(2, "correct")]
+    ours = build_group(samples, RasftConfig())
+    theirs = build_group(samples, RasftConfig(short_text_jaccard="authors"))
+    assert (ours.group_size, theirs.group_size) == (3, 2)
+    assert theirs.roles[1] == "duplicate"
+    assert recipe_from_dict({"protocol": "authors"}).rasft.short_text_jaccard == "authors"

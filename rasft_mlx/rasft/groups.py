@@ -60,9 +60,11 @@ def select_negatives(
     """
     scored = []
     too_similar = 0
+    authors = config.short_text_jaccard == "authors"
     for negative in negatives:
         similarity = max(
-            (word_trigram_jaccard(negative.text, p.text) for p in positives), default=0.0
+            (word_trigram_jaccard(negative.text, p.text, authors) for p in positives),
+            default=0.0,
         )
         if similarity >= config.negative_similarity_max:
             too_similar += 1
@@ -74,7 +76,9 @@ def select_negatives(
 
 def build_group(rollouts: Sequence[Rollout], config: RasftConfig) -> RolloutGroup:
     """Deduplicate, set K, filter, grade and weigh one problem's rollouts."""
-    kept_indices = deduplicate_rollouts([r.text for r in rollouts], config.dedup_jaccard)
+    authors = config.short_text_jaccard == "authors"
+    texts = [r.text for r in rollouts]
+    kept_indices = deduplicate_rollouts(texts, config.dedup_jaccard, authors)
     roles = {r.sample: "duplicate" for r in rollouts}
     kept = [rollouts[i] for i in kept_indices]
     graded = []

@@ -184,6 +184,14 @@ class RasftConfig:
     ratio_min: float = field(default=0.4, metadata=_range(0.0))
     ratio_max: float = field(default=1.2, metadata=_range(0.0, lo_open=True))
     dedup_jaccard: float = field(default=0.82, metadata=_range(0.0, 1.0))
+    short_text_jaccard: str = field(
+        default="shorter_ngrams",
+        metadata=_range(
+            choices=("shorter_ngrams", "authors"),
+            help="texts under three words: compared by their 1- or 2-grams; authors: they have "
+            "no 3-grams, so two of them are duplicates (1.0) and one against a longer text 0.0",
+        ),
+    )
     schedule: str = field(
         default="epochs",
         metadata=_range(

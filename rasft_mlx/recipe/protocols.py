@@ -55,6 +55,7 @@ AUTHORS: dict[str, dict] = {
         "rollout_adv_floor": 0.02,
         "rollout_adv_cap": 0.15,
         "dedup_jaccard": 0.82,  # dedupe_samples_by_ngram
+        "short_text_jaccard": "authors",  # ngram_jaccard: empty 3-gram sets
         "negative_similarity_max": 0.88,  # classify_and_filter_rollout_samples_unified
         "quality_filters": True,
         "grade_truncated": True,  # T:775-779: a cut sample is graded (no finish_reason, T:905)
