@@ -43,6 +43,19 @@ def test_route_once_queues_all_but_the_mid_band_in_data_order():
     assert routing.counts == {"easy": 10, "mid_pending": 25, "hard": 50, "other": 15}
 
 
+def test_route_once_in_chunks_queues_easy_then_hard_then_the_rest():
+    """T:1501-1517: per chunk of --raw_chunk_size problems, the easy demos are enqueued, then
+    the hard ones, then the rest; the mid band waits in data order."""
+    t = thresholds()
+    order = ["p050", "p005", "p015", "p030", "p099", "p003", "p060", "p025"]
+    routing = route_once([(pid, NLL[pid]) for pid in order], t, t.mid_start, chunk_size=4)
+    # chunk 1: hard p050, easy p005, other p015, mid p030; chunk 2: other p099, easy p003,
+    # hard p060, mid p025
+    assert routing.queue == ("p005", "p050", "p015", "p003", "p060", "p099")
+    assert routing.pending == ("p030", "p025")
+    assert recipe_from_dict({"protocol": "authors"}).rasft.route_chunk_size == 128
+
+
 def test_refresh_draws_ceil_35_percent_and_probes_int_3_percent_rescored():
     t = thresholds()
     pending = [f"p{i:03d}" for i in range(21, 46)]  # 25 waiting

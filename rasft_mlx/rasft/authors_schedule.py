@@ -27,35 +27,44 @@ from rasft_mlx.rasft.routing import BandThresholds
 
 @dataclass(frozen=True)
 class InitialRouting:
-    queue: tuple[str, ...]  # demos to train now, A = 1, in data order
+    queue: tuple[str, ...]  # demos to train now, A = 1: data order, or per chunk by band
     pending: tuple[str, ...]  # mid-window problems waiting for the refresh, in data order
     hard_pool: tuple[str, ...]  # hard-band problems (also in the queue), in data order
     counts: dict[str, int]
+
+
+BAND_ORDER = {"easy": 0, "hard": 1, "other": 2}  # the authors' enqueue order (T:1501-1517)
 
 
 def route_once(
     ordered_nll: Sequence[tuple[str, float]],
     thresholds: BandThresholds,
     window: tuple[float, float],
+    chunk_size: int = 0,
 ) -> InitialRouting:
-    """Step 1 over (problem id, NLL) pairs in data order; `window`: the mid window's NLLs."""
+    """Step 1 over (problem id, NLL) pairs in data order; `window`: the mid window's NLLs. The
+    queue keeps data order, or with `chunk_size` the authors' order: per chunk of that many
+    problems, its easy demos, then its hard ones, then the rest."""
     low, high = window
-    queue, pending, pool = [], [], []
+    keyed, pending, pool = [], [], []
     counts = {"easy": 0, "mid_pending": 0, "hard": 0, "other": 0}
-    for problem_id, nll in ordered_nll:
+    for position, (problem_id, nll) in enumerate(ordered_nll):
         if nll <= thresholds.easy:
-            counts["easy"] += 1
+            band = "easy"
         elif low <= nll <= high:
             counts["mid_pending"] += 1
             pending.append(problem_id)
             continue
         elif high < nll <= thresholds.hard:
-            counts["hard"] += 1
+            band = "hard"
             pool.append(problem_id)
         else:
-            counts["other"] += 1
-        queue.append(problem_id)
-    return InitialRouting(tuple(queue), tuple(pending), tuple(pool), counts)
+            band = "other"
+        counts[band] += 1
+        order = (position // chunk_size, BAND_ORDER[band]) if chunk_size else (0, 0)
+        keyed.append((*order, position, problem_id))
+    queue = tuple(problem_id for *_, problem_id in sorted(keyed))
+    return InitialRouting(queue, tuple(pending), tuple(pool), counts)
 
 
 def interval_refresh_due(step: int, every: int, pending: Sequence[str]) -> bool:

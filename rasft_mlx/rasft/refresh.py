@@ -207,7 +207,8 @@ class RasftSource:
         sample = self.rng.permutation(len(nll))[: config.calibration_size]
         self.thresholds = calibrate_thresholds([nll[i] for i in sample], config)
         window = (self.thresholds.mid_start[0], self.thresholds.mid_start[1])
-        routing = route_once(list(zip(ids, nll, strict=True)), self.thresholds, window)
+        pairs = list(zip(ids, nll, strict=True))
+        routing = route_once(pairs, self.thresholds, window, config.route_chunk_size)
         self.pending, self.hard_pool = list(routing.pending), frozenset(routing.hard_pool)
         self.metrics.write({"event": "route", "step": 0, **routing.counts})
         self.console.print(f"routed by demo NLL: {readable(routing.counts)}")

@@ -218,6 +218,14 @@ class RasftConfig:
     mid_window_end: tuple[float, float] = (0.50, 0.75)
     hard_quantile: float = field(default=0.90, metadata=_range(0.0, 1.0))
     hard_probe_fraction: float = field(default=0.03, metadata=_range(0.0, 1.0))
+    route_chunk_size: int = field(
+        default=0,
+        metadata=_range(
+            0,
+            help="schedule authors: 0 = the first queue in data order; N = per chunk of N "
+            "problems its easy demos, then its hard ones, then the rest (the authors' order)",
+        ),
+    )
 
 
 @dataclass(frozen=True)

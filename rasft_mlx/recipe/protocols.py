@@ -39,6 +39,7 @@ AUTHORS: dict[str, dict] = {
         "weighting": "reference",
         "selection_fraction": 0.35,  # --main_rollout_ratio
         "hard_probe_fraction": 0.03,  # --hard_probe_ratio
+        "route_chunk_size": 128,  # README run: --raw_chunk_size 128 (argparse: 64)
         "calibration_size": 1000,  # --calibration_sample_size
         "easy_quantile": 0.10,  # --easy_floor_q
         "mid_window_start": [0.20, 0.45],  # --start_low_q, --start_high_q
