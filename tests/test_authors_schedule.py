@@ -23,7 +23,13 @@ from rasft_mlx.rasft.routing import calibrate_thresholds
 from rasft_mlx.rasft.weights import problem_weights
 from rasft_mlx.recipe.config import RasftConfig, load_recipe, recipe_from_dict
 from rasft_mlx.recipe.protocols import AUTHORS, protocol_report
-from rasft_mlx.training.step_plan import queue_rest, untrained_part
+from rasft_mlx.training.step_plan import (
+    carried_batches,
+    queue_rest,
+    step_groups,
+    trainable_groups,
+    untrained_part,
+)
 
 NLL = {f"p{i:03d}": float(i) for i in range(1, 101)}  # quantile q sits at NLL ~ 1 + 99 q
 CONFIG = RasftConfig(hard_quantile=0.95)
@@ -158,6 +164,27 @@ def test_a_refresh_of_the_authors_queue_goes_after_the_rest_of_it():
     assert queue_rest(sequences, groups, 1) + ["x"] == ["c", "d", "e", "x"]
 
 
+def test_the_authors_micro_steps_run_across_refills():
+    """Their micro-step counter never restarts (T:1586-1589: `micro_step % args.grad_accum_steps
+    == 0`): a queue's last short step is not taken; its micro-batches (the last one short, as
+    `take_n = min(micro_batch, len(expert_queue))` pops it, T:1572) open the next queue's."""
+
+    class Training:
+        batch_size, grad_accumulation = 2, 3
+
+    class Seq(str):
+        tokens = (1, 2)
+
+    queue = [Seq(c) for c in "abcdefg"]
+    groups = step_groups(queue, Training, None, shuffle=False)  # 4 micro-batches
+    assert groups == [[[0, 1], [2, 3], [4, 5]], [[6]]]
+    assert trainable_groups(groups, 3, carry=True) == 1
+    assert trainable_groups(groups, 3, carry=False) == 2
+    assert carried_batches(queue, groups, 1) == [["g"]]
+    refill = [Seq(c) for c in "gxyz"]
+    assert step_groups(refill, Training, None, False, lead_sizes=[1]) == [[[0], [1, 2], [3]]]
+
+
 def test_the_authors_protocol_fills_only_the_keys_a_recipe_leaves_out():
     recipe = recipe_from_dict({"protocol": "authors", "rollout": {"k": 2}})
     assert recipe.rasft.schedule == "authors" and recipe.rollout.repetition_scope == "all"
@@ -168,13 +195,18 @@ def test_the_authors_protocol_fills_only_the_keys_a_recipe_leaves_out():
     assert recipe_from_dict({}).rasft.schedule == "epochs"
 
 
-def authors_recipe(model_dir, tmp_path, **rasft):
+def authors_recipe(model_dir, tmp_path, grad_accumulation=1, **rasft):
     data = {
         "protocol": "authors",
         "model": {"path": str(model_dir)},
         "data": {"synthetic": {"n_train": 40, "n_test": 2, "min_level": 0, "max_level": 2}},
         "lora": {"rank": 4},
-        "training": {"batch_size": 4, "learning_rate": 1e-3, "lr_schedule_steps": 40},
+        "training": {
+            "batch_size": 4,
+            "grad_accumulation": grad_accumulation,
+            "learning_rate": 1e-3,
+            "lr_schedule_steps": 40,
+        },
         "rollout": {"k": 2, "max_new_tokens": 6, "temperature": 1.0},
         "rasft": {
             "calibration_size": 40,
@@ -235,6 +267,26 @@ def test_an_authors_run_refreshes_at_the_interval_and_appends_to_the_queue(
     steps = [r for r in records if r["event"] == "step"]
     assert sum(s["sequences"] for s in steps) == trained
     assert len(steps) > 4  # the first queue alone outlasts the refresh
+
+
+def test_every_step_of_an_authors_run_accumulates_in_full(tiny_llama_dir, tmp_path):
+    """grad_accumulation 3: each optimizer step takes three micro-batches, across the refresh's
+    and the flush's refills; only what is left after the last full step goes untrained."""
+    recipe = authors_recipe(tiny_llama_dir, tmp_path, grad_accumulation=3)
+    result = run_training(recipe, tmp_path / "run", Console(quiet=True))
+    records = [json.loads(x) for x in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
+    route = next(r for r in records if r["event"] == "route")
+    [refresh] = [r for r in records if r["event"] == "refresh"]
+    [flush] = [r for r in records if r["event"] == "hard_pool_flush"]
+    steps = [r for r in records if r["event"] == "step"]
+    assert {s["micro_batches"] for s in steps} == {3}
+    counts = refresh["routes"]
+    queues = [route["easy"] + route["hard"] + route["other"]]
+    queues.append(counts["mid_direct"] + counts["probe_released"] + refresh["problems_selected"])
+    queues[-1] += refresh["rollouts_trained"]
+    queues.append(flush["problems"])
+    micro_batches = sum(math.ceil(n / 4) for n in queues)  # each queue drains before a refill
+    assert len(steps) == micro_batches // 3
 
 
 def test_an_interrupted_authors_run_resumes_to_the_same_adapter_bytes(tiny_llama_dir, tmp_path):

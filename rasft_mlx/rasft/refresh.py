@@ -69,7 +69,7 @@ class RasftSource:
         self.hard_pool: frozenset[str] = frozenset()
         self.authors = recipe.rasft.schedule == "authors"
         self.shuffle = not self.authors  # the authors train their queue in data order
-        self.appends_refresh = self.authors  # their refresh appends to the queue (a deque)
+        self.continuous_queue = self.authors  # one deque: refreshes append, micro-steps carry
         self.order = {s.problem_id: index for index, s in enumerate(experts)}
         self.pending: list[str] = []  # authors: mid-band problems waiting for the refresh
         self.flushed = False  # authors: the hard pool was trained a second time
@@ -166,7 +166,7 @@ class RasftSource:
 
     def refreshed_sequences(self, step: int, progress: float) -> list[TrainingSequence] | None:
         """The epoch schedule's refresh every refresh_every_steps; the authors' interval refresh
-        (its sequences go after the current queue: `appends_refresh`)."""
+        (its sequences go after the current queue: `continuous_queue`)."""
         every = self.recipe.rasft.refresh_every_steps
         if self.authors:
             if not interval_refresh_due(step, every, self.pending):
