@@ -140,8 +140,8 @@ def test_the_plan_shows_the_authors_refresh_step():
     gsm8k = recipe_from_dict(
         {"protocol": "authors", "training": {"batch_size": 2, "grad_accumulation": 16}}
     )
-    assert authors_refresh_steps(7473, gsm8k) == (32,)  # the first queue: ~176 steps
-    assert authors_refresh_steps(1000, gsm8k) == (24,)  # 750 demos: dry after 24 steps
+    assert authors_refresh_steps(7473, gsm8k) == (32,)  # the first queue: ~175 steps
+    assert authors_refresh_steps(1000, gsm8k) == (23,)  # 750 demos: dry after 23 full steps
     short = recipe_from_dict({"protocol": "authors", "training": {"max_steps": 20}})
     assert authors_refresh_steps(7473, short) == ()
 

@@ -128,7 +128,10 @@ def authors_refresh_steps(sequence_count: int, recipe: Recipe) -> tuple[int, ...
     after the interval's first step if the first queue (all but the mid band, expected at the
     window's starting width) lasts that long, else when that queue runs dry."""
     lo, hi = recipe.rasft.mid_window_start
-    first = steps_per_epoch(sequence_count - round(sequence_count * (hi - lo)), recipe)
+    batches = math.ceil(
+        (sequence_count - round(sequence_count * (hi - lo))) / recipe.training.batch_size
+    )
+    first = batches // recipe.training.grad_accumulation  # a short last step carries over
     step = refresh_step(first, recipe.rasft.refresh_every_steps)
     limit = recipe.training.max_steps
     return () if limit is not None and step >= limit else (step,)
