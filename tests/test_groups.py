@@ -7,10 +7,19 @@ from dataclasses import replace
 
 import pytest
 
+from rasft_mlx.data.problem import Problem
+from rasft_mlx.generation.completions import Completion
 from rasft_mlx.rasft.groups import build_group, select_negatives
-from rasft_mlx.rasft.quality import has_valid_format, is_collapsed, is_shortcut, quality_failure
-from rasft_mlx.rasft.rollouts import Rollout
-from rasft_mlx.recipe.config import RasftConfig
+from rasft_mlx.rasft.quality import (
+    authors_boxed,
+    has_valid_format,
+    is_collapsed,
+    is_shortcut,
+    quality_failure,
+)
+from rasft_mlx.rasft.rollouts import Rollout, verify_samples
+from rasft_mlx.rasft.weights import word_trigram_jaccard
+from rasft_mlx.recipe.config import RasftConfig, recipe_from_dict
 
 WORDS = "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike".split()
 
@@ -162,3 +171,51 @@ def test_filter_pieces():
     assert not is_shortcut("x" * 200)  # no boxed answer, no stock phrase
     assert is_shortcut("A" * 150 + " \\boxed{B}")  # a bare choice under 180 characters
     assert not has_valid_format("a" * 100 + " = \\boxed{1}".replace("=", ""))  # no reasoning step
+
+
+def test_truncated_samples_are_graded_under_the_authors_protocol():
+    """The authors keep only each sample's text (T:905) and grade it like any other (T:775-779):
+    a sample cut at max tokens is a positive or a negative by its answer. The project's default
+    keeps it out of the group."""
+    problem = Problem("p", "question", "solution", "7")
+    cut = [Completion(text(0, "7"), (1, 2), True), Completion(text(1, "9"), (1, 2), True)]
+    assert [r.verdict for r in verify_samples(problem, cut)] == ["truncated", "truncated"]
+    graded = verify_samples(problem, cut, grade_truncated=True)
+    assert [(r.verdict, r.correct, r.truncated) for r in graded] == [
+        ("correct", True, True),
+        ("wrong", False, True),
+    ]
+    group = build_group(graded, RasftConfig())
+    assert group.roles == {0: "positive", 1: "negative"} and group.weights.route == "weighted"
+    assert recipe_from_dict({"protocol": "authors"}).rasft.grade_truncated
+    assert not RasftConfig().grade_truncated
+
+
+def test_the_filters_read_the_boxed_answer_as_the_authors_do():
+    """extract_boxed_content (T:139-162): the last `\\boxed{` only, None when unclosed, "" when
+    empty; is_shortcut strips math wrappers (T:165-176, T:407-410) before the bare-choice test."""
+    body = "Let x be the count; then x = 3 + 4, so we have the result. " * 2
+    assert authors_boxed("\\boxed{1} then \\boxed{2") is None  # the last one is unclosed
+    assert authors_boxed("\\boxed{}") == "" and authors_boxed("\\fbox{7}") is None
+    assert has_valid_format(body + "\\boxed{7}")
+    assert not has_valid_format(body + "\\fbox{7}")
+    assert not has_valid_format(body + "\\boxed{7} and \\boxed{8")
+    assert has_valid_format(body + "\\boxed{}")  # an empty box is a box
+    assert is_shortcut("So the answer: \\boxed{}.")  # any box in under 120 characters
+    wrapped = "Adding the two parts gives the total; " * 4 + "\\boxed{\\,7}"
+    assert 120 <= len(wrapped) < 180 and is_shortcut(wrapped)  # "\\,7" -> "7": a bare number
+
+
+def test_texts_under_three_words_compare_as_the_authors_do():
+    """ngram_jaccard (T:303-312) over word_ngrams (T:296-300): a text under three words has no
+    3-grams; two such texts score 1.0 (the second is a duplicate, K shrinks), one against a
+    longer text 0.0. The project compares them by their 1- or 2-grams."""
+    assert word_trigram_jaccard("42", "17", authors=True) == 1.0
+    assert word_trigram_jaccard("42", "17") == 0.0
+    assert word_trigram_jaccard("x 42", text(0), authors=True) == 0.0
+    samples = [rollout(0, "wrong", "42"), rollout(1, "wrong", "17"), rollout(2, "correct")]
+    ours = build_group(samples, RasftConfig())
+    theirs = build_group(samples, RasftConfig(short_text_jaccard="authors"))
+    assert (ours.group_size, theirs.group_size) == (3, 2)
+    assert theirs.roles[1] == "duplicate"
+    assert recipe_from_dict({"protocol": "authors"}).rasft.short_text_jaccard == "authors"

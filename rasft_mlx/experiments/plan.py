@@ -20,6 +20,7 @@ from rasft_mlx.models.adapters import (
 )
 from rasft_mlx.models.checkpointing import checkpoint_layers
 from rasft_mlx.models.loading import load_model
+from rasft_mlx.rasft.authors_schedule import refresh_step
 from rasft_mlx.rasft.rollouts import sampling_settings
 from rasft_mlx.rasft.routing import expected_rollout_problems
 from rasft_mlx.recipe.config import ROLLOUT_MODES, Recipe
@@ -96,6 +97,7 @@ class RunPlan:
     probe: ProbeResult | None = None
     rollout_rows: int = 0  # sequences decoded together (rollout.batch_size, or auto when 0)
     eval_rows: int = 0
+    refresh_steps: tuple[int, ...] = ()  # the authors' schedule: after which step it refreshes
 
     @property
     def tokens_per_epoch(self) -> int:
@@ -122,6 +124,20 @@ def refresh_count(steps_in_epoch: int, recipe: Recipe) -> int:
     return count
 
 
+def authors_refresh_steps(sequence_count: int, recipe: Recipe) -> tuple[int, ...]:
+    """The authors' schedule refreshes once, when the mid band routed at the start is waiting:
+    after the interval's first step if the first queue (all but the mid band, expected at the
+    window's starting width) lasts that long, else when that queue runs dry."""
+    lo, hi = recipe.rasft.mid_window_start
+    batches = math.ceil(
+        (sequence_count - round(sequence_count * (hi - lo))) / recipe.training.batch_size
+    )
+    first = batches // recipe.training.grad_accumulation  # a short last step carries over
+    step = refresh_step(first, recipe.rasft.refresh_every_steps)
+    limit = recipe.training.max_steps
+    return () if limit is not None and step >= limit else (step,)
+
+
 def build_plan(recipe: Recipe, *, loaded=None, probe_steps: int = 0) -> RunPlan:
     """Everything `rasft-mlx plan` prints; `loaded`: the model with adapters already applied.
 
@@ -144,6 +160,8 @@ def build_plan(recipe: Recipe, *, loaded=None, probe_steps: int = 0) -> RunPlan:
     per_epoch = steps_per_epoch(len(sequences), recipe)
     planned = max_planned = planned_steps(len(sequences), recipe)
     selected = expected_rollout_problems(len(sequences), recipe.rasft) if rasft else 0
+    authors = rasft and recipe.rasft.schedule == "authors"
+    refresh_steps = authors_refresh_steps(len(sequences), recipe) if authors else ()
     weight_bytes = sum(v.nbytes for _, v in tree_flatten(loaded.model.parameters()))
     if rasft:
         max_planned = planned_steps(len(sequences) + selected * rollout.k, recipe)
@@ -170,7 +188,10 @@ def build_plan(recipe: Recipe, *, loaded=None, probe_steps: int = 0) -> RunPlan:
         steps_per_epoch=per_epoch,
         planned_steps=planned,
         max_planned_steps=max_planned,
-        refreshes=refresh_count(per_epoch, recipe) if rasft else 0,
+        refreshes=(
+            len(refresh_steps) if authors else refresh_count(per_epoch, recipe) if rasft else 0
+        ),
+        refresh_steps=refresh_steps,
         rollout_problems_per_refresh=selected,
         rollout_tokens_per_refresh=selected * rollout.k * rollout.max_new_tokens,
         eval_tokens=len(test_prompts) * samples * evaluation.max_new_tokens * evals,

@@ -39,7 +39,8 @@ def plan_rows(plan: RunPlan) -> list[tuple[str, str]]:
         rows.append(
             ("rollouts / refresh", f"{plan.rollout_problems_per_refresh} problems, {volume}")
         )
-        rows.append(("refreshes", str(plan.refreshes)))
+        at = ", ".join(str(step) for step in plan.refresh_steps)
+        rows.append(("refreshes", f"{plan.refreshes}" + (f", after step {at}" if at else "")))
     decode = f"eval {plan.eval_rows}" + (
         f", rollouts {plan.rollout_rows}" if plan.rollout_rows else ""
     )

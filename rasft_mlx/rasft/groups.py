@@ -2,8 +2,9 @@
 
 1. Near-duplicates are removed (word 3-gram Jaccard >= rasft.dedup_jaccard, the first kept);
    K = the samples left.
-2. Samples that were truncated, have no answer, or (with rasft.quality_filters) fail the quality
-   filters stay in K but enter the group neither as positives nor as negatives.
+2. Samples that were truncated (unless rasft.grade_truncated, as the authors grade them), have no
+   answer, or (with rasft.quality_filters) fail the quality filters stay in K but enter the group
+   neither as positives nor as negatives.
 3. Positives are the verified correct samples. A negative whose highest 3-gram Jaccard to any
    positive is >= rasft.negative_similarity_max is dropped; the rest are sorted by
    |similarity - 0.45| and at most rasft.max_negative_keep enter the group.
@@ -59,9 +60,11 @@ def select_negatives(
     """
     scored = []
     too_similar = 0
+    authors = config.short_text_jaccard == "authors"
     for negative in negatives:
         similarity = max(
-            (word_trigram_jaccard(negative.text, p.text) for p in positives), default=0.0
+            (word_trigram_jaccard(negative.text, p.text, authors) for p in positives),
+            default=0.0,
         )
         if similarity >= config.negative_similarity_max:
             too_similar += 1
@@ -73,7 +76,9 @@ def select_negatives(
 
 def build_group(rollouts: Sequence[Rollout], config: RasftConfig) -> RolloutGroup:
     """Deduplicate, set K, filter, grade and weigh one problem's rollouts."""
-    kept_indices = deduplicate_rollouts([r.text for r in rollouts], config.dedup_jaccard)
+    authors = config.short_text_jaccard == "authors"
+    texts = [r.text for r in rollouts]
+    kept_indices = deduplicate_rollouts(texts, config.dedup_jaccard, authors)
     roles = {r.sample: "duplicate" for r in rollouts}
     kept = [rollouts[i] for i in kept_indices]
     graded = []

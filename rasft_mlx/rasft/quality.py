@@ -3,15 +3,14 @@
 A rollout that fails one stays in the group size K but is neither a positive nor a negative:
 too short, gibberish or collapsed (repeated lines or word 8-grams, self-correction loops, mostly
 punctuation), a shortcut answer (a bare boxed choice or number with no working), or an invalid
-format (too short for a derivation, no boxed answer, no step of reasoning).
+format (too short for a derivation, no boxed answer, no step of reasoning). The boxed answer is
+read as theirs is (`authors_boxed`): the last `\\boxed{` only, empty counts, unclosed does not.
 """
 
 from __future__ import annotations
 
 import re
 from collections import Counter
-
-from rasft_mlx.data.verify import last_boxed
 
 MIN_CHARS = 20
 MIN_FORMAT_CHARS = 80
@@ -51,11 +50,31 @@ def _normalised(text: str) -> str:
     return re.sub(r"\s+", " ", text.lower().strip())
 
 
-def _boxed_answer(text: str) -> str | None:
-    content = last_boxed(text)
-    if content is None:
+def authors_boxed(text: str) -> str | None:
+    """Their extract_boxed_content (T:139-162): the content of the last `\\boxed{` only (no
+    \\fbox), stripped; None when there is none or that last one is unclosed; "" when empty."""
+    start = text.rfind("\\boxed{")
+    if start == -1:
         return None
-    return content.replace("$", "").strip().strip(" .,:;!?\t")
+    begin, depth = start + len("\\boxed{"), 1
+    for end in range(begin, len(text)):
+        depth += {"{": 1, "}": -1}.get(text[end], 0)
+        if depth == 0:
+            return text[begin:end].strip()
+    return None
+
+
+def strip_math_wrappers(text: str) -> str:
+    """Their strip_math_wrappers (T:165-176)."""
+    text = text.strip()
+    for wrapper in ("$", "\\left", "\\right", "\\!", "\\,", "\\;", "\\:"):
+        text = text.replace(wrapper, "")
+    return text.replace("\n", " ").strip(" .,:;!?\t").strip()
+
+
+def _boxed_answer(text: str) -> str | None:
+    content = authors_boxed(text)
+    return None if content is None else strip_math_wrappers(content)
 
 
 def is_collapsed(text: str) -> bool:
@@ -102,7 +121,7 @@ def has_valid_format(text: str) -> bool:
     stripped = text.strip()
     if len(stripped) < MIN_FORMAT_CHARS or is_collapsed(stripped):
         return False
-    if last_boxed(stripped) is None:
+    if authors_boxed(stripped) is None:
         return False
     lowered = stripped.lower()
     return any(marker in lowered for marker in REASONING_MARKERS)

@@ -14,7 +14,12 @@ from rich.console import Console
 from rasft_mlx.console.display import readable
 from rasft_mlx.data.encoding import TrainingSequence, encode_prompt
 from rasft_mlx.generation.completions import rank_seed
-from rasft_mlx.rasft.authors_schedule import route_once, select_for_refresh
+from rasft_mlx.rasft.authors_schedule import (
+    interval_refresh_due,
+    route_once,
+    select_for_refresh,
+    solved_ids,
+)
 from rasft_mlx.rasft.gauges import mechanism_gauges, rollout_weight_floor
 from rasft_mlx.rasft.groups import build_group, rejection_sampling_group
 from rasft_mlx.rasft.reference import response_logprobs, with_reference_logprobs
@@ -40,8 +45,6 @@ from rasft_mlx.rasft.weights import (
 from rasft_mlx.runtime.fileio import atomic_write_text
 from rasft_mlx.training.losses import LossSettings
 
-SOLVED_ROUTES = ("weighted", "fallback_degenerate", "rft")  # a correct rollout was kept
-
 
 class RasftSource:
     """Supplies each epoch's sequences: expert demos weighted by solvability plus correct rollouts."""
@@ -66,6 +69,7 @@ class RasftSource:
         self.hard_pool: frozenset[str] = frozenset()
         self.authors = recipe.rasft.schedule == "authors"
         self.shuffle = not self.authors  # the authors train their queue in data order
+        self.continuous_queue = self.authors  # one deque: refreshes append, micro-steps carry
         self.order = {s.problem_id: index for index, s in enumerate(experts)}
         self.pending: list[str] = []  # authors: mid-band problems waiting for the refresh
         self.flushed = False  # authors: the hard pool was trained a second time
@@ -161,8 +165,14 @@ class RasftSource:
         return self.epoch < self.recipe.rasft.warmup_epochs
 
     def refreshed_sequences(self, step: int, progress: float) -> list[TrainingSequence] | None:
+        """The epoch schedule's refresh every refresh_every_steps; the authors' interval refresh
+        (its sequences go after the current queue: `continuous_queue`)."""
         every = self.recipe.rasft.refresh_every_steps
-        if self.authors or every <= 0 or step % every != 0 or self.warming_up:
+        if self.authors:
+            if not interval_refresh_due(step, every, self.pending):
+                return None
+            return self._authors_refresh(step, progress, "interval")
+        if every <= 0 or step % every != 0 or self.warming_up:
             return None
         return self.refresh(progress=min(progress, 1.0))
 
@@ -172,8 +182,7 @@ class RasftSource:
             return None
         self._prepare()
         if self.pending:
-            horizon = self.recipe.training.lr_schedule_steps
-            return self._authors_refresh(step / horizon if horizon else progress)
+            return self._authors_refresh(step, progress, "queue_dry")
         if self.hard_pool and not self.flushed:
             self.flushed = True
             flushed = sorted(self.hard_pool, key=self.order.__getitem__)
@@ -198,17 +207,21 @@ class RasftSource:
         sample = self.rng.permutation(len(nll))[: config.calibration_size]
         self.thresholds = calibrate_thresholds([nll[i] for i in sample], config)
         window = (self.thresholds.mid_start[0], self.thresholds.mid_start[1])
-        routing = route_once(list(zip(ids, nll, strict=True)), self.thresholds, window)
+        pairs = list(zip(ids, nll, strict=True))
+        routing = route_once(pairs, self.thresholds, window, config.route_chunk_size)
         self.pending, self.hard_pool = list(routing.pending), frozenset(routing.hard_pool)
         self.metrics.write({"event": "route", "step": 0, **routing.counts})
         self.console.print(f"routed by demo NLL: {readable(routing.counts)}")
         return [replace(self.experts[pid], weight=1.0) for pid in routing.queue]
 
-    def _authors_refresh(self, progress: float) -> list[TrainingSequence]:
+    def _authors_refresh(self, step: int, progress: float, trigger: str) -> list[TrainingSequence]:
         """The refresh of the waiting mid band and a probe of the hard pool; returns the queue:
         the demos queued directly (A = 1), then each rolled-out problem's demo and rollouts."""
         config = self.recipe.rasft
+        self._prepare()
         self.refresh_count += 1
+        horizon = self.recipe.training.lr_schedule_steps  # their window: step / total_train_steps
+        progress = step / horizon if horizon else progress
         pool = sorted(self.hard_pool, key=self.order.__getitem__)
         selection = select_for_refresh(
             self.pending,
@@ -219,11 +232,11 @@ class RasftSource:
             config.selection_fraction,
             config.hard_probe_fraction,
             self.rng,
-            config,
         )
         self.pending, self.hard_pool = [], frozenset(selection.hard_pool)
         rolled = sorted(selection.rollout_ids, key=self.order.__getitem__)
-        weights, rollouts = self._roll_out(rolled, selection.counts)
+        context = {"step": step, "trigger": trigger}
+        weights, rollouts = self._roll_out(rolled, selection.counts, context)
         queue = [replace(self.experts[pid], weight=1.0) for pid in selection.direct_ids]
         for pid in rolled:
             queue.append(replace(self.experts[pid], weight=weights[pid].expert_weight))
@@ -279,7 +292,7 @@ class RasftSource:
         ]
         return experts + rollout_sequences
 
-    def _roll_out(self, selected: list[str], routes: dict):
+    def _roll_out(self, selected: list[str], routes: dict, context: dict | None = None):
         """Sample, verify, group and weigh the selected problems; log the refresh. Returns their
         weights and the trained rollouts (reference log-probs filled in), in `selected` order.
         Problems of the hard pool that now have a correct rollout leave it."""
@@ -297,7 +310,8 @@ class RasftSource:
         )
         self.timings["rollout"] += time.perf_counter() - started
         started = time.perf_counter()
-        verified = {p.id: verify_samples(p, samples[p.id]) for p in own}
+        graded = self.recipe.rasft.grade_truncated
+        verified = {p.id: verify_samples(p, samples[p.id], graded) for p in own}
         self.timings["verify"] += time.perf_counter() - started
         verified, stats, owners = gather_rollouts(verified, stats, problems)
 
@@ -321,7 +335,7 @@ class RasftSource:
             ledger.append(ledger_row(problem, verified[problem.id], group, trained))
             if owners:  # over several ranks: which one decoded this problem
                 ledger[-1]["rank"] = owners[problem.id]
-        solved = {pid for pid, w in weights.items() if w.route in SOLVED_ROUTES}
+        solved = solved_ids({pid: w.route for pid, w in weights.items()}, self.authors)
         self.hard_pool = frozenset(self.hard_pool - solved)
 
         if self.needs_reference:
@@ -335,7 +349,7 @@ class RasftSource:
         record = self._record(
             problems, verified, every, routes, dropped, stats, len(rollout_sequences)
         )
-        self.metrics.write(record)
+        self.metrics.write(record | (context or {}))
         self._print(record)
         return weights, rollout_sequences
 

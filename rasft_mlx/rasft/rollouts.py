@@ -70,14 +70,17 @@ def generate_samples(
     return samples, stats
 
 
-def verify_samples(problem: Problem, completions: list[Completion]) -> list[Rollout]:
-    """Verdicts against the gold answer; truncated or answerless samples are incorrect."""
+def verify_samples(
+    problem: Problem, completions: list[Completion], grade_truncated: bool = False
+) -> list[Rollout]:
+    """Verdicts against the gold answer; answerless samples are incorrect, and so are truncated
+    ones (verdict "truncated") unless `grade_truncated`: then their answer is graded."""
     rollouts = []
     for index, completion in enumerate(completions):
         verdict = grade(
             completion.text,
             problem.answer,
-            truncated=completion.truncated,
+            truncated=completion.truncated and not grade_truncated,
             grader=problem.grader,
         )
         rollouts.append(

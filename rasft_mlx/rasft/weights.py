@@ -39,9 +39,16 @@ def _ngrams(words: list[str], n: int) -> set[tuple[str, ...]]:
     return {tuple(words[i : i + n]) for i in range(len(words) - n + 1)}
 
 
-def _jaccard_of_words(words_a: list[str], words_b: list[str]) -> float:
+def _jaccard_of_words(words_a: list[str], words_b: list[str], authors: bool = False) -> float:
     # Texts shorter than three words fall back to the longest n-gram both have (n = 1 or 2),
-    # so two identical short answers still compare as 1.0 and different ones below it.
+    # so two identical short answers still compare as 1.0 and different ones below it. The
+    # authors' ngram_jaccard (T:296-312): such texts have no 3-grams; two empty sets are 1.0
+    # (any two short texts are duplicates), one empty set against another 0.0.
+    if authors:
+        grams_a, grams_b = _ngrams(words_a, 3), _ngrams(words_b, 3)
+        if not grams_a or not grams_b:
+            return float(not grams_a and not grams_b)
+        return len(grams_a & grams_b) / len(grams_a | grams_b)
     n = min(3, len(words_a), len(words_b))
     if n == 0:
         return 1.0 if not words_a and not words_b else 0.0
@@ -49,18 +56,21 @@ def _jaccard_of_words(words_a: list[str], words_b: list[str]) -> float:
     return len(grams_a & grams_b) / len(grams_a | grams_b)
 
 
-def word_trigram_jaccard(a: str, b: str) -> float:
-    """Jaccard similarity of the (lower-cased, whitespace-split) word 3-gram sets of a and b."""
-    return _jaccard_of_words(_words(a), _words(b))
+def word_trigram_jaccard(a: str, b: str, authors: bool = False) -> float:
+    """Jaccard similarity of the (lower-cased, whitespace-split) word 3-gram sets of a and b;
+    `authors`: texts under three words as theirs (see _jaccard_of_words)."""
+    return _jaccard_of_words(_words(a), _words(b), authors)
 
 
-def deduplicate_rollouts(texts: Sequence[str], threshold: float) -> list[int]:
+def deduplicate_rollouts(
+    texts: Sequence[str], threshold: float, authors: bool = False
+) -> list[int]:
     """Indices of the texts kept, in order: a text within `threshold` of a kept one is dropped."""
     kept: list[int] = []
     kept_words: list[list[str]] = []
     for index, text in enumerate(texts):
         words = _words(text)
-        if all(_jaccard_of_words(words, other) < threshold for other in kept_words):
+        if all(_jaccard_of_words(words, other, authors) < threshold for other in kept_words):
             kept.append(index)
             kept_words.append(words)
     return kept

@@ -178,21 +178,40 @@ class RasftConfig:
             "samples count in K but are neither positive nor negative"
         ),
     )
+    grade_truncated: bool = field(
+        default=False,
+        metadata=_range(
+            help="grade the answer of a rollout cut at rollout.max_new_tokens (the authors); "
+            "false: it counts in K but is neither positive nor negative"
+        ),
+    )
     ratio_min: float = field(default=0.4, metadata=_range(0.0))
     ratio_max: float = field(default=1.2, metadata=_range(0.0, lo_open=True))
     dedup_jaccard: float = field(default=0.82, metadata=_range(0.0, 1.0))
+    short_text_jaccard: str = field(
+        default="shorter_ngrams",
+        metadata=_range(
+            choices=("shorter_ngrams", "authors"),
+            help="texts under three words: compared by their 1- or 2-grams; authors: they have "
+            "no 3-grams, so two of them are duplicates (1.0) and one against a longer text 0.0",
+        ),
+    )
     schedule: str = field(
         default="epochs",
         metadata=_range(
             choices=("epochs", "authors"),
             help="epochs: a refresh before each epoch (and every refresh_every_steps); authors: "
-            "one pass in data order, routed once by NLL, a refresh when the queue runs dry, "
-            "the hard pool trained again at the end",
+            "one pass in data order, routed once by NLL, a refresh of the waiting mid band "
+            "every refresh_every_steps or when the queue runs dry, the hard pool trained again "
+            "at the end",
         ),
     )
     selection: str = field(default="all", metadata=_range(choices=("all", "fraction", "nll_band")))
     selection_fraction: float = field(default=0.35, metadata=_range(0.0, 1.0))
-    refresh_every_steps: int = field(default=0, metadata=_range(0, help="0 = between epochs only"))
+    refresh_every_steps: int = field(
+        default=0,
+        metadata=_range(0, help="0 = between epochs only (authors: only when the queue runs dry)"),
+    )
     warmup_epochs: int = field(
         default=0,
         metadata=_range(0, help="first epochs on the demos alone (weight 1), no rollouts"),
@@ -203,6 +222,14 @@ class RasftConfig:
     mid_window_end: tuple[float, float] = (0.50, 0.75)
     hard_quantile: float = field(default=0.90, metadata=_range(0.0, 1.0))
     hard_probe_fraction: float = field(default=0.03, metadata=_range(0.0, 1.0))
+    route_chunk_size: int = field(
+        default=0,
+        metadata=_range(
+            0,
+            help="schedule authors: 0 = the first queue in data order; N = per chunk of N "
+            "problems its easy demos, then its hard ones, then the rest (the authors' order)",
+        ),
+    )
 
 
 @dataclass(frozen=True)

@@ -31,13 +31,12 @@ def check_cross_fields(recipe, source: str, overridden: dict[str, str]) -> None:
             blamed = overridden.get(lower) or overridden.get(upper) or source
             raise RecipeError(f"{blamed}: '{lower}' ({lo}) must be {op} '{upper}' ({hi})")
     if recipe.rasft.schedule == "authors":
-        for path, wanted in (("training.epochs", 1), ("rasft.refresh_every_steps", 0)):
-            if lookup(path) != wanted:
-                raise RecipeError(
-                    f"{overridden.get(path, source)}: '{path}' must be {wanted} with "
-                    f"rasft.schedule 'authors' (one pass; it refreshes when the queue runs dry), "
-                    f"got {lookup(path)}"
-                )
+        path = "training.epochs"
+        if lookup(path) != 1:
+            raise RecipeError(
+                f"{overridden.get(path, source)}: '{path}' must be 1 with "
+                f"rasft.schedule 'authors' (one pass over the data), got {lookup(path)}"
+            )
     for path in _UNIT_WINDOWS:
         lo, hi = lookup(path)
         if not 0.0 <= lo < hi <= 1.0:

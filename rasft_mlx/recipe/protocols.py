@@ -39,12 +39,13 @@ AUTHORS: dict[str, dict] = {
         "weighting": "reference",
         "selection_fraction": 0.35,  # --main_rollout_ratio
         "hard_probe_fraction": 0.03,  # --hard_probe_ratio
+        "route_chunk_size": 128,  # README run: --raw_chunk_size 128 (argparse: 64)
         "calibration_size": 1000,  # --calibration_sample_size
         "easy_quantile": 0.10,  # --easy_floor_q
         "mid_window_start": [0.20, 0.45],  # --start_low_q, --start_high_q
         "mid_window_end": [0.50, 0.75],  # --end_low_q, --end_high_q
         "hard_quantile": 0.90,  # README run: --hard_probe_ceiling_q 0.90 (argparse: 0.95)
-        "refresh_every_steps": 0,  # the refresh fires when the queue runs dry
+        "refresh_every_steps": 32,  # --refresh_interval_steps (and when the queue runs dry)
         "r_min": 1.0,  # --expert_reward_min
         "r_max": 3.0,  # --expert_reward_max
         "pos_reward": 1.0,
@@ -55,8 +56,10 @@ AUTHORS: dict[str, dict] = {
         "rollout_adv_floor": 0.02,
         "rollout_adv_cap": 0.15,
         "dedup_jaccard": 0.82,  # dedupe_samples_by_ngram
+        "short_text_jaccard": "authors",  # ngram_jaccard: empty 3-gram sets
         "negative_similarity_max": 0.88,  # classify_and_filter_rollout_samples_unified
         "quality_filters": True,
+        "grade_truncated": True,  # T:775-779: a cut sample is graded (no finish_reason, T:905)
         "ratio_min": 0.4,  # ratio_clip = clamp(ratio, 0.4, 1.2)
         "ratio_max": 1.2,
     },

@@ -32,10 +32,13 @@ from rasft_mlx.training.loop_checkpoint import LoopCheckpoints, assign_in_place
 from rasft_mlx.training.run_directory import MetricsLog, TrainingError
 from rasft_mlx.training.step_plan import (
     SequenceSource,
+    carried_batches,
     loss_settings,
     planned_steps,
+    queue_rest,
     step_groups,
     steps_per_epoch,
+    trainable_groups,
     untrained_part,
 )
 from rasft_mlx.training.stop_signals import StopSignals
@@ -167,29 +170,25 @@ class TrainingLoop(LoopCheckpoints):
                     )
                 train_started = time.perf_counter()
                 while self.step < max_steps:
-                    if self.position == len(self.groups):  # the queue ran dry
+                    if self.position >= self._queue_end():  # the queue ran dry
                         paused = time.perf_counter()
                         more = self._guarded(signals, self._continued)
                         train_started += time.perf_counter() - paused
                         if not more:
                             break
-                        self._set_queue(more, display)
+                        self._refill(more, display)
                         continue
                     self._stop_if_requested(signals)
                     if not self._train_step(display, started, first_step):
                         continue
                     if self.stop_after is not None and self.step == self.stop_after:
                         signals.test_reason = f"stop_after={self.stop_after}"
-                    if self.position == len(self.groups) or self.step >= max_steps:
+                    if self.position >= self._queue_end() or self.step >= max_steps:
                         continue
                     paused = time.perf_counter()
                     refreshed = self._guarded(signals, self._refreshed)
                     if refreshed is not None:
-                        ahead = untrained_part(
-                            self.sequences, self.groups, self.position, refreshed
-                        )
-                        full_epoch = steps_per_epoch(len(refreshed), self.recipe)
-                        self._set_queue(ahead, display, full_epoch)
+                        self._take_refresh(refreshed, display)
                     train_started += time.perf_counter() - paused
                     if save_every and self.step % save_every == 0:
                         self._checkpoint_here()
@@ -206,6 +205,32 @@ class TrainingLoop(LoopCheckpoints):
             time.perf_counter() - started,
             self.eval_summary,
         )
+
+    @property
+    def _carries(self) -> bool:
+        """The authors' one queue: refreshes append to it, micro-steps run across refills."""
+        return getattr(self.source, "continuous_queue", False)
+
+    def _queue_end(self) -> int:
+        return trainable_groups(self.groups, self.training.grad_accumulation, self._carries)
+
+    def _refill(self, more: list[TrainingSequence], display) -> None:
+        """The next queue after one ran dry; the authors' first carries the micro-batches of the
+        last one's short step (`trainable_groups`)."""
+        carried = carried_batches(self.sequences, self.groups, self.position)
+        carried = carried if self._carries else []
+        sizes = [len(batch) for batch in carried]
+        self._set_queue([s for batch in carried for s in batch] + more, display, lead=sizes)
+
+    def _take_refresh(self, refreshed: list[TrainingSequence], display) -> None:
+        """A refresh inside the epoch: appended after the queue's rest (the authors' deque), or
+        the demos still ahead this epoch and the new non-demo sequences."""
+        if self._carries:
+            rest = queue_rest(self.sequences, self.groups, self.position)
+            self._set_queue(rest + refreshed, display)
+            return
+        ahead = untrained_part(self.sequences, self.groups, self.position, refreshed)
+        self._set_queue(ahead, display, steps_per_epoch(len(refreshed), self.recipe))
 
     def _continued(self):
         return self.source.continued_sequences(self.step, self.step / self.planned)
@@ -237,14 +262,16 @@ class TrainingLoop(LoopCheckpoints):
             f"before training: eval pass@1 {before.pass_at_1:.3f} on {before.problems} problems"
         )
 
-    def _groups(self, sequences: list[TrainingSequence]) -> list:
-        return step_groups(sequences, self.training, self.rng, shuffle=self.source.shuffle)
+    def _groups(self, sequences: list[TrainingSequence], lead=()) -> list:
+        shuffle = self.source.shuffle
+        return step_groups(sequences, self.training, self.rng, shuffle, lead_sizes=lead)
 
-    def _set_queue(self, sequences, display: TrainingDisplay, full_epoch: int | None = None):
-        """Train `sequences` next, from the start of a new batch plan, growing the LR plan
-        (`full_epoch`: the steps of a whole later epoch, when `sequences` is only a rest)."""
+    def _set_queue(self, sequences, display: TrainingDisplay, full_epoch=None, lead=()):
+        """Train `sequences` next, from the start of a new batch plan (its first micro-batches
+        of sizes `lead`), growing the LR plan (`full_epoch`: the steps of a whole later epoch,
+        when `sequences` is only a rest)."""
         self.sequences = sequences
-        self.groups = self._groups(sequences)
+        self.groups = self._groups(sequences, lead)
         self.position = 0
         self._extend_plan(full_epoch or len(self.groups), display)
 
@@ -332,6 +359,7 @@ class TrainingLoop(LoopCheckpoints):
             "ratio_at_max": result.ratio_at_max / max(result.sequences, 1),
             "trained_tokens": result.tokens,
             "sequences": result.sequences,
+            "micro_batches": len(group),
             "tokens_per_second": input_tokens / elapsed if elapsed > 0 else 0.0,
             "peak_memory_gb": peak_memory_gb(),
             "elapsed_seconds": total_elapsed,

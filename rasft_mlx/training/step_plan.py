@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -73,6 +74,11 @@ def untrained_part(
     return [s for s in refreshed if s.source != "expert" or s.problem_id in ahead]
 
 
+def queue_rest(sequences: list[TrainingSequence], groups: list, position: int) -> list:
+    """The sequences of groups[position:], in plan order: the queue not yet trained."""
+    return [sequences[i] for group in groups[position:] for batch in group for i in batch]
+
+
 def loss_settings(recipe: Recipe) -> LossSettings:
     return LossSettings(
         mode=recipe.training.mode,
@@ -97,16 +103,36 @@ def planned_steps(first_epoch_sequences: int, recipe: Recipe) -> int:
     return max(planned, 1)
 
 
-def step_groups(sequences, training, rng, shuffle: bool = True) -> list[list[list[int]]]:
+def step_groups(
+    sequences, training, rng, shuffle: bool = True, lead_sizes: Sequence[int] = ()
+) -> list[list[list[int]]]:
     """Index batches grouped per optimizer step (grad_accumulation micro-batches each); with
-    shuffle False, batches follow the sequences' order exactly."""
+    shuffle False, batches follow the sequences' order exactly, the first ones of `lead_sizes`
+    (micro-batches carried over from the last queue, see `trainable_groups`)."""
     lengths = [len(s.tokens) for s in sequences]
     if shuffle:
         batches = plan_batches(lengths, training.batch_size, rng)
     else:
-        size = training.batch_size
-        batches = [
-            list(range(i, min(i + size, len(lengths)))) for i in range(0, len(lengths), size)
+        size, start, batches = training.batch_size, 0, []
+        for lead in lead_sizes:
+            batches.append(list(range(start, start + lead)))
+            start += lead
+        batches += [
+            list(range(i, min(i + size, len(lengths)))) for i in range(start, len(lengths), size)
         ]
     size = training.grad_accumulation
     return [batches[i : i + size] for i in range(0, len(batches), size)]
+
+
+def trainable_groups(groups: list, accumulation: int, carry: bool) -> int:
+    """How many of a queue's steps are taken: all, or with `carry` (the authors' queue) all but a
+    last short one, whose micro-batches go on into the next queue: the authors' micro-step
+    counter runs across refills (T:1586-1589) and a last short step is never taken."""
+    if carry and groups and len(groups[-1]) < accumulation:
+        return len(groups) - 1
+    return len(groups)
+
+
+def carried_batches(sequences: list, groups: list, position: int) -> list[list]:
+    """The untrained micro-batches of groups[position:], as lists of sequences."""
+    return [[sequences[i] for i in batch] for group in groups[position:] for batch in group]
