@@ -48,3 +48,60 @@ def test_the_floor_is_the_lowest_weight_the_reference_rule_gives():
     weights = reference_weights(3, 1, cfg, num_sampled=4).rollout_weights
     gauges = mechanism_gauges([1, 3], 4, 6, [weight, *weights], floor)
     assert gauges["rollout_weight_at_floor"] == 0.25
+
+
+def test_rollout_cost_prices_the_untrained_tokens_at_the_refresh_decode_time():
+    from rasft_mlx.rasft.gauges import cost_text, rollout_cost, total_rollout_cost
+
+    cost = rollout_cost(80.0, generated_tokens=10_000, trained_tokens=1_500)
+    assert cost == {
+        "rollout_seconds": 80.0,
+        "generated_tokens": 10_000,
+        "trained_tokens": 1_500,
+        "unused_seconds": 68.0,  # 85 % of the tokens train nothing: 0.85 x 80 s
+    }
+    assert rollout_cost(3.0, 0, 0)["unused_seconds"] == 0.0
+    total = total_rollout_cost([cost, rollout_cost(20.0, 1_000, 1_000)])
+    assert total == {
+        "refreshes": 2,
+        "rollout_seconds": 100.0,
+        "generated_tokens": 11_000,
+        "trained_tokens": 2_500,
+        "unused_seconds": 68.0,
+    }
+    assert total_rollout_cost([]) is None
+    assert cost_text(cost) == (
+        "80 s: 1,500 of 10,000 generated tokens trained; 68 s on rollouts that train nothing"
+    )
+
+
+def test_a_run_summary_adds_up_its_refreshes_costs(tiny_llama_dir, tmp_path):
+    import json
+
+    from rich.console import Console
+    from test_distributed import recipe_file
+
+    from rasft_mlx.commands.train import run_training
+    from rasft_mlx.recipe.config import load_recipe
+
+    recipe = load_recipe(recipe_file(tmp_path, tiny_llama_dir, mode="rasft"))
+    run_training(recipe, tmp_path / "run", Console(quiet=True))
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    refreshes = [r for r in map(json.loads, lines) if r["event"] == "refresh"]
+    assert refreshes
+    for record in refreshes:
+        cost = record["cost"]
+        assert 0 <= cost["trained_tokens"] <= cost["generated_tokens"]
+        unused = cost["rollout_seconds"] * (1 - cost["trained_tokens"] / cost["generated_tokens"])
+        assert cost["unused_seconds"] == pytest.approx(unused, abs=0.02)
+        assert (cost["trained_tokens"] == 0) == (record["rollouts_trained"] == 0)
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["rollout_cost"]["refreshes"] == len(refreshes)
+    assert summary["rollout_cost"]["generated_tokens"] == sum(
+        r["cost"]["generated_tokens"] for r in refreshes
+    )
+    from rasft_mlx.reporting.run_report import build_run_report
+
+    page = build_run_report(tmp_path / "run")
+    total = summary["rollout_cost"]
+    assert f"{total['generated_tokens']:,} generated tokens were trained on" in page

@@ -29,6 +29,7 @@ from rasft_mlx.models.adapters import (
 from rasft_mlx.models.checkpointing import checkpoint_layers
 from rasft_mlx.models.loading import load_model
 from rasft_mlx.models.numerics import slow_numerics_warning
+from rasft_mlx.rasft.gauges import total_rollout_cost
 from rasft_mlx.rasft.routing import expected_rollout_problems
 from rasft_mlx.recipe.config import ROLLOUT_MODES, Recipe, recipe_to_dict
 from rasft_mlx.reporting.run_report import REPORT_FILE, write_report_quietly
@@ -245,6 +246,7 @@ def _train(run: _Run, stop_after, signals) -> TrainResult:
         "start_adapter": _start_adapter_record(loaded),
         "eval": result.eval_summary.as_dict() if result.eval_summary else None,
         "wall_time_split_seconds": {k: round(v, 2) for k, v in timings.items()},
+        "rollout_cost": total_rollout_cost(_refresh_costs(run_dir / "metrics.jsonl")),
         **{key: value for key, value in extra.items() if value},
     }
     before = run_dir / "eval-epoch-0-summary.json"
@@ -252,6 +254,13 @@ def _train(run: _Run, stop_after, signals) -> TrainResult:
         summary["eval_before_training"] = json.loads(before.read_text())
     atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     return result
+
+
+def _refresh_costs(metrics_path: Path) -> list[dict]:
+    if not metrics_path.is_file():
+        return []
+    records = (json.loads(line) for line in metrics_path.read_text().splitlines() if line)
+    return [r["cost"] for r in records if r.get("event") == "refresh" and r.get("cost")]
 
 
 def _start_adapter_record(loaded) -> dict | None:

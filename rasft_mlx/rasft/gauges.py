@@ -47,6 +47,39 @@ def mechanism_gauges(
     return gauges
 
 
+def rollout_cost(seconds: float, generated_tokens: int, trained_tokens: int) -> dict:
+    """A refresh's generation time and what share of it trained: `unused_seconds` prices the
+    generated tokens of rollouts that train nothing (wrong, duplicate, filtered, truncated) at
+    the refresh's own decode rate."""
+    unused = 1.0 - trained_tokens / generated_tokens if generated_tokens else 0.0
+    return {
+        "rollout_seconds": round(seconds, 2),
+        "generated_tokens": generated_tokens,
+        "trained_tokens": trained_tokens,
+        "unused_seconds": round(seconds * unused, 2),
+    }
+
+
+def total_rollout_cost(costs: list[dict]) -> dict | None:
+    """The run's rollout cost from its refreshes' `cost` records (None without refreshes)."""
+    if not costs:
+        return None
+    keys = ("rollout_seconds", "generated_tokens", "trained_tokens", "unused_seconds")
+    total = {key: sum(cost[key] for cost in costs) for key in keys}
+    total["rollout_seconds"] = round(total["rollout_seconds"], 2)
+    total["unused_seconds"] = round(total["unused_seconds"], 2)
+    return {"refreshes": len(costs), **total}
+
+
+def cost_text(cost: dict) -> str:
+    """`83 s: 1,204 of 9,310 generated tokens trained; 72 s on rollouts that train nothing`."""
+    return (
+        f"{cost['rollout_seconds']:.0f} s: {cost['trained_tokens']:,} of "
+        f"{cost['generated_tokens']:,} generated tokens trained; "
+        f"{cost['unused_seconds']:.0f} s on rollouts that train nothing"
+    )
+
+
 def gauges_text(gauges: dict, floor: float | None) -> str:
     """One line: `62% mixed groups, 31% of rollouts trained, median weight 0.012 (18% at the
     floor 0.005)`."""

@@ -20,7 +20,7 @@ from rasft_mlx.rasft.authors_schedule import (
     select_for_refresh,
     solved_ids,
 )
-from rasft_mlx.rasft.gauges import mechanism_gauges, rollout_weight_floor
+from rasft_mlx.rasft.gauges import mechanism_gauges, rollout_cost, rollout_weight_floor
 from rasft_mlx.rasft.groups import build_group, rejection_sampling_group
 from rasft_mlx.rasft.reference import response_logprobs, with_reference_logprobs
 from rasft_mlx.rasft.refresh_record import ledger_row, refresh_table
@@ -37,11 +37,7 @@ from rasft_mlx.rasft.routing import (
     route_by_nll,
     select_fraction,
 )
-from rasft_mlx.rasft.weights import (
-    ProblemWeights,
-    no_rollout_weights,
-    solvability_histogram,
-)
+from rasft_mlx.rasft.weights import ProblemWeights, no_rollout_weights, solvability_histogram
 from rasft_mlx.runtime.fileio import atomic_write_text
 from rasft_mlx.training.losses import LossSettings
 
@@ -308,7 +304,8 @@ class RasftSource:
             seed=rank_seed(self.recipe.training.seed * 1000 + self.refresh_count),
             label=f"rollouts (refresh {self.refresh_count})",
         )
-        self.timings["rollout"] += time.perf_counter() - started
+        rollout_seconds = time.perf_counter() - started
+        self.timings["rollout"] += rollout_seconds
         started = time.perf_counter()
         graded = self.recipe.rasft.grade_truncated
         verified = {p.id: verify_samples(p, samples[p.id], graded) for p in own}
@@ -317,7 +314,7 @@ class RasftSource:
 
         weights: dict[str, ProblemWeights] = {}
         dropped: Counter = Counter()
-        rollout_sequences, ledger = [], []
+        rollout_sequences, ledger, trained_tokens = [], [], 0
         for problem in problems:
             group = build_group(verified[problem.id], self.recipe.rasft)
             if self.recipe.training.mode == "rft":
@@ -332,6 +329,7 @@ class RasftSource:
                     continue
                 rollout_sequences.append(sequence)
                 trained[rollout.sample] = weight
+                trained_tokens += len(rollout.token_ids)
             ledger.append(ledger_row(problem, verified[problem.id], group, trained))
             if owners:  # over several ranks: which one decoded this problem
                 ledger[-1]["rank"] = owners[problem.id]
@@ -349,6 +347,8 @@ class RasftSource:
         record = self._record(
             problems, verified, every, routes, dropped, stats, len(rollout_sequences)
         )
+        generated_tokens = sum(len(r.token_ids) for p in problems for r in verified[p.id])
+        record["cost"] = rollout_cost(rollout_seconds, generated_tokens, trained_tokens)
         self.metrics.write(record | (context or {}))
         self._print(record)
         return weights, rollout_sequences

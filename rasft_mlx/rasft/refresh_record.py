@@ -5,7 +5,7 @@ from __future__ import annotations
 from rich.table import Table
 
 from rasft_mlx.console.display import readable
-from rasft_mlx.rasft.gauges import gauges_text
+from rasft_mlx.rasft.gauges import cost_text, gauges_text
 from rasft_mlx.rasft.groups import RolloutGroup
 
 
@@ -27,6 +27,8 @@ def refresh_table(record: dict, floor: float | None = None) -> Table:
     for key in ("problems_selected", "rollouts_generated", "rollouts_trained"):
         table.add_row(key.replace("_", " "), str(record[key]))
     table.add_row("generation tok/s", f"{record['generation_tokens_per_second']:.0f}")
+    if record.get("cost"):
+        table.add_row("rollout cost", cost_text(record["cost"]))
     histogram = record["solvability_histogram"]
     k = len(histogram) - 1
     table.add_row("solvability", "  ".join(f"{i}/{k}: {n}" for i, n in enumerate(histogram)))

@@ -198,16 +198,24 @@ def refresh_section(run: RunFiles) -> Section | None:
             ", ".join(f"{k}: {v}" for k, v in (r.get("routes") or {}).items()),
             _stats_text(r.get("expert_weight")),
             _stats_text(r.get("rollout_weight")),
+            _cost_text(r.get("cost")),
         )
         for r in rows
     ]
     headers = ["refresh", "selected", "generated", "trained", "selection", "expert A", "rollout w"]
+    headers.append("rollout time (spent on untrained rollouts)")
     body = table(headers, summary_rows)
     if not any(sample for _, sample in rollout):
         body += note(
             "No rollout has been trained on yet (none correct and kept): no rollout weights."
         )
     return Section("refreshes", "Rollout refreshes", found, body)
+
+
+def _cost_text(cost: dict | None) -> str:
+    if not cost:
+        return ""
+    return f"{cost['rollout_seconds']:.0f} s ({cost['unused_seconds']:.0f} s)"
 
 
 def _stats_text(stats: dict | None) -> str:
@@ -228,7 +236,15 @@ def wall_time_section(run: RunFiles) -> Section | None:
         xlabel="seconds",
         caption="the whole run" if final else "so far (the run has not finished)",
     )
-    return Section("wall-time", "Wall time", [chart])
+    cost = (run.summary or {}).get("rollout_cost")
+    body = ""
+    if cost:
+        body = note(
+            f"Rollouts: {cost['rollout_seconds']:.0f} s over {cost['refreshes']} refreshes; "
+            f"{cost['trained_tokens']:,} of {cost['generated_tokens']:,} generated tokens were "
+            f"trained on, {cost['unused_seconds']:.0f} s went to rollouts that train nothing."
+        )
+    return Section("wall-time", "Wall time", [chart], body)
 
 
 def _verdict_cell(verdict) -> str:
