@@ -10,7 +10,7 @@ eval "$(.venv/bin/python -m rasft_mlx.runtime.blas)"
 stress() {
   local label=$1 failed=0 hung=0
   for i in $(seq "$runs"); do
-    timeout 300 .venv/bin/python -m pytest -q -p no:cacheprovider \
+    RASFT_STOP_BOTH_RANKS=1 timeout 300 .venv/bin/python -m pytest -q -p no:cacheprovider \
       tests/test_distributed_signals.py -k one_rank_alone >"/tmp/stress-stops-$label-$i.log" 2>&1
     code=$?
     if [[ $code == 124 ]]; then hung=$((hung + 1)); elif [[ $code != 0 ]]; then failed=$((failed + 1)); fi

@@ -84,7 +84,8 @@ def test_a_run_summary_adds_up_its_refreshes_costs(tiny_llama_dir, tmp_path):
     from rasft_mlx.commands.train import run_training
     from rasft_mlx.recipe.config import load_recipe
 
-    recipe = load_recipe(recipe_file(tmp_path, tiny_llama_dir, mode="rasft"))
+    small = ["data.synthetic.n_train=12", "training.epochs=1"]
+    recipe = load_recipe(recipe_file(tmp_path, tiny_llama_dir, mode="rasft"), small)
     run_training(recipe, tmp_path / "run", Console(quiet=True))
     lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     refreshes = [r for r in map(json.loads, lines) if r["event"] == "refresh"]

@@ -221,6 +221,7 @@ def test_without_the_datasets_package_the_error_names_the_install(monkeypatch):
 def test_the_recipe_mapping_form_and_its_set_override(tmp_path, gsm8k_dir):
     recipe_path = tmp_path / "recipe.yaml"
     recipe_path.write_text(
+        "model: {path: builtin:smollm2-135m}\n"
         f"data:\n  train: {{hub: {gsm8k_dir}, split: 'train[:5]'}}\n  test: gsm8k\n"
     )
     recipe = load_recipe(recipe_path)
