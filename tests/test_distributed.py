@@ -156,6 +156,31 @@ def test_sft_on_two_ranks_equals_one_process(tiny_llama_dir, tmp_path, normaliza
     assert not list(tmp_path.glob("rasft-rank*")), "rank 1 wrote outside its scratch dir"
 
 
+def test_validation_on_two_ranks_equals_one_process(tiny_llama_dir, tmp_path):
+    """6 validation demos in batches of 4: rank 0 scores 4, rank 1 the other 2, and the gathered
+    loss is the one-process loss; pass@1 shares its problems; rank 0 alone keeps the best."""
+    synthetic = {"n_train": 22, "n_test": 3, "n_validation": 6, "min_level": 0, "max_level": 1}
+    path = recipe_file(
+        tmp_path,
+        tiny_llama_dir,
+        data={"synthetic": synthetic, "validation": "synthetic-validation"},
+        eval={"max_new_tokens": 4, "val_every": 2, "val_pass_at_1_problems": 3},
+        output={"save_every": 2, "keep_best": "val_loss"},
+    )
+    one = run_training(load_recipe(path), tmp_path / "one", QUIET).run_dir
+    run_ranks(tmp_path, ["train", str(path), "--out", str(tmp_path / "two")])
+    two = tmp_path / "two"
+    val_one, val_two = records(one, "validation"), records(two, "validation")
+    assert [r["step"] for r in val_one] == [r["step"] for r in val_two] == [2, 4, 6]
+    assert np.allclose([r["loss"] for r in val_one], [r["loss"] for r in val_two], atol=1e-5)
+    for key in ("tokens", "sequences", "pass_at_1", "pass_at_1_problems", "best_step"):
+        assert [r[key] for r in val_one] == [r[key] for r in val_two], key
+    best = lambda run: mx.load(str(run / "adapters-best" / "adapters.safetensors"))  # noqa: E731
+    kept_one, kept_two = best(one), best(two)
+    assert max(float(mx.abs(kept_one[k] - kept_two[k]).max()) for k in kept_one) < TOLERANCE
+    assert not list(tmp_path.glob("rasft-rank*")), "rank 1 wrote outside its scratch dir"
+
+
 @pytest.fixture(scope="module")
 def weak_base_dir(tmp_path_factory) -> Path:
     return make_weak_base_model(tmp_path_factory.mktemp("weak-base"))

@@ -15,7 +15,7 @@ from rich.text import Text
 import rasft_mlx.runtime.distributed as distributed
 from rasft_mlx.console.progress import PhaseInterrupted, attached
 from rasft_mlx.data.encoding import encode_prompt
-from rasft_mlx.evaluation.evaluate import HeldOutEvaluation
+from rasft_mlx.evaluation.evaluate import HeldOutEvaluation, ValidationPassAt1
 from rasft_mlx.evaluation.extra_sets import (
     drift_from_start,
     evaluate_extra_sets,
@@ -39,11 +39,12 @@ from rasft_mlx.runtime.peer_watchdog import start_watchdog
 from rasft_mlx.training.checkpoint import checkpoints_dir
 from rasft_mlx.training.loop import TrainingLoop, TrainResult
 from rasft_mlx.training.memory_estimate import check_memory, estimate_run_memory
-from rasft_mlx.training.run_data import encode_training_data, load_run_data
+from rasft_mlx.training.run_data import encode_training_data, load_run_sets
 from rasft_mlx.training.run_directory import MetricsLog, TrainingError, prepare_run_dir
 from rasft_mlx.training.shared_run import rank_run_dir, share_checkpoint
 from rasft_mlx.training.step_plan import ExpertSource, SequenceSource
 from rasft_mlx.training.stop_signals import StopSignals, TrainingInterrupted
+from rasft_mlx.training.validation import Validation, remove_best
 
 
 def run_training(
@@ -122,6 +123,7 @@ class _Run:
     metrics: MetricsLog
     checkpoint: object
     drift_answers: Path | None = None
+    validation_problems: list = ()
 
 
 def _run_training(
@@ -129,7 +131,8 @@ def _run_training(
 ) -> TrainResult:
     check_installed(recipe.output.report_to)  # before the model loads
     mx.random.seed(recipe.training.seed)
-    train_problems, test_problems = load_run_data(recipe)
+    sets = load_run_sets(recipe)
+    train_problems, test_problems = sets.train, sets.test
     extra_sets = load_extra_sets(recipe)
     loaded = load_model(recipe.model)
     apply_adapters(loaded.model, recipe.lora)
@@ -170,6 +173,7 @@ def _run_training(
         metrics=metrics,
         checkpoint=checkpoint,
         drift_answers=drift_answers,
+        validation_problems=sets.validation,
     )
     trackers = recipe.output.report_to if distributed.is_main() else ()
     with tracking(metrics, trackers, run_dir, recipe_to_dict(recipe)):
@@ -200,6 +204,7 @@ def _train(run: _Run, stop_after, signals) -> TrainResult:
         timings = source.timings
     writes_report = recipe.output.report and distributed.is_main()
     on_epoch_end = (lambda: write_report_quietly(run_dir, console)) if writes_report else None
+    validation = _validation(run)
     loop = TrainingLoop(
         loaded,
         recipe,
@@ -211,10 +216,12 @@ def _train(run: _Run, stop_after, signals) -> TrainResult:
         timings,
         stop_after,
         on_epoch_end=on_epoch_end,
+        validation=validation,
     )
     if run.checkpoint is not None:
         loop.restore(run.checkpoint)
     else:
+        remove_best(run_dir)
         loop.start_fresh()
         if recipe.eval.before_training and run.extra_sets:
             evaluate_extra_sets(loaded, recipe, run.extra_sets, run_dir, "start", metrics, timings)
@@ -249,6 +256,10 @@ def _train(run: _Run, stop_after, signals) -> TrainResult:
         "rollout_cost": total_rollout_cost(_refresh_costs(run_dir / "metrics.jsonl")),
         **{key: value for key, value in extra.items() if value},
     }
+    if validation is not None:
+        summary["validation"] = validation.last
+        if validation.best() is not None:
+            summary["best"] = validation.best()
     before = run_dir / "eval-epoch-0-summary.json"
     if before.is_file():
         summary["eval_before_training"] = json.loads(before.read_text())
@@ -261,6 +272,23 @@ def _refresh_costs(metrics_path: Path) -> list[dict]:
         return []
     records = (json.loads(line) for line in metrics_path.read_text().splitlines() if line)
     return [r["cost"] for r in records if r.get("event") == "refresh" and r.get("cost")]
+
+
+def _validation(run: _Run) -> Validation | None:
+    """eval.val_every's validation: the validation demos encoded, the pass@1 hook when asked."""
+    recipe = run.recipe
+    if not recipe.eval.val_every:
+        return None
+    tokenizer, problems = run.loaded.tokenizer, list(run.validation_problems)
+    sequences, encoding = encode_training_data(tokenizer, problems, recipe, what="validation")
+    skipped = f", {encoding.skipped_too_long} too long skipped" * bool(encoding.skipped_too_long)
+    run.console.print(
+        f"validation every {recipe.eval.val_every} steps: {len(sequences)} problems{skipped}"
+    )
+    pass_at_1 = None
+    if recipe.eval.val_pass_at_1_problems:
+        pass_at_1 = ValidationPassAt1(run.loaded, recipe, problems)
+    return Validation(run.loaded, recipe, sequences, run.run_dir, run.metrics, pass_at_1)
 
 
 def _start_adapter_record(loaded) -> dict | None:

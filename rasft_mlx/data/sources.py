@@ -19,7 +19,13 @@ from rasft_mlx.data.readers import (
 )
 from rasft_mlx.data.rows import DataError, RowSource, jsonl_rows
 from rasft_mlx.data.synthetic import generate_problems
-from rasft_mlx.recipe.dataset_config import FORMATS, GRADERS, ColumnsConfig, DatasetSource
+from rasft_mlx.recipe.dataset_config import (
+    FORMATS,
+    GRADERS,
+    SYNTHETIC_SOURCES,
+    ColumnsConfig,
+    DatasetSource,
+)
 
 SYNTHETIC_DEFAULTS = {
     "seed": 0,
@@ -36,13 +42,6 @@ SYNTHETIC_DEFAULTS = {
     "retention_max_level": 2,
     "extra_steps": 0,
     "solution_styles": 1,
-}
-# source -> the split it always reads (None: the split asked for)
-SYNTHETIC_SOURCES = {
-    "synthetic": None,
-    "synthetic-ood": "ood",
-    "synthetic-validation": "validation",
-    "synthetic-retention": "retention",
 }
 # Formats whose answers are LaTeX (graded by math-verify under grader "auto").
 LATEX_FORMATS = ("math", "authors")

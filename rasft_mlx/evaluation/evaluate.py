@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -235,3 +235,25 @@ class HeldOutEvaluation:
 
     def summary_from_dict(self, state: dict) -> EvalSummary:
         return EvalSummary(**state)
+
+
+@dataclass(frozen=True)
+class ValidationPassAt1:
+    """The loop's validation pass@1 (training/hooks.py `ValidationScoring`): greedy, on the first
+    eval.val_pass_at_1_problems validation problems, with the recipe's eval generation settings."""
+
+    loaded: LoadedModel
+    recipe: Recipe
+    problems: list[Problem]
+
+    def score(self, step: int) -> EvalSummary:
+        config = replace(self.recipe.eval, limit=self.recipe.eval.val_pass_at_1_problems, samples=1)
+        _, summary = evaluate_problems(
+            self.loaded.model,
+            self.loaded.tokenizer,
+            self.problems,
+            config,
+            self.recipe.data.system_prompt,
+            seed=self.recipe.training.seed,
+        )
+        return summary

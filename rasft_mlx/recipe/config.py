@@ -16,6 +16,13 @@ from rasft_mlx.recipe.dataset_config import (  # noqa: F401  (re-exported: the r
     DatasetSource,
     SyntheticConfig,
 )
+from rasft_mlx.recipe.eval_config import (  # noqa: F401  (re-exported: eval and output sections)
+    AUTO_ROWS_HELP,
+    KEEP_BEST,
+    TRACKERS,
+    EvalConfig,
+    OutputConfig,
+)
 from rasft_mlx.recipe.protocols import PROTOCOLS, apply_protocol
 from rasft_mlx.recipe.typed_fields import (
     RecipeError,
@@ -30,10 +37,8 @@ from rasft_mlx.recipe.typed_fields import (
 )
 from rasft_mlx.runtime.fileio import atomic_write_text
 
-TRACKERS = ("wandb", "tensorboard", "trackio")
 MODES = ("sft", "dft", "sft_kl", "asft", "profit", "rasft", "rft")
 ROLLOUT_MODES = ("rasft", "rft")  # modes that refresh rollouts from the live policy
-AUTO_ROWS_HELP = "sequences decoded together; 0 = as many as half the free memory holds (<= 512)"
 
 
 _range = field_meta
@@ -228,57 +233,6 @@ class RasftConfig:
             0,
             help="schedule authors: 0 = the first queue in data order; N = per chunk of N "
             "problems its easy demos, then its hard ones, then the rest (the authors' order)",
-        ),
-    )
-
-
-@dataclass(frozen=True)
-class EvalConfig:
-    limit: int | None = field(default=None, metadata=_range(1))
-    samples: int = field(default=1, metadata=_range(1, help="K for avg@K (1 = greedy only)"))
-    temperature: float = field(default=1.0, metadata=_range(0.0))
-    top_p: float = field(default=1.0, metadata=_range(0.0, 1.0, lo_open=True))
-    max_new_tokens: int = field(default=512, metadata=_range(1))
-    batch_size: int = field(default=0, metadata=_range(0, help=AUTO_ROWS_HELP))
-    before_training: bool = field(
-        default=False, metadata=_range(help="also evaluate the starting model (eval-epoch-0)")
-    )
-    drift_problems: int = field(
-        default=0,
-        metadata=_range(
-            0,
-            help="after training, KL(ref || policy) and the NLL rise on the starting model's "
-            "greedy answers to the first N test problems (summary.json 'drift'); 0 = off",
-        ),
-    )
-    extra_sets: tuple[str, ...] = field(
-        default=(),
-        metadata=_range(
-            help="more test sets evaluated after training (and before, with before_training): "
-            "named benchmarks, files, or synthetic-ood",
-        ),
-    )
-
-
-@dataclass(frozen=True)
-class OutputConfig:
-    dir: str = field(default="runs/{name}", metadata=_range(help="run directory; {name} expands"))
-    name: str = "run"
-    save_every: int = field(
-        default=0, metadata=_range(0, help="checkpoint every N steps; 0 = epochs")
-    )
-    keep_checkpoints: int = field(
-        default=2, metadata=_range(1, help="how many of the newest checkpoints to keep")
-    )
-    report: bool = field(
-        default=True,
-        metadata=_range(help="write RUN_DIR/report.html after each epoch and at the end"),
-    )
-    report_to: tuple[str, ...] = field(
-        default=(),
-        metadata=_range(
-            choices=TRACKERS,
-            help="experiment trackers that get every metrics.jsonl record: " + ", ".join(TRACKERS),
         ),
     )
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 
-from rasft_mlx.recipe.dataset_config import DatasetSource
+from rasft_mlx.recipe.dataset_config import DatasetSource, validation_is_test
 from rasft_mlx.recipe.typed_fields import RecipeError
 
 _ORDERED_PAIRS = (
@@ -58,7 +58,7 @@ def check_cross_fields(recipe, source: str, overridden: dict[str, str]) -> None:
             f"{blamed}: 'model.adapter' trains a new LoRA on top of the start, so 'lora.type' "
             f"must be lora, got {recipe.lora.type!r}"
         )
-    for path in ("data.train", "data.test"):
+    for path in ("data.train", "data.test", "data.validation"):
         spec = lookup(path)
         if isinstance(spec, DatasetSource) and not spec.hub.strip():
             blamed = overridden.get(f"{path}.hub") or overridden.get(path) or source
@@ -66,3 +66,49 @@ def check_cross_fields(recipe, source: str, overridden: dict[str, str]) -> None:
                 f"{blamed}: '{path}.hub' is required: a Hub dataset id (openai/gsm8k), a local "
                 "dataset directory, or a builder (parquet, csv, json) with data_files"
             )
+    _check_validation(recipe, source, overridden)
+
+
+def _check_validation(recipe, source: str, overridden: dict[str, str]) -> None:
+    """Validation during training: a validation set exactly when eval.val_every asks for one, and
+    never the test set; keep_best and val_pass_at_1_problems only with the validation they use."""
+
+    def blamed(*paths: str) -> str:
+        return next((overridden[p] for p in paths if p in overridden), source)
+
+    data, every = recipe.data, recipe.eval.val_every
+    given = data.validation is not None or data.validation_fraction > 0
+    if data.validation is not None and data.validation_fraction > 0:
+        raise RecipeError(
+            f"{blamed('data.validation', 'data.validation_fraction')}: 'data.validation' and "
+            "'data.validation_fraction' both choose the validation set; set one of them"
+        )
+    if every and not given:
+        raise RecipeError(
+            f"{blamed('eval.val_every')}: 'eval.val_every' ({every}) needs a validation set: "
+            "'data.validation' (a source, e.g. synthetic-validation) or "
+            "'data.validation_fraction' (e.g. 0.05 of the train problems)"
+        )
+    if given and not every:
+        key = "data.validation" if data.validation is not None else "data.validation_fraction"
+        raise RecipeError(
+            f"{blamed(key, 'eval.val_every')}: '{key}' is set but 'eval.val_every' is 0: set "
+            "'eval.val_every' to validate every N steps, or remove it"
+        )
+    if recipe.eval.val_pass_at_1_problems and not every:
+        raise RecipeError(
+            f"{blamed('eval.val_pass_at_1_problems', 'eval.val_every')}: "
+            "'eval.val_pass_at_1_problems' is measured at the validations: it needs "
+            "'eval.val_every' > 0 and a validation set"
+        )
+    keep = recipe.output.keep_best
+    needs = {"val_loss": "eval.val_every", "val_pass_at_1": "eval.val_pass_at_1_problems"}
+    if keep in needs and not (every if keep == "val_loss" else recipe.eval.val_pass_at_1_problems):
+        raise RecipeError(
+            f"{blamed('output.keep_best', needs[keep])}: 'output.keep_best' {keep} needs that "
+            f"validation on: set '{needs[keep]}' > 0 (and a validation set: 'data.validation' "
+            "or 'data.validation_fraction')"
+        )
+    reason = validation_is_test(data)
+    if reason:
+        raise RecipeError(f"{blamed('data.validation', 'data.test')}: {reason}")

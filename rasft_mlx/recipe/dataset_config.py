@@ -4,6 +4,8 @@ columns)."""
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from rasft_mlx.recipe.typed_fields import field_meta
@@ -11,6 +13,13 @@ from rasft_mlx.recipe.typed_fields import field_meta
 DEFAULT_SYSTEM_PROMPT = "Please reason step by step, and put your final answer within \\boxed{}."
 FORMATS = ("auto", "gsm8k", "generic", "math", "authors", "messages", "synthetic")
 GRADERS = ("auto", "builtin", "math-verify")
+# synthetic source -> the split it always reads (None: the split asked for)
+SYNTHETIC_SOURCES = {
+    "synthetic": None,
+    "synthetic-ood": "ood",
+    "synthetic-validation": "validation",
+    "synthetic-retention": "retention",
+}
 
 
 @dataclass(frozen=True)
@@ -112,6 +121,22 @@ class DataConfig:
     test: str | DatasetSource = field(
         default="synthetic", metadata=field_meta(help="same forms as train")
     )
+    validation: str | DatasetSource | None = field(
+        default=None,
+        metadata=field_meta(
+            help="the validation set of eval.val_every (same forms as train; 'synthetic': "
+            "synthetic-validation); never the test set"
+        ),
+    )
+    validation_fraction: float = field(
+        default=0.0,
+        metadata=field_meta(
+            0.0,
+            0.9,
+            help="without data.validation: hold out this share of the train problems (by "
+            "training.seed, after max_train) as the validation set; they are not trained on",
+        ),
+    )
     format: str = field(default="auto", metadata=field_meta(choices=FORMATS))
     grader: str = field(
         default="auto",
@@ -134,3 +159,34 @@ def source_label(source: str | DatasetSource) -> str:
     config = f" ({source.config})" if source.config else ""
     files = f" {source.data_files}" if source.data_files else ""
     return f"{source.hub}{config} {source.split}{files}"
+
+
+def source_identity(source: str | DatasetSource, split: str, fmt: str = "auto") -> tuple:
+    """What a source reads, to tell whether two data keys name the same set: a synthetic split,
+    a dataset's id, config, split (any slice of it) and files, or a file's normalised path.
+    `split` is the one the key asks for (train, test, validation)."""
+    if isinstance(source, str) and (source in SYNTHETIC_SOURCES or fmt == "synthetic"):
+        return ("synthetic", SYNTHETIC_SOURCES.get(source) or split)
+    if isinstance(source, DatasetSource):
+        files = source.data_files
+        files = (files,) if isinstance(files, str) else tuple(files or ())
+        base_split = source.split.split("[", 1)[0].strip()
+        normalised = tuple(sorted(os.path.normpath(f) for f in files))
+        return ("dataset", source.hub.strip(), source.config, base_split, normalised)
+    return ("file", os.path.normpath(source))
+
+
+def validation_is_test(data: DataConfig, resolve: Callable = lambda source: source) -> str | None:
+    """The reason `data.validation` may not be used, when it names the test set (`resolve`:
+    named benchmarks to their dataset, when the data layer is at hand); else None."""
+    if data.validation is None:
+        return None
+    validation = source_identity(resolve(data.validation), "validation", data.format)
+    if validation != source_identity(resolve(data.test), "test", data.format):
+        return None
+    return (
+        f"'data.validation' ({source_label(data.validation)}) names the test set "
+        f"('data.test': {source_label(data.test)}); validation chooses the kept adapters and "
+        "must not see the test problems: use another split (synthetic-validation, a slice of "
+        "train) or 'data.validation_fraction'"
+    )

@@ -29,16 +29,29 @@ STEP_CHARTS = (  # (metrics key, chart id, title, y label, caption)
 
 def training_section(records: list[dict]) -> Section:
     steps, losses = series.step_series(records, "loss")
+    lines = [("raw", steps, losses), ("smoothed (EMA 0.8)", steps, series.smoothed(losses))]
+    caption = "per optimizer step; the smoothed line is a bias-corrected moving average"
+    val_steps, val_losses = series.step_series(records, "loss", event="validation")
+    if val_steps:
+        lines.append(("validation", val_steps, val_losses))
+        caption += "; validation: mean token cross-entropy of the validation demos"
     found = [
         charts.line_chart(
-            "loss",
-            "Training loss",
-            [("raw", steps, losses), ("smoothed (EMA 0.8)", steps, series.smoothed(losses))],
-            xlabel="step",
-            ylabel="loss",
-            caption="per optimizer step; the smoothed line is a bias-corrected moving average",
+            "loss", "Training loss", lines, xlabel="step", ylabel="loss", caption=caption
         )
     ]
+    val_steps, val_pass = series.step_series(records, "pass_at_1", event="validation")
+    if val_steps:
+        found.append(
+            charts.line_chart(
+                "validation-pass-at-1",
+                "Validation pass@1",
+                [("_pass@1", val_steps, val_pass)],
+                xlabel="step",
+                ylabel="pass@1",
+                caption="greedy, on the first eval.val_pass_at_1_problems validation problems",
+            )
+        )
     for key, chart_id, title, ylabel, caption in STEP_CHARTS:
         xs, ys = series.step_series(records, key)
         if xs:
@@ -53,7 +66,25 @@ def training_section(records: list[dict]) -> Section:
                 )
             )
     body = "" if steps else note("No optimizer step has been logged yet.")
-    return Section("training", "Training", found, body)
+    return Section("training", "Training", found, body + validation_note(records))
+
+
+def validation_note(records: list[dict]) -> str:
+    """The last validation, and the best one kept in adapters-best/ (output.keep_best)."""
+    found = [r for r in records if r.get("event") == "validation"]
+    if not found:
+        return ""
+    last = found[-1]
+    text = f"Validation at step {last['step']}: loss {last['loss']:.4f}"
+    if "pass_at_1" in last:
+        text += f", pass@1 {last['pass_at_1']:.3f}"
+    best = next((r for r in found if r["step"] == last.get("best_step")), None)
+    if best is not None:
+        figures = f"loss {best['loss']:.4f}" + (
+            f", pass@1 {best['pass_at_1']:.3f}" if "pass_at_1" in best else ""
+        )
+        text += f". Best at step {best['step']} ({figures}), kept in adapters-best/."
+    return note(text)
 
 
 def accuracy_section(records: list[dict]) -> Section | None:

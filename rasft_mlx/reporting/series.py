@@ -11,10 +11,13 @@ def events(records: list[dict], name: str) -> list[dict]:
     return [r for r in records if r.get("event") == name]
 
 
-def step_series(records: list[dict], key: str) -> tuple[list[int], list[float]]:
-    """(steps, values) of one numeric field of the step records; steps missing it are left out."""
+def step_series(
+    records: list[dict], key: str, event: str = "step"
+) -> tuple[list[int], list[float]]:
+    """(steps, values) of one numeric field of the `event` records (optimizer steps, or the
+    validations); records missing it are left out."""
     steps, values = [], []
-    for record in events(records, "step"):
+    for record in events(records, event):
         value = record.get(key)
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             steps.append(record["step"])

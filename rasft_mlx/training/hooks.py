@@ -1,4 +1,5 @@
-"""What the loop calls but does not own: the held-out evaluation (implemented in evaluation/)."""
+"""What the loop calls but does not own: held-out and validation scoring (implemented in
+evaluation/)."""
 
 from __future__ import annotations
 
@@ -24,4 +25,12 @@ class HeldOutScoring(Protocol):
 
     def summary_from_dict(self, state: dict) -> ScoreSummary:
         """A summary written into a checkpoint, read back."""
+        ...
+
+
+class ValidationScoring(Protocol):
+    """Scores the live model's greedy pass@1 on the validation problems (eval.val_every)."""
+
+    def score(self, step: int) -> ScoreSummary:
+        """Evaluate at optimizer step `step`; writes nothing (the loop logs the figure)."""
         ...

@@ -23,10 +23,7 @@ from rasft_mlx.models.loading import LoadedModel
 from rasft_mlx.recipe.config import Recipe
 from rasft_mlx.runtime.memory import peak_memory_gb
 from rasft_mlx.training.batching import collate
-from rasft_mlx.training.checkpoint import (
-    mlx_random_state,
-    restore_mlx_random_state,
-)
+from rasft_mlx.training.checkpoint import mlx_random_state, restore_mlx_random_state
 from rasft_mlx.training.hooks import HeldOutScoring, ScoreSummary
 from rasft_mlx.training.loop_checkpoint import LoopCheckpoints, assign_in_place
 from rasft_mlx.training.run_directory import MetricsLog, TrainingError
@@ -42,11 +39,8 @@ from rasft_mlx.training.step_plan import (
     untrained_part,
 )
 from rasft_mlx.training.stop_signals import StopSignals
-from rasft_mlx.training.train_step import (
-    CompiledTrainStep,
-    build_lr_schedule,
-    build_optimizer,
-)
+from rasft_mlx.training.train_step import CompiledTrainStep, build_lr_schedule, build_optimizer
+from rasft_mlx.training.validation import Validation
 
 
 @dataclass
@@ -80,8 +74,10 @@ class TrainingLoop(LoopCheckpoints):
         stop_after: int | None = None,
         *,
         on_epoch_end: Callable[[], None] | None = None,
+        validation: Validation | None = None,
     ):
         self.loaded, self.recipe, self.source = loaded, recipe, source
+        self.validation = validation  # eval.val_every (training/validation.py)
         self.on_epoch_end = on_epoch_end  # after each epoch's checkpoint (the report)
         self.run_dir, self.console = run_dir, console
         self.held_out, self.metrics, self.timings = held_out, metrics, timings
@@ -157,6 +153,7 @@ class TrainingLoop(LoopCheckpoints):
         if self.baseline_eval_pending:
             self._guarded(signals, self._baseline_eval)
         with TrainingDisplay(self.console, self.planned, training.log_every) as display:
+            self._validate(signals, display)  # one a stop interrupted (resumed here)
             while not self.completed:
                 if self.groups is None:  # a new epoch
                     epoch = self.epoch
@@ -181,6 +178,7 @@ class TrainingLoop(LoopCheckpoints):
                     self._stop_if_requested(signals)
                     if not self._train_step(display, started, first_step):
                         continue
+                    train_started += self._validate(signals, display)
                     if self.stop_after is not None and self.step == self.stop_after:
                         signals.test_reason = f"stop_after={self.stop_after}"
                     if self.position >= self._queue_end() or self.step >= max_steps:
@@ -253,6 +251,17 @@ class TrainingLoop(LoopCheckpoints):
             self.console.print(f"stopped during {stopped}: --resume redoes it")
             raise signals.interruption(self.step, self.checkpoint()) from None
 
+    def _validate(self, signals: StopSignals, display, final: bool = False) -> float:
+        """Validation when due (every eval.val_every steps, final: at the end); its seconds."""
+        if self.validation is None or not self.validation.due(self.step, final):
+            return 0.0
+        started = time.perf_counter()
+        line = self._guarded(signals, lambda: self.validation.run(self.step, self.epoch))
+        seconds = time.perf_counter() - started
+        self.timings["validation"] += seconds
+        display.message(line)
+        return seconds
+
     def _baseline_eval(self) -> None:
         started = time.perf_counter()
         before = self.held_out.score(-1)
@@ -301,6 +310,8 @@ class TrainingLoop(LoopCheckpoints):
             start=loaded.start_adapter,
         )
         last_epoch = epoch == self.training.epochs - 1 or self.step >= max_steps
+        if last_epoch:
+            self._validate(signals, display, final=True)
         if self.held_out.has_problems and (self.training.eval_every_epoch or last_epoch):
             eval_started = time.perf_counter()
             self.eval_summary = self._guarded(

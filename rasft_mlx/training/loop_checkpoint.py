@@ -53,6 +53,8 @@ class LoopCheckpoints:
         self.baseline_eval_pending = bool(state.get("baseline_eval_pending", False))
         if state.get("eval") is not None:
             self.eval_summary = self.held_out.summary_from_dict(state["eval"])
+        if self.validation is not None:
+            self.validation.load_state_dict(state.get("validation"))
         self._restore_weights(checkpoint)
         self._build_step()
         flat = checkpoint.optimizer_state()
@@ -129,6 +131,7 @@ class LoopCheckpoints:
             "completed": self.completed,
             "learning_rate_next": float(self.schedule(self.step)),
             "eval": self.eval_summary.as_dict() if self.eval_summary else None,
+            "validation": self.validation.state_dict() if self.validation else None,
             "batch_rng": self.rng.bit_generator.state,
             "mlx_random": mlx_random_state(),
             "source": source_state,
