@@ -18,6 +18,14 @@ def tiny_llama_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def weak_base_dir(tmp_path_factory) -> Path:
+    """The pretrained weak base (tiny_models.make_weak_base_model), built once per session."""
+    from tiny_models import make_weak_base_model
+
+    return make_weak_base_model(tmp_path_factory.mktemp("weak-base"))
+
+
+@pytest.fixture(scope="session")
 def tiny_qwen2_dir(tmp_path_factory) -> Path:
     return make_tiny_model_dir(tmp_path_factory.mktemp("tiny-qwen2"), arch="qwen2")
 

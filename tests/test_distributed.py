@@ -18,7 +18,6 @@ import pytest
 import yaml
 from child_processes import popen
 from rich.console import Console
-from tiny_models import make_weak_base_model
 
 import rasft_mlx.runtime.distributed as distributed
 from rasft_mlx.cli import STOP_AFTER_ENV
@@ -179,11 +178,6 @@ def test_validation_on_two_ranks_equals_one_process(tiny_llama_dir, tmp_path):
     kept_one, kept_two = best(one), best(two)
     assert max(float(mx.abs(kept_one[k] - kept_two[k]).max()) for k in kept_one) < TOLERANCE
     assert not list(tmp_path.glob("rasft-rank*")), "rank 1 wrote outside its scratch dir"
-
-
-@pytest.fixture(scope="module")
-def weak_base_dir(tmp_path_factory) -> Path:
-    return make_weak_base_model(tmp_path_factory.mktemp("weak-base"))
 
 
 def rasft_recipe(tmp_path: Path, model_dir: Path, temperature: float, mode="rasft") -> Path:

@@ -17,7 +17,6 @@ import mlx.core as mx
 import pytest
 from mlx_lm import load
 from rich.console import Console
-from tiny_models import make_weak_base_model
 
 from rasft_mlx.commands.train import run_training
 from rasft_mlx.data.encoding import encode_expert_sequences
@@ -38,11 +37,6 @@ MIN_PASS_AT_1_GAIN = 0.1
 MAX_LOSS_RATIO = 0.7
 # "The demos got likelier": held-out expert-solution NLL after / before training.
 MAX_NLL_RATIO = 0.9
-
-
-@pytest.fixture(scope="session")
-def weak_base_dir(tmp_path_factory) -> Path:
-    return make_weak_base_model(tmp_path_factory.mktemp("weak-base"))
 
 
 def learning_recipe(model_dir: Path, mode: str, *, steps: int, n_test: int, seed: int = 0):

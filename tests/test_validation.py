@@ -283,12 +283,10 @@ def test_validation_reaches_the_report_and_the_trackers(straight_run, monkeypatc
     assert tracked == logged
 
 
-def test_validation_pass_at_1_is_the_greedy_pass_at_1_at_that_step(tmp_path):
+def test_validation_pass_at_1_is_the_greedy_pass_at_1_at_that_step(weak_base_dir, tmp_path):
     """A weak base (about 40 % of level-0 problems right): the logged pass@1 of the first 6
     validation problems is the evaluation's, with the adapters of that step."""
-    from tiny_models import make_weak_base_model
-
-    model_dir = make_weak_base_model(tmp_path / "weak")
+    model_dir = weak_base_dir
     data = recipe_dict(
         model_dir,
         data={
