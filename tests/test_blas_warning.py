@@ -12,16 +12,21 @@ import pytest
 from rasft_mlx.runtime import blas
 
 
-def test_eval_without_the_preload_warns_once_with_the_rate_and_the_fix(tiny_llama_dir, tmp_path):
-    env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", blas._REEXEC_MARKER)}
-    env |= {"RASFT_MLX_NO_BLAS": "1", "HF_HUB_OFFLINE": "1"}
+def run_eval(model_dir, tmp_path, env: dict) -> subprocess.CompletedProcess:
+    """A real `rasft-mlx eval` of 2 synthetic problems in `env`; it must succeed."""
     done = subprocess.run(
-        [sys.executable, "-m", "rasft_mlx.cli", "eval", "--model", str(tiny_llama_dir),
+        [sys.executable, "-m", "rasft_mlx.cli", "eval", "--model", str(model_dir),
          "--data", "synthetic", "--limit", "2", "--max-new-tokens", "4",
          "--out", str(tmp_path / "eval")],
-        env=env, capture_output=True, text=True, timeout=300,
+        env={**env, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
+    return done
+
+
+def test_eval_without_the_preload_warns_once_with_the_rate_and_the_fix(tiny_llama_dir, tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", blas._REEXEC_MARKER)}
+    done = run_eval(tiny_llama_dir, tmp_path, env | {"RASFT_MLX_NO_BLAS": "1"})
     lines = [line for line in done.stderr.splitlines() if "slow CPU matmuls" in line]
     assert len(lines) == 1, done.stderr
     assert "GFLOP/s here" in lines[0] and "Fix: unset RASFT_MLX_NO_BLAS" in lines[0]
@@ -30,15 +35,7 @@ def test_eval_without_the_preload_warns_once_with_the_rate_and_the_fix(tiny_llam
 @pytest.mark.skipif(blas.find_optimised_blas() is None, reason="no OpenBLAS on this machine")
 def test_with_the_preload_there_is_no_warning(tiny_llama_dir, tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "RASFT_MLX_NO_BLAS"}
-    env |= {"HF_HUB_OFFLINE": "1"}
-    done = subprocess.run(
-        [sys.executable, "-m", "rasft_mlx.cli", "eval", "--model", str(tiny_llama_dir),
-         "--data", "synthetic", "--limit", "2", "--max-new-tokens", "4",
-         "--out", str(tmp_path / "eval")],
-        env=env, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert "slow CPU matmuls" not in done.stderr
+    assert "slow CPU matmuls" not in run_eval(tiny_llama_dir, tmp_path, env).stderr
 
 
 def test_a_fast_rate_or_a_preload_gives_no_warning(monkeypatch):

@@ -307,11 +307,12 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Recipe:
         where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark else source
         problem = getattr(exc, "problem", None) or str(exc)
         raise RecipeError(f"{where}: invalid YAML: {problem}") from exc
+    empty = not data
     overridden: dict[str, str] = {}
     for override in overrides:
         apply_override(Recipe, data, override, source, overridden)
     recipe = _recipe_from_data(data, source, overridden)  # wrong keys and types first
-    _require_model(data, source, empty=yaml.safe_load(text) is None)
+    _require_model(data, source, empty=empty)
     return recipe
 
 
