@@ -258,7 +258,7 @@ def test_choices_with_suggestion(tmp_path):
 
 def test_choices_without_suggestion(tmp_path):
     path = write(tmp_path, "lora:\n  type: qqqq\n")
-    assert error_of(path) == f"{path}: 'lora.type' must be one of lora, dora; got 'qqqq'"
+    assert error_of(path) == f"{path}: 'lora.type' must be one of lora, dora, full; got 'qqqq'"
 
 
 def test_none_allowed_for_optional_fields(tmp_path):
@@ -545,3 +545,20 @@ def test_report_to_lists_known_trackers_once():
         recipe_from_dict({"output": {"report_to": ["trackio", "trackio"]}})
     with pytest.raises(RecipeError, match="must be a list of strings"):
         recipe_from_dict({"output": {"report_to": "wandb"}})
+
+
+def test_full_fine_tuning_keys(tmp_path):
+    recipe = load_recipe(write_with_model(tmp_path, "lora:\n  type: full\n"))
+    assert recipe.lora.type == "full" and recipe.lora.train_embeddings is True
+    path = write_with_model(tmp_path, "lora:\n  type: full\n  train_embeddings: false\n")
+    assert load_recipe(path).lora.train_embeddings is False
+    path = write_with_model(tmp_path, "lora:\n  type: full\n  keys: [self_attn.q_proj]\n")
+    assert "'lora.keys' (('self_attn.q_proj',)) does not apply to 'lora.type' full" in error_of(
+        path
+    )
+    path = write_with_model(tmp_path, "lora:\n  dropout: 0.1\n")
+    assert "'lora.dropout' (0.1) does not apply" in error_of(path, ("lora.type=full",))
+    assert error_of(path, ("lora.type=full",)).startswith("--set lora.type=full")
+    path = write(tmp_path, "model:\n  path: m\n  adapter: runs/sft\n")
+    message = error_of(path, ("lora.type=full",))
+    assert "'lora.type' must be lora, got 'full'" in message and "--format fused" in message

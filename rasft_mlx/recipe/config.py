@@ -77,14 +77,30 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class LoraConfig:
-    type: str = field(default="lora", metadata=_range(choices=("lora", "dora")))
+    type: str = field(
+        default="lora",
+        metadata=_range(
+            choices=("lora", "dora", "full"),
+            help="full: train the weights themselves (no adapters; the reference is a frozen "
+            "copy of the starting weights)",
+        ),
+    )
     rank: int = field(default=16, metadata=_range(1))
     scale: float = field(
         default=2.0,
         metadata=_range(0.0, lo_open=True, help="mlx-lm's LoRA scale (PEFT's lora_alpha / r)"),
     )
     dropout: float = field(default=0.0, metadata=_range(0.0, 0.9))
-    num_layers: int = field(default=-1, metadata=_range(-1, help="-1 = every layer"))
+    num_layers: int = field(
+        default=-1, metadata=_range(-1, help="the last N transformer layers; -1 = every layer")
+    )
+    train_embeddings: bool = field(
+        default=True,
+        metadata=_range(
+            help="type full: train the token embeddings and the output head too (false freezes "
+            "them, as mlx-lm's full fine-tune); adapters never train them"
+        ),
+    )
     keys: tuple[str, ...] | None = field(
         default=None,
         metadata=_range(

@@ -56,8 +56,11 @@ def check_cross_fields(recipe, source: str, overridden: dict[str, str]) -> None:
         blamed = overridden.get("lora.type") or overridden.get("model.adapter") or source
         raise RecipeError(
             f"{blamed}: 'model.adapter' trains a new LoRA on top of the start, so 'lora.type' "
-            f"must be lora, got {recipe.lora.type!r}"
+            f"must be lora, got {recipe.lora.type!r} (to fine-tune every weight from a trained "
+            "LoRA, export it fused, `rasft-mlx export RUN --format fused`, and pass that folder "
+            "as model.path)"
         )
+    _check_full_finetune(recipe, source, overridden)
     for path in ("data.train", "data.test", "data.validation"):
         spec = lookup(path)
         if isinstance(spec, DatasetSource) and not spec.hub.strip():
@@ -67,6 +70,23 @@ def check_cross_fields(recipe, source: str, overridden: dict[str, str]) -> None:
                 "dataset directory, or a builder (parquet, csv, json) with data_files"
             )
     _check_validation(recipe, source, overridden)
+
+
+def _check_full_finetune(recipe, source: str, overridden: dict[str, str]) -> None:
+    """lora.type full trains the weights themselves: the adapter-only keys must stay unset."""
+    lora = recipe.lora
+    if lora.type != "full":
+        return
+    for path, value, why in (
+        ("lora.keys", lora.keys, "a full fine-tune trains every module of the trained layers"),
+        ("lora.dropout", lora.dropout, "it is the adapters' dropout; a full fine-tune has none"),
+    ):
+        if value:
+            blamed = overridden.get(path) or overridden.get("lora.type") or source
+            raise RecipeError(
+                f"{blamed}: '{path}' ({value!r}) does not apply to 'lora.type' full: {why}; "
+                "remove it"
+            )
 
 
 def _check_validation(recipe, source: str, overridden: dict[str, str]) -> None:
