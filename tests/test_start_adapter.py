@@ -17,9 +17,9 @@ from rasft_mlx.commands.train import run_training
 from rasft_mlx.evaluation.evaluate import evaluate_problems
 from rasft_mlx.export.formats import export_run
 from rasft_mlx.models.adapters import (
-    adapters_disabled,
     apply_adapters,
     load_adapters_into,
+    reference_policy,
     save_adapters,
 )
 from rasft_mlx.models.errors import ModelError
@@ -67,7 +67,7 @@ def test_the_start_is_fused_and_the_saved_adapter_is_start_plus_new(tiny_llama_d
     randomize_adapters(loaded.model, 2)
     policy = logits(loaded.model)
     assert np.abs(policy - expected_start).max() > 1e-2  # the new adapter does something
-    with adapters_disabled(loaded.model):  # the reference: the starting policy
+    with reference_policy(loaded.model):  # the reference: the starting policy
         np.testing.assert_allclose(logits(loaded.model), expected_start, atol=1e-4)
 
     save_adapters(

@@ -17,9 +17,9 @@ from rasft_mlx.data.synthetic import generate_problems
 from rasft_mlx.generation.completions import SamplingSettings, generate_completions
 from rasft_mlx.models.adapters import (
     adapter_modules,
-    adapters_disabled,
     apply_adapters,
     dropout_mode,
+    reference_policy,
     save_adapters,
 )
 from rasft_mlx.rasft.reference import response_logprobs
@@ -40,14 +40,14 @@ def adapted_model(model_dir, lora_type="lora", seed=0):
 
 
 @pytest.mark.parametrize("lora_type", ["lora", "dora"])
-def test_adapters_disabled_gives_base_model_and_restores(tiny_llama_dir, lora_type):
+def test_reference_policy_gives_base_model_and_restores(tiny_llama_dir, lora_type):
     base, _ = load(str(tiny_llama_dir))
     tokens = mx.array([[5, 17, 42, 9, 33, 2]])
     base_logits = base(tokens)
     model, _ = adapted_model(tiny_llama_dir, lora_type)
     policy_logits = model(tokens)
     assert mx.abs(policy_logits - base_logits).max().item() > 1e-3
-    with adapters_disabled(model):
+    with reference_policy(model):
         reference_logits = model(tokens)
     assert mx.allclose(reference_logits, base_logits, atol=1e-5)
     assert mx.allclose(model(tokens), policy_logits, atol=1e-6)
@@ -55,7 +55,7 @@ def test_adapters_disabled_gives_base_model_and_restores(tiny_llama_dir, lora_ty
     @mx.compile
     def both(x):
         policy = model(x)
-        with adapters_disabled(model):
+        with reference_policy(model):
             reference = model(x)
         return policy, reference
 

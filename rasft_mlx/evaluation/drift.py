@@ -1,6 +1,7 @@
 """Drift from the starting model: on the starting model's own greedy answers to held-out prompts,
 the mean per-token KL(pi_ref || pi_theta) over the full vocabulary and the mean rise in NLL
-(log pi_ref(y) - log pi_theta(y)). The reference is the same weights with the adapters off.
+(log pi_ref(y) - log pi_theta(y)). The reference is the starting policy (`reference_policy`: the
+adapters off, or a full fine-tune's starting weights).
 The answers are the same for every run of one model and settings, so they can be kept in a file
 (`save_answers` / `load_answers`, keyed by `answers_identity`) and generated once per comparison."""
 
@@ -17,7 +18,7 @@ from rasft_mlx.console.progress import check, phase
 from rasft_mlx.data.encoding import TrainingSequence, encode_prompt
 from rasft_mlx.data.problem import Problem, problems_digest
 from rasft_mlx.generation.completions import SamplingSettings, generate_completions
-from rasft_mlx.models.adapters import adapters_disabled, dropout_mode
+from rasft_mlx.models.adapters import dropout_mode, reference_policy
 from rasft_mlx.models.response_logits import ResponseLogits
 from rasft_mlx.runtime.fileio import atomic_write_text
 from rasft_mlx.training.batching import collate
@@ -48,10 +49,10 @@ def reference_answers(
     max_new_tokens: int,
     batch_size: int,
 ) -> list[TrainingSequence]:
-    """The starting model's greedy answers (adapters off) as prompt + answer sequences."""
+    """The starting model's greedy answers (the reference policy) as prompt + answer sequences."""
     prompts = [encode_prompt(tokenizer, p.question, system_prompt) for p in problems]
     settings = SamplingSettings(max_new_tokens=max_new_tokens, batch_size=batch_size)
-    with adapters_disabled(model):
+    with reference_policy(model):
         completions, _ = generate_completions(
             model, tokenizer, prompts, settings, label="drift: starting model's answers"
         )
@@ -119,7 +120,7 @@ def measure_drift(
             chunk = sequences[start : start + batch_size]
             batch = collate(chunk, len(chunk), bucket_multiple)
             policy = logits_at(batch.inputs, batch.positions)
-            with adapters_disabled(model):
+            with reference_policy(model):
                 reference = logits_at(batch.inputs, batch.positions)
             kl = reference_kl(policy, reference)
             log_ratio = token_logprobs(reference, batch.targets) - token_logprobs(

@@ -158,7 +158,8 @@ def _drift_lines(results: dict) -> list[str]:
     return lines + [
         "",
         f"On the starting model's own greedy answers to {problems} held-out test prompts; the "
-        "reference is the same weights with the adapters off (0 before training).",
+        "reference is the starting policy: the adapters off, or a full fine-tune's starting "
+        "weights (0 before training).",
         "",
     ]
 

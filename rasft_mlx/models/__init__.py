@@ -1,1 +1,1 @@
-"""Models: loading (Hub, local, GGUF, builtin), LoRA/DoRA adapters and switching them off, the response-window head."""
+"""Models: loading (Hub, local, GGUF, builtin), LoRA/DoRA adapters or full fine-tuning and the reference policy, the response-window head."""

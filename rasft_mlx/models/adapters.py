@@ -1,4 +1,5 @@
-"""LoRA/DoRA adapters: applying, counting, saving and loading them, and switching them off."""
+"""What trains: LoRA/DoRA adapters or the full weights (`lora.type`); applying, counting, saving
+and loading them, and the reference policy (adapters off, or the full fine-tune's start)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,12 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten, tree_unflatten
 
+from rasft_mlx.models.full_finetune import (
+    apply_full_finetune,
+    starting_weights,
+    starting_weights_in,
+    trained_layer_count,
+)
 from rasft_mlx.models.loading import ModelError
 from rasft_mlx.recipe.config import LoraConfig
 from rasft_mlx.runtime.fileio import atomic_write
@@ -27,14 +34,18 @@ def lora_parameters(config: LoraConfig) -> dict:
 
 
 def adapted_layer_count(model: nn.Module, config: LoraConfig) -> int:
-    total = len(model.layers)
-    return total if config.num_layers < 0 else min(config.num_layers, total)
+    return trained_layer_count(model, config.num_layers)
 
 
 def apply_adapters(model: nn.Module, config: LoraConfig) -> None:
-    """Freeze the base weights and wrap the target linears in trainable LoRA/DoRA layers."""
+    """Make the model trainable as `config` asks: freeze the base weights and wrap the target
+    linears in LoRA/DoRA layers, or (type full) unfreeze the weights themselves and keep the
+    starting ones as the reference (models/full_finetune.py)."""
     from mlx_lm.tuner.utils import linear_to_lora_layers
 
+    if config.type == "full":
+        apply_full_finetune(model, config.num_layers, config.train_embeddings)
+        return
     model.freeze()
     linear_to_lora_layers(
         model,
@@ -71,12 +82,17 @@ def adapter_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
 
 
 @contextmanager
-def adapters_disabled(model: nn.Module) -> Iterator[None]:
-    """Run the frozen reference (the starting weights) by swapping each adapter for its base layer.
+def reference_policy(model: nn.Module) -> Iterator[None]:
+    """Run the block on the frozen reference, the starting policy: each adapter swapped for its
+    base layer, or, in a full fine-tune, the starting weights swapped in for the live ones.
 
     Works inside `mx.compile` and `nn.value_and_grad`: the swap happens while tracing, so the traced
     graph contains both the policy and the reference forward.
     """
+    if starting_weights(model) is not None:
+        with starting_weights_in(model):
+            yield
+        return
     wrapped = adapter_modules(model)
     model.update_modules(tree_unflatten([(name, m.linear) for name, m in wrapped]))
     try:
@@ -96,7 +112,15 @@ def total_parameter_count(model: nn.Module) -> int:
 
 
 def adapter_config_dict(model: nn.Module, config: LoraConfig, base_model: str) -> dict:
-    """An adapter_config.json that `mlx_lm.load(..., adapter_path=...)` understands."""
+    """An adapter_config.json that `mlx_lm.load(..., adapter_path=...)` understands (type full:
+    mlx-lm's own full fine-tune format, the trained weights loaded over the base's)."""
+    if config.type == "full":
+        return {
+            "fine_tune_type": "full",
+            "num_layers": adapted_layer_count(model, config),
+            "train_embeddings": config.train_embeddings,
+            "model": base_model,
+        }
     return {
         "fine_tune_type": config.type,
         "num_layers": adapted_layer_count(model, config),
@@ -111,7 +135,8 @@ def save_adapters(
     """Write adapters.safetensors + adapter_config.json in mlx-lm's format, each atomically.
 
     With a starting adapter (`start`, fused into the base) the files hold start + trained as one
-    LoRA (models/start_adapter.py), so they load on the bare base like any mlx-lm adapter."""
+    LoRA (models/start_adapter.py), so they load on the bare base like any mlx-lm adapter.
+    A full fine-tune writes its trained weights (every unfrozen leaf), as mlx-lm's does."""
     weights = dict(tree_flatten(model.trainable_parameters()))
     adapter_config = adapter_config_dict(model, config, base_model)
     if start is not None:

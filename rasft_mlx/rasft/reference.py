@@ -1,4 +1,5 @@
-"""Per-token log-probs of fixed sequences under the frozen reference (adapters off), computed once."""
+"""Per-token log-probs of fixed sequences under the frozen reference (`reference_policy`: adapters
+off, or a full fine-tune's starting weights), computed once."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import numpy as np
 import rasft_mlx.runtime.distributed as distributed
 from rasft_mlx.console.progress import check, phase
 from rasft_mlx.data.encoding import TrainingSequence
-from rasft_mlx.models.adapters import adapters_disabled, dropout_mode
+from rasft_mlx.models.adapters import dropout_mode, reference_policy
 from rasft_mlx.models.response_logits import ResponseLogits
 from rasft_mlx.training.batching import collate
 from rasft_mlx.training.losses import token_logprobs
@@ -53,8 +54,8 @@ def response_logprobs(
 def with_reference_logprobs(
     model, sequences: list[TrainingSequence], batch_size: int, bucket_multiple: int
 ) -> list[TrainingSequence]:
-    """The sequences with `reference_logprobs` filled in from an adapters-off forward."""
-    with adapters_disabled(model):
+    """The sequences with `reference_logprobs` filled in from a forward of the reference policy."""
+    with reference_policy(model):
         logprobs = response_logprobs(
             model, sequences, batch_size, bucket_multiple, label="reference log-probs"
         )

@@ -120,8 +120,9 @@ class RasftSource:
         return len(self.experts)
 
     def _prepare(self) -> None:
-        """The demos' reference log-probs (adapters off: the same whenever computed), once, in the
-        first phase that needs them, so a stop request can interrupt it like any phase."""
+        """The demos' reference log-probs (the reference policy: the same whenever computed),
+        once, in the first phase that needs them, so a stop request can interrupt it like any
+        phase."""
         if self.prepared:
             return
         started = time.perf_counter()

@@ -11,7 +11,7 @@ import mlx.optimizers as optim
 from mlx.utils import tree_flatten, tree_map, tree_unflatten
 
 import rasft_mlx.runtime.distributed as distributed
-from rasft_mlx.models.adapters import adapters_disabled, dropout_mode
+from rasft_mlx.models.adapters import dropout_mode, reference_policy
 from rasft_mlx.models.response_logits import ResponseLogits
 from rasft_mlx.recipe.config import TrainingConfig
 from rasft_mlx.training.batching import Batch
@@ -94,7 +94,7 @@ class CompiledTrainStep:
             logits = logits_at(inputs, positions)
             reference_logits = None
             if settings.needs_reference_logits:
-                with adapters_disabled(model):
+                with reference_policy(model):
                     reference_logits = mx.stop_gradient(logits_at(inputs, positions))
             total, count, rho = loss_terms(
                 logits,
