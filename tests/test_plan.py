@@ -29,7 +29,7 @@ from rasft_mlx.training.batching import padded_length
 from rasft_mlx.training.run_data import load_run_data
 
 
-def make_recipe(model_dir, mode="sft", rasft=None, **training):
+def make_recipe(model_dir, mode="sft", rasft=None, lora=None, **training):
     return recipe_from_dict(
         {
             "model": {"path": str(model_dir)},
@@ -37,7 +37,7 @@ def make_recipe(model_dir, mode="sft", rasft=None, **training):
                 "synthetic": {"n_train": 32, "n_test": 8, "min_level": 0, "max_level": 1},
                 "max_seq_len": 256,
             },
-            "lora": {"rank": 4},
+            "lora": lora or {"rank": 4},
             "training": {"mode": mode, "batch_size": 8, **training},
             "rollout": {"k": 3, "max_new_tokens": 40},
             "rasft": rasft or {},
@@ -120,6 +120,29 @@ def test_memory_estimate_grows_with_batch_and_length(tiny_llama_dir, loaded):
     assert small.weights == large.weights > 0
 
 
+@pytest.mark.parametrize("train_embeddings", [True, False])
+def test_full_fine_tuning_counts_the_weights_adamw_and_the_reference_copy(
+    tiny_llama_dir, train_embeddings
+):
+    recipe = make_recipe(
+        tiny_llama_dir, lora={"type": "full", "train_embeddings": train_embeddings}
+    )
+    plan = build_plan(recipe)
+    memory, lora_memory = plan.memory, build_plan(make_recipe(tiny_llama_dir)).memory
+    loaded = load_model(recipe.model)
+    embedding = loaded.model.model.embed_tokens.weight.nbytes
+    trained = plan.weight_bytes - (0 if train_embeddings else embedding)
+    assert plan.trainable_parameters * 4 == trained  # float32
+    assert memory.weights == plan.weight_bytes - trained  # frozen: nothing, or the embeddings
+    assert memory.trainable_state == 3 * trained  # the weights and two AdamW moments
+    assert memory.update_temporaries == 5 * trained  # gradients, clipped, new weights and moments
+    assert memory.reference_weights == trained  # the frozen starting copy
+    assert memory.resident == plan.weight_bytes + 3 * trained
+    assert lora_memory.reference_weights == 0 and lora_memory.weights > memory.weights
+    row = dict(plan_rows(plan))["  training step"]
+    assert f"reference copy {format_bytes(trained)}" in row
+
+
 def test_check_memory_names_the_estimate_and_force(tiny_llama_dir, loaded, monkeypatch):
     plan = build_plan(make_recipe(tiny_llama_dir), loaded=loaded)
     assert plan.machine_memory > plan.memory.peak
@@ -153,6 +176,27 @@ def test_probe_matches_the_estimate_and_leaves_the_model_unchanged(mid_model_dir
     assert 1 / 3 < generation_ratio < 3, generation_ratio
     assert probe.rss_peak > 0
     assert "wall time (estimate)" in [label for label, _ in plan_rows(plan)]
+
+
+def test_full_fine_tuning_probe_matches_the_estimate(tmp_path):
+    """On a model whose weights outweigh its activations, the measured peak of real full
+    fine-tuning steps (AdamW state and the starting copy held) is within a factor of the
+    estimate, and the probe puts the trained weights back."""
+    wide = dict(hidden_size=512, intermediate_size=1536, num_hidden_layers=4)
+    model_dir = make_tiny_model_dir(tmp_path, num_attention_heads=8, **wide)
+    recipe = make_recipe(model_dir, lora={"type": "full"}, learning_rate=1e-3, batch_size=1)
+    loaded = load_model(recipe.model)
+    apply_adapters(loaded.model, recipe.lora)
+    before = dict(tree_flatten(loaded.model.trainable_parameters()))
+    plan = build_plan(recipe, loaded=loaded, probe_steps=2)
+    after = dict(tree_flatten(loaded.model.trainable_parameters()))
+    assert all(mx.array_equal(before[k], after[k]).item() for k in before)
+    memory, measured = plan.memory, plan.probe.measured_training_peak
+    assert memory.reference_weights == plan.weight_bytes > memory.activations
+    assert measured > 8 * plan.weight_bytes  # the step's copies of the weights, the start's too
+    assert 1 / 1.25 < memory.training / measured < 1.25, memory.training / measured
+    message = memory_estimate.check_memory(memory, 1_000_000)
+    assert "largest part: trained weights" in message and "lora.type lora" in message
 
 
 def test_train_refuses_a_run_bigger_than_the_machine_unless_forced(

@@ -27,7 +27,7 @@ def plan_rows(plan: RunPlan) -> list[tuple[str, str]]:
     tokens = f"{plan.prompt_tokens_per_epoch:,} prompt, {plan.response_tokens_per_epoch:,} response"
     rows = [
         ("model", f"{plan.model} ({plan.mode})"),
-        ("parameters", f"{plan.total_parameters:,} total, {plan.trainable_parameters:,} adapter"),
+        ("parameters", f"{plan.total_parameters:,} total, {plan.trainable_parameters:,} trained"),
         ("weights", z(plan.weight_bytes)),
         ("sequences / epoch", f"{plan.sequences_per_epoch} ({plan.skipped_too_long} too long)"),
         ("tokens / epoch", f"{plan.tokens_per_epoch:,} ({tokens})"),
@@ -44,7 +44,10 @@ def plan_rows(plan: RunPlan) -> list[tuple[str, str]]:
     decode = f"eval {plan.eval_rows}" + (
         f", rollouts {plan.rollout_rows}" if plan.rollout_rows else ""
     )
-    train = f"weights {z(m.weights)}, adapter state {z(m.adapter_state)}"
+    train = f"frozen weights {z(m.weights)}, trained + AdamW moments {z(m.trainable_state)}"
+    if m.reference_weights:
+        train += f", reference copy {z(m.reference_weights)}"
+    train += f", update {z(m.update_temporaries)}"
     train += f", activations {z(m.activations)}, logits {z(m.logits)}"
     generate = f"KV cache {z(m.kv_cache)}, temporaries {z(m.generation_temporaries)}"
     rows += [

@@ -31,6 +31,10 @@ ACTIVATION_FLOATS = (8.0, 6.0, 1.5)  # per token and layer: x hidden, x intermed
 LOGIT_COPIES = 3  # float32 logits, log-softmax and its gradient
 LOGIT_COPIES_WITH_REFERENCE = 8  # sft_kl / asft: a frozen forward's logits and the KL on top
 DORA_WEIGHT_COPIES = 4.5  # DoRA materialises each adapted weight (and its norm) for backward
+# Measured on full fine-tuning steps (mx.get_peak_memory, CPU float32), where the trained weights
+# dominate: during a step, beside the params and AdamW's moments, the gradients, their clipped copy,
+# and the update's new params and two moments exist together; one more with accumulation (the sum).
+UPDATE_COPIES = 5
 PREFILL_TOKENS = 8192  # the rollout engine's prompt tokens per prefill call
 MEMORY_LIMIT_SHARE = 0.9
 
@@ -40,19 +44,28 @@ class MemoryEstimate:
     """Bytes of the largest training step and of the largest generation batch; peak = the max."""
 
     weights: int  # frozen base weights
-    adapter_state: int  # adapter params, grads, AdamW moments (and accumulated grads)
+    trainable_state: int  # trained params (adapters, or weights with lora.type full), 2 moments
+    update_temporaries: (
+        int  # gradients (+ their sum), clipped copy, the update's new params/moments
+    )
+    reference_weights: int  # a full fine-tune's frozen starting copy of the trained weights
     activations: int  # saved for backward by the adapted layers, largest bucket
     logits: int  # batch x seq x vocab x 4 bytes x copies
     kv_cache: int  # the largest rollout or eval batch at full length
     generation_temporaries: int  # decode logits and sampling, or prefill attention
 
     @property
+    def resident(self) -> int:
+        """What stays in memory the whole run: weights, trained state, the reference copy."""
+        return self.weights + self.trainable_state + self.reference_weights
+
+    @property
     def training(self) -> int:
-        return self.weights + self.adapter_state + self.activations + self.logits
+        return self.resident + self.update_temporaries + self.activations + self.logits
 
     @property
     def generation(self) -> int:
-        return self.weights + self.adapter_state + self.kv_cache + self.generation_temporaries
+        return self.resident + self.kv_cache + self.generation_temporaries
 
     @property
     def peak(self) -> int:
@@ -73,7 +86,11 @@ def estimate_memory(
     rows = recipe.training.batch_size
     a_hidden, a_inter, a_attn = ACTIVATION_FLOATS
     per_token = a_hidden * hidden + a_inter * intermediate + a_attn * heads * bucket
-    layers = adapted_layer_count(model, recipe.lora) + 1  # + one layer's backward temporaries
+    full = recipe.lora.type == "full"
+    layers = adapted_layer_count(model, recipe.lora)
+    if full and recipe.lora.train_embeddings:  # the backward pass reaches the embeddings
+        layers = len(model.layers)
+    layers += 1  # + one layer's backward temporaries
     activations = layers * rows * bucket * per_token * act
     if recipe.training.grad_checkpoint:  # each layer's input kept, one layer's inside at a time
         activations = (layers * hidden + per_token) * rows * bucket * act
@@ -95,7 +112,9 @@ def estimate_memory(
             kv_cache, temporaries = kv, temporary
     return MemoryEstimate(
         weights=sum(v.nbytes for _, v in params) - trainable,
-        adapter_state=trainable * (5 if recipe.training.grad_accumulation > 1 else 4),
+        trainable_state=trainable * 3,
+        update_temporaries=trainable * (UPDATE_COPIES + (recipe.training.grad_accumulation > 1)),
+        reference_weights=trainable if full else 0,
         activations=int(activations),
         logits=int(rows * window * vocab * 4 * copies),
         kv_cache=int(kv_cache),
@@ -165,6 +184,7 @@ def estimate_run_memory(
 _HINTS = {
     "weights": "use a smaller model, or keep it quantized (model.dequantize: never)",
     "activations": "lower training.batch_size or data.max_seq_len, or lora.num_layers",
+    "trained weights": "train fewer weights: lora.type lora, or a smaller lora.num_layers",
     "logits": "lower training.batch_size or data.max_seq_len",
     "KV cache": "lower rollout.batch_size, eval.batch_size or their max_new_tokens",
 }
@@ -177,6 +197,7 @@ def check_memory(
     if m.peak <= share * machine_memory:
         return None
     parts = {"weights": m.weights, "activations": m.activations, "logits": m.logits}
+    parts["trained weights"] = m.trainable_state + m.update_temporaries + m.reference_weights
     parts["KV cache"] = m.kv_cache
     largest = max(parts, key=parts.get)
     return (
