@@ -311,3 +311,58 @@ def test_export_errors_and_atomic_output(lora_run, tmp_path, monkeypatch):
     assert first.out_dir == again.out_dir
     result = runner.invoke(app, ["export", str(tmp_path), "--format", "gguf"])
     assert result.exit_code == 2 and "--format must be one of mlx, peft, fused" in result.output
+
+
+# --- a full fine-tune (lora.type full): no adapter, the whole model is exported ----------------
+
+
+@pytest.fixture(scope="module")
+def full_run(tiny_llama_dir, tmp_path_factory) -> Path:
+    """A real (tiny) sft run with lora.type full, the embeddings frozen."""
+    run_dir = tmp_path_factory.mktemp("full-run") / "run"
+    data = recipe_dict(tiny_llama_dir, type="full", num_layers=-1, train_embeddings=False)
+    data["training"]["learning_rate"] = 1e-3
+    run_training(recipe_from_dict(data), run_dir, Console(quiet=True))
+    return run_dir
+
+
+def test_full_run_saves_every_trained_weight_in_mlx_lm_format(full_run, tiny_llama_dir):
+    config = json.loads((full_run / "adapters" / "adapter_config.json").read_text())
+    assert config["fine_tune_type"] == "full" and config["train_embeddings"] is False
+    saved = mx.load(str(full_run / "adapters" / "adapters.safetensors"))
+    base = dict(tree_flatten(load(str(tiny_llama_dir))[0].parameters()))
+    assert set(saved) == set(base) - {"model.embed_tokens.weight"}
+    for name, value in saved.items():
+        assert not mx.array_equal(value, base[name]).item(), f"{name} did not train"
+
+
+def test_full_run_exports_mlx_and_a_fused_model_transformers_loads(
+    full_run, tiny_llama_dir, tmp_path
+):
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    own = own_logits(full_run)
+    assert relative_diff(own, mlx_logits(load(str(tiny_llama_dir))[0])) > 100 * TOLERANCE
+    mlx_dir = export_run(full_run, "mlx", tmp_path / "mlx").out_dir
+    model, _ = load(str(tiny_llama_dir), adapter_path=str(mlx_dir))
+    assert relative_diff(own, mlx_logits(model)) < TOLERANCE
+    fused = export_run(full_run, "fused", tmp_path / "fused").out_dir
+    assert {"config.json", "model.safetensors", "tokenizer.json"} <= {
+        p.name for p in fused.iterdir()
+    }
+    assert relative_diff(own, mlx_logits(load(str(fused))[0])) < TOLERANCE
+    hf = transformers.AutoModelForCausalLM.from_pretrained(str(fused), dtype=torch.float32)
+    assert relative_diff(own, torch_logits(hf)) < TOLERANCE
+    card = (fused / "README.md").read_text()
+    assert "A fully fine-tuned model" in card and "full: every weight" in card
+    assert "embeddings frozen" in card and "rank" not in card.split("## Results")[0]
+    assert "PEFT has no equivalent" in (mlx_dir / "README.md").read_text()
+    api = FakeApi()
+    push_folder(fused, "me/full", api=api)  # the Hub push sends the same folder
+    assert api.uploaded == sorted(p.name for p in fused.iterdir())
+
+
+def test_a_peft_export_of_a_full_run_is_refused(full_run, tmp_path):
+    with pytest.raises(ExportError, match="full fine-tune .* no PEFT adapter.*--format fused"):
+        export_run(full_run, "peft", tmp_path / "peft")
+    assert not (tmp_path / "peft").exists()

@@ -1,5 +1,9 @@
 """Export a run's adapters: mlx-lm adapters, PEFT LoRA adapters, or a fused full model.
 
+A full fine-tune (`lora.type: full`) has no adapter: `mlx` writes its trained weights in mlx-lm's
+full fine-tune format (loaded over the base with `adapter_path`), `fused` the whole model (an
+mlx-lm folder of safetensors that transformers loads too), and `peft` is refused.
+
 Every export goes into a temp folder next to the target, which is renamed into place only when it
 is complete, so an interrupted export leaves nothing half-written behind.
 """
@@ -261,6 +265,12 @@ def export_run(
     if dequantize and fmt != "fused":
         raise ExportError("--dequantize applies to --format fused only")
     run = read_run(run_dir)
+    if fmt == "peft" and run.adapter_config.get("fine_tune_type") == "full":
+        raise ExportError(
+            f"{run.run_dir} is a full fine-tune (lora.type full): every trained weight changed, "
+            "so there is no PEFT adapter to write; --format fused writes the whole model as a "
+            "safetensors folder that transformers (and mlx-lm) load"
+        )
     out = Path(out) if out is not None else default_out_dir(run.run_dir, fmt)
     _check_out_dir(out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -41,6 +41,10 @@ FORMAT_INTROS = {
     "peft": "LoRA adapters in PEFT format",
     "fused": "A full model with LoRA adapters merged in (mlx-lm's fuse)",
 }
+FULL_FORMAT_INTROS = {
+    "mlx": "Fully fine-tuned weights in mlx-lm's full fine-tune format (loaded over the base)",
+    "fused": "A fully fine-tuned model (every trained weight in place)",
+}
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -82,6 +86,21 @@ def _data_lines(recipe: Recipe) -> list[str]:
 def _training_rows(recipe: Recipe, summary: dict, adapter_config: dict) -> list[tuple[str, str]]:
     t, lora = recipe.training, recipe.lora
     layers = adapter_config.get("num_layers", lora.num_layers)
+    if lora.type == "full":
+        embeddings = "trained" if lora.train_embeddings else "frozen"
+        trained = [
+            ("fine-tuning", f"full: every weight of the trained layers, embeddings {embeddings}"),
+            ("layers", f"last {layers}" if lora.num_layers >= 0 else f"all ({layers})"),
+        ]
+    else:
+        trained = [
+            (
+                "adapter",
+                f"{lora.type}, rank {lora.rank}, scale {lora.scale:g}, dropout {lora.dropout:g}",
+            ),
+            ("layers", f"last {layers}" if lora.num_layers >= 0 else f"all ({layers})"),
+            ("target modules", ", ".join(lora.keys) if lora.keys else "all linear layers"),
+        ]
     rows = [
         ("mode", f"`{t.mode}`"),
         ("epochs", str(t.epochs)),
@@ -92,12 +111,7 @@ def _training_rows(recipe: Recipe, summary: dict, adapter_config: dict) -> list[
         ),
         ("learning rate", f"{t.learning_rate:g} (cosine, {t.warmup_steps} warmup steps)"),
         ("batch size", f"{t.batch_size} x {t.grad_accumulation} accumulation"),
-        (
-            "adapter",
-            f"{lora.type}, rank {lora.rank}, scale {lora.scale:g}, dropout {lora.dropout:g}",
-        ),
-        ("layers", f"last {layers}" if lora.num_layers >= 0 else f"all ({layers})"),
-        ("target modules", ", ".join(lora.keys) if lora.keys else "all linear layers"),
+        *trained,
         ("seed", str(t.seed)),
     ]
     if "train_seconds" in summary:
@@ -127,7 +141,9 @@ def _results_lines(summary: dict, epoch_evals: Sequence[dict]) -> list[str]:
     return lines
 
 
-def _usage(fmt: str, base_model: str, location: str, repo_id: str | None, system: str) -> str:
+def _usage(
+    fmt: str, base_model: str, location: str, repo_id: str | None, system: str, full: bool
+) -> str:
     chat = (
         f"messages = [{{'role': 'system', 'content': {system!r}}},\n"
         "            {'role': 'user', 'content': 'Tom has 3 apples and buys 4 more. How many?'}]\n"
@@ -144,7 +160,14 @@ def _usage(fmt: str, base_model: str, location: str, repo_id: str | None, system
             if repo_id
             else f"adapters = {location!r}\n"
         )
-        if fmt == "mlx":
+        if fmt == "mlx" and full:
+            mlx = fetch + f"model, tokenizer = load({base_model!r}, adapter_path=adapters)\n"
+            peft = (
+                "These are mlx-lm's full fine-tune weights (no adapter: PEFT has no equivalent); "
+                "`rasft-mlx export RUN_DIR --format fused` writes the whole model, which "
+                "`transformers.AutoModelForCausalLM.from_pretrained` loads."
+            )
+        elif fmt == "mlx":
             mlx = fetch + f"model, tokenizer = load({base_model!r}, adapter_path=adapters)\n"
             peft = "These are mlx-lm adapters; `rasft-mlx export RUN_DIR --format peft` writes PEFT ones."
         else:
@@ -185,6 +208,7 @@ def render_card(
 ) -> str:
     """The README.md of an export of `fmt`; `location` is where the export is loaded from."""
     adapter_type = (adapter_config or {}).get("fine_tune_type", recipe.lora.type)
+    intros = FULL_FORMAT_INTROS if adapter_type == "full" else FORMAT_INTROS
     location = location or repo_id or "path/to/this/folder"
     mode = recipe.training.mode
     method = MODE_DESCRIPTIONS.get(mode, f"`{mode}`")
@@ -198,7 +222,7 @@ def render_card(
         _front_matter(recipe, fmt, base_model, adapter_type),
         CARD_MARKER,
         f"# {repo_id or recipe.output.name}",
-        f"{FORMAT_INTROS[fmt]} for {_link(base_model)}, trained with rasft-mlx on MLX.",
+        f"{intros[fmt]} for {_link(base_model)}, trained with rasft-mlx on MLX.",
         "## Method",
         f"Training mode `{mode}`: {method}.\n\nPaper: {PAPER_CITATION} ({PAPER_URL}).",
         "## Training data",
@@ -208,7 +232,14 @@ def render_card(
         "## Results",
         "\n".join(_results_lines(summary, epoch_evals)),
         "## Use",
-        _usage(fmt, base_model, location, repo_id, recipe.data.system_prompt),
+        _usage(
+            fmt,
+            base_model,
+            location,
+            repo_id,
+            recipe.data.system_prompt,
+            adapter_type == "full",
+        ),
         "## Recipe",
         f"<details><summary>recipe.yaml</summary>\n\n```yaml\n{recipe_yaml}```\n\n</details>",
         "## Citation",
