@@ -174,16 +174,17 @@ def test_rasft_ratio_is_one_at_the_start_and_the_reference_log_probs_stay(tiny_l
 
 
 def test_sft_kl_measures_the_distance_to_the_start(tiny_llama_dir):
-    """SFT+KL's reference forward inside the compiled step: zero KL at the start (its loss equals
-    SFT's), a positive KL once the weights moved."""
+    """SFT+KL's reference forward inside the compiled step, first thing on a fresh model (the
+    starting copy is not the live arrays, which the step takes as inputs): zero KL at the start
+    (its loss equals SFT's), a positive KL once the weights moved."""
 
     def losses(model, tokenizer):
         batch = collate(sequences_of(tokenizer), 4, 32)
         values = []
-        for mode in ("sft", "sft_kl"):
-            step = CompiledTrainStep(model, optim.SGD(learning_rate=0.0), LossSettings(mode), 0.0)
+        for mode in ("sft_kl", "sft"):
+            step = CompiledTrainStep(model, optim.AdamW(learning_rate=0.0), LossSettings(mode), 0.0)
             values.append(step([batch]).loss)
-        return values
+        return values[::-1]
 
     model, tokenizer = full_model(tiny_llama_dir)
     sft, sft_kl = losses(model, tokenizer)

@@ -3,11 +3,12 @@
 Every weight of the last `lora.num_layers` transformer layers trains (all of them with -1), with
 the weights outside the layer stack (the final norm, and with `lora.train_embeddings` the token
 embeddings and the output head). There are no adapters to switch off, so the reference policy
-(RASFT's ratio, SFT+KL, ASFT, drift) is a frozen copy of the starting weights: the trainable
-leaves as they were when training began. MLX arrays are immutable values (AdamW's update makes new
-arrays), so holding the starting leaves *is* the copy; it costs one more copy of the trained
-weights once the first update has replaced them. `starting_weights_in` puts them back in the model
-for a block, inside `mx.compile` and `nn.value_and_grad` too, and then restores the live ones.
+(RASFT's ratio, SFT+KL, ASFT, drift) is a frozen copy of the starting weights: one more copy of
+the trained weights (all of them with the defaults), the frozen ones shared. It is a real copy,
+not the same arrays: a compiled step whose inputs are the live weights may not also read them as
+constants (mx.compile refuses), and MLX arrays are immutable values, so training never changes
+it. `starting_weights_in` puts the copy in the model for a block, inside `mx.compile` and
+`nn.value_and_grad` too, and then restores the live weights.
 """
 
 from __future__ import annotations
@@ -63,9 +64,9 @@ def apply_full_finetune(model: nn.Module, num_layers: int, train_embeddings: boo
     if not train_embeddings:
         for _, module in vocabulary_modules(model):
             module.freeze()
-    leaves = tree_flatten(model.trainable_parameters())
-    mx.eval([value for _, value in leaves])
-    object.__setattr__(model, _STARTING_WEIGHTS, leaves)
+    start = [(name, mx.array(value)) for name, value in tree_flatten(model.trainable_parameters())]
+    mx.eval([value for _, value in start])
+    object.__setattr__(model, _STARTING_WEIGHTS, start)
     model.eval()
 
 
