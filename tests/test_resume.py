@@ -63,16 +63,24 @@ def step_lines(run_dir) -> list[int]:
 
 
 @pytest.mark.parametrize(
-    ("mode", "stops", "dropout"),
+    ("mode", "stops", "lora"),
     # sft: 3 steps/epoch, mid-epoch and end-of-epoch; adapter dropout draws from MLX's random
-    # state, so resuming must restore it for the bytes to match
-    [("sft", [2, 3, 5], 0.0), ("sft", [2, 4], 0.3), ("rasft", [1, 2], 0.3)],
+    # state, so resuming must restore it for the bytes to match. lora.type full: the weights
+    # themselves resume, and the reference (sft_kl's KL in the step, rasft's cached log-probs,
+    # computed again after a resume) is the starting weights of the fresh load
+    [
+        ("sft", [2, 3, 5], {"dropout": 0.0}),
+        ("sft", [2, 4], {"dropout": 0.3}),
+        ("rasft", [1, 2], {"dropout": 0.3}),
+        ("sft_kl", [2, 3, 5], {"type": "full", "train_embeddings": False}),
+        ("rasft", [1, 2], {"type": "full"}),
+    ],
 )
 def test_interrupted_and_resumed_run_gives_the_same_adapter_bytes(
-    tiny_llama_dir, tmp_path, mode, stops, dropout
+    tiny_llama_dir, tmp_path, mode, stops, lora
 ):
     data = recipe_dict(tiny_llama_dir, mode)
-    data["lora"]["dropout"] = dropout
+    data["lora"].update(lora)
     recipe = load_recipe(write(tmp_path / "recipe.yaml", data))
     straight = run_training(recipe, tmp_path / "straight", QUIET)
 
