@@ -200,3 +200,20 @@ def test_drift_is_zero_at_the_start_and_grows_with_training(tiny_llama_dir):
     assert measure_drift(model, sequences, 4).kl_ref_policy == pytest.approx(0.0, abs=1e-7)
     train(model, tokenizer, 3)
     assert measure_drift(model, sequences, 4).kl_ref_policy > 1e-4
+
+
+def test_sft_kl_with_gradient_checkpointing_is_the_same_step(tiny_llama_dir):
+    """The starting weights swapped in inside checkpointed layers of the compiled step."""
+    from rasft_mlx.models.checkpointing import checkpoint_layers
+
+    results = []
+    for checkpointing in (False, True):
+        model, tokenizer = full_model(tiny_llama_dir)
+        if checkpointing:
+            checkpoint_layers(model)
+        losses = train(model, tokenizer, 3, mode="sft_kl")
+        results.append((losses, params(model, trainable=True)))
+    (losses, weights), (losses_ckpt, weights_ckpt) = results
+    assert losses_ckpt == pytest.approx(losses, rel=1e-5)
+    for name, value in weights.items():
+        np.testing.assert_allclose(weights_ckpt[name], value, atol=1e-5)
