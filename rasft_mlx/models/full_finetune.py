@@ -55,7 +55,6 @@ def apply_full_finetune(model: nn.Module, num_layers: int, train_embeddings: boo
             f"lora.type full trains the weights themselves, and this model is quantized "
             f"({quantized[0]}, ...): set model.dequantize: always, or use lora.type lora"
         )
-    model.freeze()
     layers = list(model.layers)
     trained = trained_layer_count(model, num_layers)
     model.unfreeze()
