@@ -70,3 +70,38 @@ def test_the_readme_states_the_quickstart_recipe_it_measured():
     synthetic = recipe.data.synthetic
     assert stated == (synthetic.n_train, recipe.training.epochs, recipe.rollout.k, synthetic.n_test)
     assert re.search(r"Measured on main on \d{4}-\d{2}-\d{2}, on the [^:]+: \d+ s", text)
+
+
+def test_the_staged_authors_recipe_is_a_variant_of_the_staged_one():
+    """recipes/staged-authors.yaml pairs with recipes/staged.yaml (`compare --variant`): the same
+    start, test problems and eval; what differs is the authors' protocol, and one pass of 20 steps
+    over the same 160 demos instead of the modes' 2 epochs (40 steps)."""
+    from rasft_mlx.data.problem import problems_digest
+    from rasft_mlx.evaluation.extra_sets import load_extra_sets
+    from rasft_mlx.experiments.compare_arms import pairing_differences
+    from rasft_mlx.recipe.protocols import protocol_report
+    from rasft_mlx.training.run_data import load_run_data
+    from rasft_mlx.training.step_plan import planned_steps
+
+    folder = RECIPES[0].parent
+    main = load_recipe(folder / "staged.yaml")
+    authors = load_recipe(folder / "staged-authors.yaml")
+    assert pairing_differences(main, authors) == []
+    (main_train, main_test), (train, test) = load_run_data(main), load_run_data(authors)
+    assert train == main_train and problems_digest(test) == problems_digest(main_test)
+    extra = [(n, problems_digest(p)) for n, p in load_extra_sets(authors)]
+    assert extra == [(n, problems_digest(p)) for n, p in load_extra_sets(main)]
+    assert (main.protocol, authors.protocol, authors.rasft.schedule) == (
+        "project",
+        "authors",
+        "authors",
+    )
+    _, changed = protocol_report(authors)
+    assert sorted(c.split(":")[0] for c in changed) == [
+        "eval.max_new_tokens",
+        "eval.samples",
+        "rollout.max_new_tokens",
+    ]
+    assert (planned_steps(160, main), planned_steps(160, authors)) == (40, 20)
+    header = (folder / "staged.yaml").read_text()
+    assert "--variant rasft-authors=recipes/staged-authors.yaml" in header
