@@ -337,10 +337,9 @@ def compare(
         CompareInterrupted,
         command_line,
         parse_modes,
-        quick_variant,
         run_compare,
     )
-    from rasft_mlx.experiments.compare_arms import load_variants
+    from rasft_mlx.experiments.compare_arms import load_variants, quick_variant
     from rasft_mlx.experiments.compare_tables import curves_table, results_table
     from rasft_mlx.recipe.config import load_recipe, resolve_run_dir
 
@@ -351,7 +350,7 @@ def compare(
         recipe_file = quick_variant(recipe) if quick else recipe
         mode_list = parse_modes(modes)
         loaded = load_recipe(recipe_file, set_ or [])
-        variants = load_variants(variant or [], loaded, str(recipe_file), set_ or [])
+        variants = load_variants(variant or [], loaded, str(recipe_file), set_ or [], quick=quick)
         out_dir = resolve_run_dir(loaded, str(out) if out else None)
         arms = ", ".join([*mode_list, *(arm.name for arm in variants)])
         console.print(f"[bold]rasft-mlx compare[/bold] {recipe_file}: {arms} x {seeds} seeds")

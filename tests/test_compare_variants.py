@@ -162,6 +162,20 @@ def test_a_variant_that_cannot_pair_is_refused(tiny_llama_dir, tmp_path):
     assert str(variant) in result.output and not (tmp_path / "o").exists()
 
 
+def test_quick_takes_each_variants_quick_sibling(tiny_llama_dir, tmp_path):
+    main_path = write_recipe(tmp_path / "recipe.yaml", tiny_llama_dir)
+    main = load_recipe(main_path)
+    variant = write_variant(tmp_path / "authors.yaml", main_path, {"training.epochs": 1})
+    with pytest.raises(CompareError, match="authors-quick.yaml"):
+        load_variants([f"a={variant}"], main, str(main_path), quick=True)
+    write_variant(tmp_path / "authors-quick.yaml", main_path, {"training.epochs": 3})
+    (arm,) = load_variants([f"a={variant}"], main, str(main_path), quick=True)
+    assert arm.source == str(tmp_path / "authors-quick.yaml")
+    assert arm.recipe.training.epochs == 3
+    (arm,) = load_variants([f"a={variant}"], main, str(main_path))
+    assert arm.recipe.training.epochs == 1
+
+
 def test_bad_variant_labels_are_refused(tiny_llama_dir, tmp_path):
     main_path = write_recipe(tmp_path / "recipe.yaml", tiny_llama_dir)
     main = load_recipe(main_path)

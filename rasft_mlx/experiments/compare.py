@@ -103,14 +103,6 @@ def command_line(recipe: Path, options: dict) -> str:
     return shlex.join(words)
 
 
-def quick_variant(path: Path) -> Path:
-    """The `--quick` recipe of `X.yaml`: the sibling `X-quick.yaml`."""
-    quick = path.with_name(f"{path.stem}-quick{path.suffix}")
-    if not quick.is_file():
-        raise CompareError(f"--quick: {path} has no quick variant ({quick} does not exist)")
-    return quick
-
-
 def run_recipe(recipe: Recipe, mode: str, seed: int, max_steps: int | None) -> Recipe:
     """The recipe of one run: its mode, its seed (LoRA init and batch order), the budget cap.
 

@@ -175,14 +175,29 @@ def check_pairable(main: Recipe, main_source: str, variant: Recipe, variant_sour
     )
 
 
+def quick_variant(path: Path) -> Path:
+    """The `--quick` recipe of `X.yaml`: the sibling `X-quick.yaml`."""
+    quick = path.with_name(f"{path.stem}-quick{path.suffix}")
+    if not quick.is_file():
+        raise CompareError(f"--quick: {path} has no quick variant ({quick} does not exist)")
+    return quick
+
+
 def load_variants(
-    specs: Sequence[str], main: Recipe, main_source: str, overrides: Sequence[str] = ()
+    specs: Sequence[str],
+    main: Recipe,
+    main_source: str,
+    overrides: Sequence[str] = (),
+    *,
+    quick: bool = False,
 ) -> list[Arm]:
     """The arms of `--variant LABEL=RECIPE.yaml` options, each recipe read with the same `--set`
-    overrides as the compare recipe and checked against it."""
+    overrides as the compare recipe and checked against it; `quick`: each recipe's `-quick`
+    sibling, as `--quick` takes the compare recipe's."""
     arms: list[Arm] = []
     for spec in specs:
         label, path = parse_variant(spec)
+        path = quick_variant(path) if quick else path
         check_label(label, [a.name for a in arms])
         try:
             recipe = load_recipe(path, overrides)
