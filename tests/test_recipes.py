@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from rasft_mlx.recipe.config import load_recipe
+from rasft_mlx.recipe.config import load_recipe, recipe_to_dict
 
 RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*.yaml"))
 
@@ -105,3 +105,31 @@ def test_the_staged_authors_recipe_is_a_variant_of_the_staged_one():
     assert (planned_steps(160, main), planned_steps(160, authors)) == (40, 20)
     header = (folder / "staged.yaml").read_text()
     assert "--variant rasft-authors=recipes/staged-authors.yaml" in header
+
+
+def test_the_staged_quick_recipes_pair_and_shrink_only_the_sizes():
+    """`compare recipes/staged.yaml --quick --variant rasft-authors=recipes/staged-authors.yaml`
+    takes both -quick files: they pair with each other, and differ from the full recipes only
+    in the numbers of problems (training, test sets, drift) and the run name."""
+    from rasft_mlx.experiments.compare_arms import pairing_differences
+    from rasft_mlx.training.checkpoint import recipe_differences
+
+    folder = RECIPES[0].parent
+    quick = load_recipe(folder / "staged-quick.yaml")
+    authors = load_recipe(folder / "staged-authors-quick.yaml")
+    assert pairing_differences(quick, authors) == []
+    sizes = {
+        "data.synthetic.n_train",
+        "data.synthetic.n_test",
+        "data.synthetic.n_ood",
+        "data.synthetic.n_retention",
+        "eval.drift_problems",
+        "output.name",
+    }
+    for full_name, small in (("staged.yaml", quick), ("staged-authors.yaml", authors)):
+        full = load_recipe(folder / full_name)
+        changed = {
+            key for key, _, _ in recipe_differences(recipe_to_dict(full), recipe_to_dict(small))
+        }
+        assert changed == sizes, full_name
+    assert quick.data.synthetic.n_test == 100 and quick.data.synthetic.n_train == 64
