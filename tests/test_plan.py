@@ -11,6 +11,7 @@ from tiny_models import make_tiny_model_dir
 
 from rasft_mlx.data.encoding import encode_expert_sequences
 from rasft_mlx.experiments.plan import (
+    authors_hard_pool_demos,
     build_plan,
     check_memory,
     refresh_count,
@@ -23,7 +24,7 @@ from rasft_mlx.models.adapters import (
 )
 from rasft_mlx.models.loading import load_model
 from rasft_mlx.rasft.routing import expected_rollout_problems
-from rasft_mlx.recipe.config import RasftConfig, recipe_from_dict
+from rasft_mlx.recipe.config import RasftConfig, load_recipe, recipe_from_dict
 from rasft_mlx.training import memory_estimate
 from rasft_mlx.training.batching import padded_length
 from rasft_mlx.training.run_data import load_run_data
@@ -95,6 +96,29 @@ def test_rollout_tokens_per_refresh(tiny_llama_dir, loaded):
     assert some.rollout_tokens_per_refresh == round(0.3 * 32) * 3 * 40
     # rollouts (prompt + 40 new tokens) may be longer than any demo
     assert some.largest_bucket >= every.largest_bucket >= 64
+
+
+def test_the_authors_plan_counts_the_hard_pools_second_pass(tiny_llama_dir, loaded):
+    """One pass over the demos, then the hard pool (NLL between the window's top 0.45 and the
+    0.90 ceiling) trained again when nothing waits: 32 demos + round(0.45 x 32) = 14 again."""
+    recipe = replace(make_recipe(tiny_llama_dir, "rasft"), protocol="authors")
+    recipe = replace(
+        recipe,
+        rasft=replace(
+            recipe.rasft, schedule="authors", selection="nll_band", refresh_every_steps=32
+        ),
+    )
+    assert authors_hard_pool_demos(32, recipe) == 14
+    plan = build_plan(recipe, loaded=loaded)
+    assert plan.hard_pool_demos == 14
+    assert plan.planned_steps == 6  # ceil(46 / 8), not one pass's 4
+    assert plan.max_planned_steps == 7  # + 3 rolled-out problems x K 3
+    assert plan.refresh_steps == (3,)  # the first queue (32 - 8 mid) runs dry after 3 steps
+    steps = dict(plan_rows(plan))["optimizer steps"]
+    assert "6 planned (the hard pool's 14 demos trained again included)" in steps
+    staged = load_recipe("recipes/staged-authors.yaml")  # its header: about 29-35 steps
+    assert authors_hard_pool_demos(160, staged) == 72
+    assert build_plan(make_recipe(tiny_llama_dir, "rasft"), loaded=loaded).hard_pool_demos == 0
 
 
 def test_selection_estimates_and_refresh_count(tiny_llama_dir):

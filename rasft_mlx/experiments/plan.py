@@ -86,7 +86,7 @@ class RunPlan:
     response_tokens_per_epoch: int
     largest_bucket: int  # padded input length of the longest possible training row
     steps_per_epoch: int
-    planned_steps: int  # the trainer's LR plan (expert sequences only)
+    planned_steps: int  # expert sequences (the authors: with the hard pool trained again)
     max_planned_steps: int  # RASFT: as if every rollout were correct and trained
     refreshes: int
     rollout_problems_per_refresh: int
@@ -98,6 +98,7 @@ class RunPlan:
     rollout_rows: int = 0  # sequences decoded together (rollout.batch_size, or auto when 0)
     eval_rows: int = 0
     refresh_steps: tuple[int, ...] = ()  # the authors' schedule: after which step it refreshes
+    hard_pool_demos: int = 0  # the authors' schedule: demos trained again when the pool is flushed
 
     @property
     def tokens_per_epoch(self) -> int:
@@ -138,6 +139,15 @@ def authors_refresh_steps(sequence_count: int, recipe: Recipe) -> tuple[int, ...
     return () if limit is not None and step >= limit else (step,)
 
 
+def authors_hard_pool_demos(sequence_count: int, recipe: Recipe) -> int:
+    """The demos the authors' schedule trains a second time at the end: the hard pool, routed at
+    the start between the mid window's top and the ceiling (hard_quantile), expected at the
+    window's starting width. Probes that leave the pool (3 % of it, and only the solved ones) are
+    left in: an upper bound by a few demos."""
+    _, high = recipe.rasft.mid_window_start
+    return round(sequence_count * max(recipe.rasft.hard_quantile - high, 0.0))
+
+
 def build_plan(recipe: Recipe, *, loaded=None, probe_steps: int = 0) -> RunPlan:
     """Everything `rasft-mlx plan` prints; `loaded`: the model with adapters already applied.
 
@@ -163,8 +173,11 @@ def build_plan(recipe: Recipe, *, loaded=None, probe_steps: int = 0) -> RunPlan:
     authors = rasft and recipe.rasft.schedule == "authors"
     refresh_steps = authors_refresh_steps(len(sequences), recipe) if authors else ()
     weight_bytes = sum(v.nbytes for _, v in tree_flatten(loaded.model.parameters()))
+    hard_pool = authors_hard_pool_demos(len(sequences), recipe) if authors else 0
+    if hard_pool:
+        planned = planned_steps(len(sequences) + hard_pool, recipe)
     if rasft:
-        max_planned = planned_steps(len(sequences) + selected * rollout.k, recipe)
+        max_planned = planned_steps(len(sequences) + hard_pool + selected * rollout.k, recipe)
     samples = 1 + (evaluation.samples if evaluation.samples > 1 else 0)
     evals = min(training.epochs, math.ceil(planned / per_epoch))
     evals = (evals if training.eval_every_epoch else 1) + evaluation.before_training
@@ -192,6 +205,7 @@ def build_plan(recipe: Recipe, *, loaded=None, probe_steps: int = 0) -> RunPlan:
             len(refresh_steps) if authors else refresh_count(per_epoch, recipe) if rasft else 0
         ),
         refresh_steps=refresh_steps,
+        hard_pool_demos=hard_pool,
         rollout_problems_per_refresh=selected,
         rollout_tokens_per_refresh=selected * rollout.k * rollout.max_new_tokens,
         eval_tokens=len(test_prompts) * samples * evaluation.max_new_tokens * evals,

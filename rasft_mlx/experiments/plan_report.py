@@ -22,6 +22,8 @@ def plan_rows(plan: RunPlan) -> list[tuple[str, str]]:
     """(label, value) rows in print order; render_plan puts them in a table."""
     m, p, z = plan.memory, plan.probe, format_bytes
     steps = f"{plan.steps_per_epoch} / epoch, {plan.planned_steps} planned"
+    if plan.hard_pool_demos:
+        steps += f" (the hard pool's {plan.hard_pool_demos} demos trained again included)"
     if plan.max_planned_steps > plan.planned_steps:
         steps += f", at most {plan.max_planned_steps} with rollouts"
     tokens = f"{plan.prompt_tokens_per_epoch:,} prompt, {plan.response_tokens_per_epoch:,} response"
