@@ -1,24 +1,12 @@
-"""One GPU check in one JSON: step times, rollouts, peak memory, QLoRA and full fine-tuning.
+"""One GPU check in one JSON: train-step ratio, rollouts, peak memory, 4-bit QLoRA, full fine-tune.
 
-Every part runs in its own process under a hard timeout (so its peak memory is its own and a slow
-part cannot eat the others' time), and the JSON is rewritten after each part, so a timeout or a
-crash still leaves the parts before it. The model is random Qwen2.5-0.5B-shaped weights in bf16
-(no Hub, no tokenizer needed: the GPU machine is offline); `--smoke` is tiny float32 shapes on the
-CPU, to test the check itself. Parts, with the sizes of `--profile gpu`:
-
-- train_step: LoRA r16 steps of sft, rasft (cached reference log-probs) and mlx-lm's tuner,
-  B8 x L512, 5 steps x 3 interleaved rounds (median round); rasft / sft step-time ratio.
-- rollouts: the rollout engine vs mlx_lm.batch_generate (at its best and its default batch
-  sizes), 16 and 64 prompts x K=4, prompts of <= 128 tokens, 128 new tokens, T=0.9, top-p 0.95.
-- memory_sft, memory_rasft, memory_rasft_checkpoint: peak MLX memory of LoRA r16 steps,
-  B4 x L1024, 3 steps, the last with `training.grad_checkpoint` (benchmarks/grad_checkpoint.py).
-- qlora_4bit: 4-bit base (group 64, kept quantized: `model.dequantize: never`) + LoRA r16,
-  sft and rasft, B8 x L512, 5 steps each.
-- full_finetune: `lora.type: full` (every weight, embeddings too), sft and rasft, B8 x L512,
-  5 steps each.
+Each part runs in its own process under its own timeout (its peak memory is its own; a slow part
+cannot eat the others' time) and the JSON is rewritten after every part. Random Qwen2.5-0.5B-shaped
+bf16 weights (the GPU machine is offline); `--smoke`: tiny float32 shapes on the CPU. The parts,
+their sizes and timeouts are in PARTS and in BENCHMARKS.md ("GPU check").
 
     source .gpu/b/activate.sh && bash benchmarks/gpu_check.sh          # GPU, < 8 minutes
-    python benchmarks/gpu_check.py --smoke --json gpu_check_smoke.json  # CPU, ~2 minutes
+    python benchmarks/gpu_check.py --smoke --json gpu_check_smoke.json  # CPU, 1-2 minutes
 """
 
 from __future__ import annotations
