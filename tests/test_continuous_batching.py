@@ -101,16 +101,18 @@ def test_prefill_from_a_shared_prefix_holds_the_same_cache(tiny):
         {"shared_prefix": False},
         {"grouped_attention": False},
         {"check_every": 1, "compact_fraction": 0.01, "refill_fraction": 0.01},
+        {"max_rows": 4},  # a prompt's two samples finish together: half the batch at once
+        {"max_rows": 4, "check_every": 1, "compact_fraction": 1.0, "refill_fraction": 1.0},
     ],
 )
 def test_greedy_with_stops_and_refills_equals_one_prompt_decoding(tiny, options):
-    """Rows stop at different steps and waiting rows take their places (3 rows for 14
+    """Rows stop at different steps and waiting rows take their places (3 or 4 rows for 14
     samples); every row's tokens are those of mlx-lm's loop on its prompt alone."""
     model, tokenizer = tiny
     prompts = chat_prompts(tokenizer)
     first, _ = generate_rows(model, prompts, 1, EngineSettings(max_new_tokens=24), NO_EOS)
     stop = [varied_stop([r[0].token_ids for r in first])]
-    settings = EngineSettings(max_new_tokens=24, max_rows=3, **options)
+    settings = EngineSettings(max_new_tokens=24, **{"max_rows": 3, **options})
     results, stats = generate_rows(model, prompts, 2, settings, stop)
     assert stats.rows == 14 and stats.chunks > 3  # rows started in several groups
     lengths = set()
@@ -134,7 +136,9 @@ def test_seeded_samples_repeat_under_refills(tiny):
     again, _ = generate_rows(model, prompts, 3, settings, stop, seed=7)
     assert first == again
     assert stats.chunks > 2
-    assert len({len(s.token_ids) for r in first for s in r}) > 1
+    samples = [s for r in first for s in r]
+    assert len({len(s.token_ids) for s in samples}) > 1
+    assert all(len(s.token_ids) == 16 for s in samples if s.truncated)  # no row cut short
 
 
 @pytest.mark.parametrize("scope", ["window", "all"])

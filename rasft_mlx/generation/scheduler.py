@@ -3,13 +3,13 @@ ones take their places, so the batch stays full until the work runs out.
 
 Rows (one per sample) start in the order of `WorkQueue`, longest prompt first. Up to
 `settings.max_rows` decode together; a prompt's samples that start together share its prefill
-(`prefill.prefill_rows`, from the prompts' shared prefix). Every few steps the loop reads which
-rows have finished (one check behind, so the device never waits on Python): a row is finished at
-a stop token or at `max_new_tokens` tokens of its own. Once enough rows are finished, they are
-dropped from the batch and, while rows wait, as many new rows are prefilled and appended
-(mlx-lm's `BatchKVCache.extend`, which left-pads the shorter caches). A batch therefore never
-waits on its longest sequence: the chunked loop it replaces kept decoding a chunk until its last
-row was done, at ever fewer rows and ever worse matmul efficiency.
+(`prefill.prefill_rows`, from the prompts' shared prefix). A row is finished at a stop token or
+at `max_new_tokens` tokens of its own: the host knows the second at once, and reads the first
+every few steps, one check behind (so the device never waits on Python). Once enough rows are
+finished, they are dropped from the batch and, while rows wait, as many new rows are prefilled
+and appended (mlx-lm's `BatchKVCache.extend`, which left-pads the shorter caches). A batch
+therefore never waits on its longest sequence: the chunked loop it replaces kept decoding a
+chunk until its last row was done, at ever fewer rows and ever worse matmul efficiency.
 """
 
 from __future__ import annotations
@@ -57,13 +57,16 @@ class _Batch:
     done: mx.array  # each row has drawn a stop token
     ids: np.ndarray  # each row's global row number
     started: np.ndarray  # the decode step each row started after
+    stopped: np.ndarray  # `done` as last read on the host
 
     def keep(self, rows: np.ndarray) -> None:
         index = mx.array(rows)
         for c in self.cache:
             c.filter(index)
         self.y, self.done = self.y[index], self.done[index]
-        self.ids, self.started = self.ids[rows], self.started[rows]
+        self.ids, self.started, self.stopped = (
+            a[rows] for a in (self.ids, self.started, self.stopped)
+        )
 
     def extend(self, other: _Batch) -> None:
         for c, new in zip(self.cache, other.cache, strict=True):
@@ -72,6 +75,7 @@ class _Batch:
         self.done = mx.concatenate([self.done, other.done])
         self.ids = np.concatenate([self.ids, other.ids])
         self.started = np.concatenate([self.started, other.started])
+        self.stopped = np.concatenate([self.stopped, other.stopped])
 
 
 class _Progress:
@@ -133,14 +137,15 @@ def decode(
         stats.prompt_tokens += sum(len(p) for p in unique)
         stats.chunks += 1
         stats.prefill_seconds += time.perf_counter() - admitted_at
-        return _Batch(cache, y, done, ids, np.full(len(local), step))
+        rows = len(local)
+        return _Batch(cache, y, done, ids, np.full(rows, step), np.zeros(rows, dtype=np.bool_))
 
     refill_rows = max(1, int(settings.refill_fraction * max_rows))
     progress = _Progress(reporter, queue.rows_left, limit)
     segments: list[tuple[np.ndarray, list[mx.array]]] = []  # (row numbers, per-step tokens)
     batch = admit(max_rows, 0)
     segments.append((batch.ids, []))
-    pending = None  # (done mask, its step) of an earlier step, read while later steps run
+    pending = None  # the done mask of an earlier step, read while later steps run
     began, prefill_before = time.perf_counter(), stats.prefill_seconds
     step = 0
     while True:
@@ -156,14 +161,17 @@ def decode(
         mx.async_eval(y, batch.done)
         step += 1
         progress.row_steps += len(batch.ids)
-        if queue.rows_left == 0 and (step - batch.started >= limit).all():
+        taken = step - batch.started
+        full = taken >= limit  # known on the host: no wait
+        if queue.rows_left == 0 and full.all():
             break  # every row has its max_new_tokens
-        if pending is not None:
-            flags = np.array(pending[0])  # waits for an earlier step only
-            taken = pending[1] - batch.started
+        read = pending is not None
+        if read:
+            batch.stopped |= np.array(pending)  # waits for an earlier step only
             pending = None
-            finished = flags | (taken >= limit)
             check("generation")
+        if read or (taken == limit).any():
+            finished = batch.stopped | full
             progress.finished(batch.ids, finished, taken)
             done_rows = int(finished.sum())
             if queue.rows_left == 0 and done_rows == len(batch.ids):
@@ -172,20 +180,21 @@ def decode(
             refill = queue.rows_left > 0 and room >= min(refill_rows, queue.rows_left)
             compact = done_rows >= max(1, int(settings.compact_fraction * len(batch.ids)))
             if refill or compact:
+                all_done = done_rows == len(batch.ids)
                 if done_rows:
                     if penalty is not None:
                         penalty.keep(mx.array(np.flatnonzero(~finished)))
-                    if done_rows < len(batch.ids):
+                    if not all_done:
                         batch.keep(np.flatnonzero(~finished))
                     stats.compactions += 1
-                if refill and done_rows == len(batch.ids):
+                if refill and all_done:
                     batch = admit(room, step)
                 elif refill:
                     batch.extend(admit(room, step))
                 segments.append((batch.ids, []))
                 mx.clear_cache()
         if step % settings.check_every == 0:
-            pending = (batch.done, step)
+            pending = batch.done
     stats.decode_steps += step
     progress.close()
 
