@@ -5,16 +5,20 @@ synthetic test problems in the model's chat template, through each engine's `gen
 (what `evaluate_problems` runs; grading is the same for both and takes milliseconds). The
 earlier engine is read from git (`--baseline`, default the commit before continuous batching)
 into this process, so both run on the same model object, interleaved. Greedy outputs are
-compared token for token. "auto" rows: `memory.auto_decode_rows`, as `eval.batch_size: 0`.
+compared token for token. "auto" rows: `memory.auto_decode_rows`, as `eval.batch_size: 0` and
+now `rasft-mlx eval`'s default; `32:auto` runs main at its CLI's old default of 32 rows against
+this branch at auto.
 
 Part 2, decode step: one decode step at --step-rows rows (prompt + 32 generated tokens of
 context) with MLX's attention kernel and with the engine's grouped attention, against the
 matmuls of the same step alone (every linear layer's weight and the output projection at the
 same rows): the issue's goal is a step within 1.4x of its matmul time.
 
-    python benchmarks/eval_speed.py --problems 96 --batch-sizes 32 96     # CPU, ~5 minutes
+    python benchmarks/eval_speed.py --problems 96 --batch-sizes 32     # CPU, ~3 minutes
     python benchmarks/eval_speed.py                # the issue's case: 1,000 problems, 64 tokens
     python benchmarks/eval_speed.py --adapter runs/staged-stage0 --new-tokens 96 --samples 4
+    python benchmarks/eval_speed.py --samples 4 --temperature 0.9 --top-p 0.95 \
+        --repetition-penalty 1.1 --batch-sizes auto       # as a refresh's rollouts sample
 """
 
 from __future__ import annotations
@@ -70,10 +74,14 @@ def eval_prompts(tokenizer, count: int) -> list[list[int]]:
 
 
 def run_eval(engine, model, prompts, rows, args, eos, samples=1):
-    temperature = 0.0 if samples == 1 else args.temperature
-    settings = engine.EngineSettings(
-        max_new_tokens=args.new_tokens, temperature=temperature, max_rows=rows
-    )
+    sampled = {}
+    if samples > 1:
+        sampled = dict(
+            temperature=args.temperature,
+            top_p=args.top_p,
+            repetition_penalty=args.repetition_penalty,
+        )
+    settings = engine.EngineSettings(max_new_tokens=args.new_tokens, max_rows=rows, **sampled)
     started = time.perf_counter()
     results, stats = engine.generate_rows(model, prompts, samples, settings, eos, seed=0)
     seconds = time.perf_counter() - started
@@ -102,13 +110,19 @@ def eval_part(model, tokenizer, baseline, args) -> list[dict]:
         f"{'pass':<8} {'rows':>5} {'engine':<10} {'seconds':>8} {'tok/s':>7} {'prob/s':>7} "
         f"{'prefill':>8} {'decode':>8} {'speedup':>8} {'same':>9}"
     )
+
+    def resolve(size: str) -> int:
+        return auto_decode_rows(model, context) if size == "auto" else int(size)
+
     for name, samples in passes:
-        for size in args.batch_sizes:
-            rows = auto_decode_rows(model, context) if size == "auto" else int(size)
+        for spec in args.batch_sizes:
+            sizes = dict(zip(("main", "branch"), (spec.split(":") * 2)[:2], strict=True))
+            rows = {engine: resolve(size) for engine, size in sizes.items()}
             runs = {"main": [], "branch": []}
             for _ in range(args.repeats):  # interleaved, so drifting load hits both alike
-                runs["main"].append(run_eval(baseline, model, prompts, rows, args, eos, samples))
-                runs["branch"].append(run_eval(current, model, prompts, rows, args, eos, samples))
+                for engine, module in (("main", baseline), ("branch", current)):
+                    run = run_eval(module, model, prompts, rows[engine], args, eos, samples)
+                    runs[engine].append(run)
             median = {
                 k: sorted(v, key=lambda r: r["seconds"])[len(v) // 2] for k, v in runs.items()
             }
@@ -120,8 +134,8 @@ def eval_part(model, tokenizer, baseline, args) -> list[dict]:
                 speedup = median["main"]["seconds"] / run["seconds"]
                 row = {
                     "pass": name,
-                    "batch_size": size,
-                    "rows": rows,
+                    "batch_size": sizes[engine],
+                    "rows": rows[engine],
                     "engine": engine,
                     "seconds": round(run["seconds"], 2),
                     "tokens": run["tokens"],
@@ -134,7 +148,7 @@ def eval_part(model, tokenizer, baseline, args) -> list[dict]:
                 }
                 rows_out.append(row)
                 print(
-                    f"{name:<8} {rows:>5} {engine:<10} {row['seconds']:>8.1f} "
+                    f"{name:<8} {rows[engine]:>5} {engine:<10} {row['seconds']:>8.1f} "
                     f"{row['tokens_per_second']:>7.1f} {row['problems_per_second']:>7.3f} "
                     f"{row['prefill_s']:>8.1f} {row['decode_s']:>8.1f} {speedup:>7.2f}x "
                     f"{'-' if same is None else f'{same}/{args.problems}':>9}"
@@ -208,9 +222,16 @@ def main() -> None:
     parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
     parser.add_argument("--problems", type=int, default=1000)
     parser.add_argument("--new-tokens", type=int, default=64)
-    parser.add_argument("--batch-sizes", nargs="+", default=["32", "auto"], help="or auto")
+    parser.add_argument(
+        "--batch-sizes",
+        nargs="+",
+        default=["32:auto", "auto"],
+        help="rows (or auto) for both engines, or MAIN:BRANCH (32:auto: each CLI's default)",
+    )
     parser.add_argument("--samples", type=int, default=1, help="K > 1: also an avg@K pass")
     parser.add_argument("--temperature", type=float, default=1.0, help="of the avg@K pass")
+    parser.add_argument("--top-p", type=float, default=1.0, help="of the avg@K pass")
+    parser.add_argument("--repetition-penalty", type=float, default=1.0, help="of the avg@K pass")
     parser.add_argument("--repeats", type=int, default=1, help="interleaved rounds (median)")
     parser.add_argument("--step-rows", type=int, default=96)
     parser.add_argument("--step-repeats", type=int, default=3)
