@@ -5,6 +5,7 @@ mlx-lm's one-prompt loop on a tiny random model; seeded samples repeat; the pure
 from __future__ import annotations
 
 from dataclasses import replace
+from functools import partial
 
 import mlx.core as mx
 import numpy as np
@@ -13,7 +14,12 @@ from mlx_lm import load
 from mlx_lm.generate import generate_step
 
 from rasft_mlx.generation.engine import EngineSettings, RepetitionPenalty, generate_rows
-from rasft_mlx.generation.prefill import prefill_rows, shared_prefix, shared_prefix_length
+from rasft_mlx.generation.prefill import (
+    length_runs,
+    prefill_rows,
+    shared_prefix,
+    shared_prefix_length,
+)
 
 NO_EOS = [10**6]
 SYSTEM = "Please reason step by step, and put your final answer within boxed."
@@ -76,12 +82,31 @@ def test_shared_prefix_length_stops_short_of_every_last_token():
     assert shared_prefix_length([[1, 2], [3, 4]]) == 0
 
 
-def test_prefill_from_a_shared_prefix_holds_the_same_cache(tiny):
+def test_length_runs_bound_the_padding_of_rows_in_descending_length():
+    assert length_runs([]) == []
+    assert length_runs([40, 38, 35, 33, 20, 19, 5], 0.15, 0) == [
+        range(0, 3),
+        range(3, 4),
+        range(4, 6),
+        range(6, 7),
+    ]
+    assert length_runs([40, 38, 35, 33, 20, 19, 5], 0.15, 100) == [range(0, 3), range(3, 7)]
+    assert length_runs([0, 0, 0]) == [range(0, 3)]
+
+
+@pytest.mark.parametrize("min_tokens", [256, 1])
+def test_prefill_from_a_shared_prefix_holds_the_same_cache(tiny, min_tokens, monkeypatch):
+    """A shared prefix prefilled once, and rows prefilled in runs of similar lengths (many runs
+    with min_tokens 1), give the cache of one plain prefill of every row."""
+    import rasft_mlx.generation.prefill as prefill
+
     model, tokenizer = tiny
-    prompts = chat_prompts(tokenizer)[:4]
+    prompts = sorted(chat_prompts(tokenizer), key=len, reverse=True)
     prefix = shared_prefix(model, prompts)
     assert prefix is not None and prefix.length > 10
     plain = prefill_rows(model, prompts, 64)
+    monkeypatch.setattr(prefill, "MIN_RUN_TOKENS", min_tokens)
+    monkeypatch.setattr(prefill, "length_runs", partial(length_runs, min_tokens=min_tokens))
     shared = prefill_rows(model, prompts, 64, prefix)
     for a, b in zip(plain, shared, strict=True):
         assert a._idx == b._idx

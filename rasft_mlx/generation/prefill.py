@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import mlx.core as mx
 
 MIN_SHARED_PREFIX = 2  # shorter common prefixes are prefilled with the rest
+MAX_PADDING = 0.15  # of a prefill run's width
+MIN_RUN_TOKENS = 256  # prompt tokens of a prefill run before it may end
 
 
 def shared_prefix_length(prompts: list[list[int]]) -> int:
@@ -68,11 +70,43 @@ def _start_from(cache: list, prefix: SharedPrefix, rows: int) -> None:
         c._idx = prefix.length
 
 
+def length_runs(
+    lengths: list[int], max_padding: float = MAX_PADDING, min_tokens: int = MIN_RUN_TOKENS
+) -> list[range]:
+    """Consecutive runs of rows to prefill together: a run of at least `min_tokens` tokens ends
+    before a row shorter than (1 - max_padding) of the run's first row (for rows in descending
+    length, each run's padding stays under that share, and no model call gets tiny)."""
+    runs: list[range] = []
+    start = 0
+    for i in range(1, len(lengths) + 1):
+        if i == len(lengths) or (
+            lengths[i] < (1 - max_padding) * lengths[start] and sum(lengths[start:i]) >= min_tokens
+        ):
+            runs.append(range(start, i))
+            start = i
+    return runs
+
+
 def prefill_rows(
     model, prompts: list[list[int]], token_budget: int, prefix: SharedPrefix | None = None
 ) -> list:
-    """Batched KV cache holding each prompt but its last token, left-padded. With `prefix`, every
-    prompt opens with its tokens and only the rest is computed here."""
+    """Batched KV cache holding each prompt but its last token, left-padded, one row per prompt
+    in order. With `prefix`, every prompt opens with its tokens and only the rest is computed
+    here. Consecutive prompts of similar lengths are prefilled together (`length_runs`; the
+    engine hands them over longest first), so a long prompt does not pad many short ones."""
+    start = prefix.length if prefix is not None else 0
+    runs = length_runs([len(p) - 1 - start for p in prompts])
+    cache = _prefill_group(model, prompts[: runs[0].stop], token_budget, prefix)
+    for run in runs[1:]:
+        more = _prefill_group(model, prompts[run.start : run.stop], token_budget, prefix)
+        for c, other in zip(cache, more, strict=True):
+            c.extend(other)
+    if len(runs) > 1:
+        mx.eval([c.state for c in cache])
+    return cache
+
+
+def _prefill_group(model, prompts: list[list[int]], token_budget: int, prefix) -> list:
     rows = len(prompts)
     cache = make_batch_cache(model, rows)
     start = 0
