@@ -119,7 +119,7 @@ def test_batched_repetition_penalty_equals_mlx_lm_processor():
 
 @pytest.mark.parametrize(
     ("temperature", "top_p", "candidates"),
-    [(0.8, 1.0, None), (1.0, 0.9, 0), (0.7, 0.9, "covering")],
+    [(0.8, 1.0, None), (1.0, 1.0, 24), (1.0, 0.9, 0), (0.7, 0.9, "covering")],
 )
 def test_first_token_distribution_matches_the_model(tiny, temperature, top_p, candidates):
     """Rows of two prompts of different lengths (left padding) sample softmax(logits / T),
