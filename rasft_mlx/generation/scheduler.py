@@ -125,8 +125,9 @@ def decode(
         local = [j for j, (_, n) in enumerate(group) for _ in range(n)]
         cache = prefill_rows(model, unique, settings.prefill_tokens, prefix)
         index = mx.array(local)
-        for c in cache:
-            c.filter(index)  # one cache row per sample, sharing its prompt's prefill
+        if len(local) > len(unique):
+            for c in cache:
+                c.filter(index)  # one cache row per sample, sharing its prompt's prefill
         ids = np.arange(len(row_prompt), len(row_prompt) + len(local))
         row_prompt.extend(group[j][0] for j in local)
         y = mx.array([unique[j][-1] for j in local], dtype=mx.uint32)
