@@ -18,7 +18,7 @@ same rows): the issue's goal is a step within 1.4x of its matmul time.
     python benchmarks/eval_speed.py                # the issue's case: 1,000 problems, 64 tokens
     python benchmarks/eval_speed.py --adapter runs/staged-stage0 --new-tokens 96 --samples 4
     python benchmarks/eval_speed.py --samples 4 --temperature 0.9 --top-p 0.95 \
-        --repetition-penalty 1.1 --batch-sizes auto       # as a refresh's rollouts sample
+        --repetition-penalty 1.1 --batch-sizes auto --skip-greedy   # as a refresh's rollouts
 """
 
 from __future__ import annotations
@@ -100,7 +100,8 @@ def eval_part(model, tokenizer, baseline, args) -> list[dict]:
     context = max(len(p) for p in prompts) + args.new_tokens
     for engine in (baseline, current):  # warm-up: kernels compiled, caches allocated
         run_eval(engine, model, prompts[:4], 4, args, eos)
-    passes = [("greedy", 1)] + ([(f"avg@{args.samples}", args.samples)] if args.samples > 1 else [])
+    passes = [] if args.skip_greedy else [("greedy", 1)]
+    passes += [(f"avg@{args.samples}", args.samples)] if args.samples > 1 else []
     rows_out = []
     print(
         f"\n{args.problems} problems, <= {args.new_tokens} new tokens, "
@@ -235,6 +236,7 @@ def main() -> None:
     parser.add_argument("--step-rows", type=int, default=96)
     parser.add_argument("--step-repeats", type=int, default=3)
     parser.add_argument("--skip-eval", action="store_true")
+    parser.add_argument("--skip-greedy", action="store_true", help="only the avg@K pass")
     parser.add_argument("--skip-step", action="store_true")
     parser.add_argument("--baseline", default=BASELINE, help="git ref of the engine to beat")
     parser.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "eval_speed.json"))
