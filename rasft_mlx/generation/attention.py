@@ -96,6 +96,8 @@ def decode_attention(model, enabled: bool = True) -> Iterator[None]:
         yield
         return
 
+    rows_for: dict[tuple, int] = {}
+
     def attention(queries, keys, values, *args, **kwargs):
         mask = kwargs.get("mask")
         if (
@@ -108,8 +110,10 @@ def decode_attention(model, enabled: bool = True) -> Iterator[None]:
             and queries.dtype == keys.dtype == values.dtype
             and (mask is None or isinstance(mask, mx.array))
         ):
-            group = queries.shape[1] // keys.shape[1]
-            rows = exact_rows(queries.dtype, queries.shape[-1], group)
+            shape = (queries.dtype, queries.shape[-1], queries.shape[1] // keys.shape[1])
+            if shape not in rows_for:
+                rows_for[shape] = exact_rows(*shape)
+            rows = rows_for[shape]
             if rows > 1:
                 return grouped_attention(queries, keys, values, kwargs["scale"], mask, rows)
         return original(queries, keys, values, *args, **kwargs)

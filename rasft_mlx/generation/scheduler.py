@@ -119,6 +119,7 @@ def decode(
     stats.prefill_seconds += time.perf_counter() - started
 
     def admit(room: int, step: int) -> _Batch:
+        check("generation")
         admitted_at = time.perf_counter()
         group = queue.take(room)
         unique = [prompts[i] for i, _ in group]
