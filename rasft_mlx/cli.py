@@ -323,39 +323,38 @@ def compare(
     ] = "steps",
     base_from: Annotated[
         Path | None,
-        typer.Option(
-            help="Reuse the base-model evaluation of this compare dir (checked: same model, "
-            "eval settings and test problems)"
-        ),
+        typer.Option(help="Reuse this compare dir's base-model eval (same model, eval, tests)"),
+    ] = None,
+    variant: Annotated[
+        list[str] | None,
+        typer.Option(help="Another arm: LABEL=RECIPE.yaml, same model, test sets and eval"),
     ] = None,
 ) -> None:
-    """Compare modes over seeds: same model, data, step budget and eval; a results table."""
+    """Compare modes (and variants) over seeds: same model, step budget and eval; a table."""
     from rasft_mlx.commands.train import TrainingInterrupted
     from rasft_mlx.experiments.compare import (
         CompareError,
         CompareInterrupted,
+        command_line,
         parse_modes,
-        quick_variant,
         run_compare,
     )
-    from rasft_mlx.experiments.compare_report import curves_table, results_table
+    from rasft_mlx.experiments.compare_arms import load_variants, quick_variant
+    from rasft_mlx.experiments.compare_tables import curves_table, results_table
     from rasft_mlx.recipe.config import load_recipe, resolve_run_dir
 
-    command = ["rasft-mlx", "compare", str(recipe), f"--modes={modes}", f"--seeds={seeds}"]
-    command += [f"--out={out}"] if out else []
-    command += [f"--set={item}" for item in set_ or []]
-    command += ["--quick"] if quick else []
-    command += [f"--budget={budget}"] if budget != "steps" else []
-    command += [f"--base-from={base_from}"] if base_from else []
+    options = {"modes": modes, "seeds": seeds, "out": out, "set": set_, "quick": quick}
+    options |= {"budget": budget, "base-from": base_from, "variant": variant}
+    command = command_line(recipe, options)
     try:
         recipe_file = quick_variant(recipe) if quick else recipe
         mode_list = parse_modes(modes)
         loaded = load_recipe(recipe_file, set_ or [])
+        variants = load_variants(variant or [], loaded, str(recipe_file), set_ or [], quick=quick)
         out_dir = resolve_run_dir(loaded, str(out) if out else None)
-        console.print(
-            f"[bold]rasft-mlx compare[/bold] {recipe_file}: {', '.join(mode_list)} x {seeds} "
-            f"seeds -> {out_dir}"
-        )
+        arms = ", ".join([*mode_list, *(arm.name for arm in variants)])
+        console.print(f"[bold]rasft-mlx compare[/bold] {recipe_file}: {arms} x {seeds} seeds")
+        console.print(f"-> {out_dir}", soft_wrap=True)
         _warn(slow_blas_warning())
         results = run_compare(
             loaded,
@@ -365,24 +364,22 @@ def compare(
             console,
             budget=budget,
             recipe_source=str(recipe_file),
-            command=shlex.join(command),
+            command=command,
             base_from=base_from,
+            variants=variants,
         )
     except TrainingInterrupted as stopped:
         where = f" ({stopped.reason}) after step {stopped.step}; checkpoint {stopped.checkpoint}"
-        _stopped("interrupted", f"{where}\ncontinue with: {shlex.join(command)}", stopped.exit_code)
+        _stopped("interrupted", f"{where}\ncontinue with: {command}", stopped.exit_code)
     except CompareInterrupted as stopped:
-        detail = f": nothing of it was kept\ncontinue with: {shlex.join(command)}"
+        detail = f": nothing of it was kept\ncontinue with: {command}"
         _stopped(str(stopped), detail, stopped.exit_code)
     except (CompareError, *_user_errors()) as error:
         _fail(error)
     console.print(curves_table(results))
     console.print(results_table(results))
-    console.print(
-        f"results: {out_dir / 'results.json'}\n         {out_dir / 'results.md'}\n"
-        f"         {out_dir / 'compare.html'}",
-        soft_wrap=True,
-    )
+    for name in ("results.json", "results.md", "compare.html"):
+        console.print(f"results: {out_dir / name}", soft_wrap=True)
 
 
 @app.command()

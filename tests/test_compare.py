@@ -15,9 +15,9 @@ from rasft_mlx.experiments.compare import (
     CompareError,
     parse_modes,
     plan_budget,
-    quick_variant,
     run_recipe,
 )
+from rasft_mlx.experiments.compare_arms import quick_variant
 from rasft_mlx.experiments.compare_results import (
     compare_to,
     mode_curve,

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from rasft_mlx.recipe.config import load_recipe
+from rasft_mlx.recipe.config import load_recipe, recipe_to_dict
 
 RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*.yaml"))
 
@@ -70,3 +70,66 @@ def test_the_readme_states_the_quickstart_recipe_it_measured():
     synthetic = recipe.data.synthetic
     assert stated == (synthetic.n_train, recipe.training.epochs, recipe.rollout.k, synthetic.n_test)
     assert re.search(r"Measured on main on \d{4}-\d{2}-\d{2}, on the [^:]+: \d+ s", text)
+
+
+def test_the_staged_authors_recipe_is_a_variant_of_the_staged_one():
+    """recipes/staged-authors.yaml pairs with recipes/staged.yaml (`compare --variant`): the same
+    start, test problems and eval; what differs is the authors' protocol, and one pass of 20 steps
+    over the same 160 demos instead of the modes' 2 epochs (40 steps)."""
+    from rasft_mlx.data.problem import problems_digest
+    from rasft_mlx.evaluation.extra_sets import load_extra_sets
+    from rasft_mlx.experiments.compare_arms import pairing_differences
+    from rasft_mlx.recipe.protocols import protocol_report
+    from rasft_mlx.training.run_data import load_run_data
+    from rasft_mlx.training.step_plan import planned_steps
+
+    folder = RECIPES[0].parent
+    main = load_recipe(folder / "staged.yaml")
+    authors = load_recipe(folder / "staged-authors.yaml")
+    assert pairing_differences(main, authors) == []
+    (main_train, main_test), (train, test) = load_run_data(main), load_run_data(authors)
+    assert train == main_train and problems_digest(test) == problems_digest(main_test)
+    extra = [(n, problems_digest(p)) for n, p in load_extra_sets(authors)]
+    assert extra == [(n, problems_digest(p)) for n, p in load_extra_sets(main)]
+    assert (main.protocol, authors.protocol, authors.rasft.schedule) == (
+        "project",
+        "authors",
+        "authors",
+    )
+    _, changed = protocol_report(authors)
+    assert sorted(c.split(":")[0] for c in changed) == [
+        "eval.max_new_tokens",
+        "eval.samples",
+        "rollout.max_new_tokens",
+    ]
+    assert (planned_steps(160, main), planned_steps(160, authors)) == (40, 20)
+    header = (folder / "staged.yaml").read_text()
+    assert "--variant rasft-authors=recipes/staged-authors.yaml" in header
+
+
+def test_the_staged_quick_recipes_pair_and_shrink_only_the_sizes():
+    """`compare recipes/staged.yaml --quick --variant rasft-authors=recipes/staged-authors.yaml`
+    takes both -quick files: they pair with each other, and differ from the full recipes only
+    in the numbers of problems (training, test sets, drift) and the run name."""
+    from rasft_mlx.experiments.compare_arms import pairing_differences
+    from rasft_mlx.training.checkpoint import recipe_differences
+
+    folder = RECIPES[0].parent
+    quick = load_recipe(folder / "staged-quick.yaml")
+    authors = load_recipe(folder / "staged-authors-quick.yaml")
+    assert pairing_differences(quick, authors) == []
+    sizes = {
+        "data.synthetic.n_train",
+        "data.synthetic.n_test",
+        "data.synthetic.n_ood",
+        "data.synthetic.n_retention",
+        "eval.drift_problems",
+        "output.name",
+    }
+    for full_name, small in (("staged.yaml", quick), ("staged-authors.yaml", authors)):
+        full = load_recipe(folder / full_name)
+        changed = {
+            key for key, _, _ in recipe_differences(recipe_to_dict(full), recipe_to_dict(small))
+        }
+        assert changed == sizes, full_name
+    assert quick.data.synthetic.n_test == 100 and quick.data.synthetic.n_train == 64

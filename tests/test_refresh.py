@@ -124,3 +124,50 @@ def test_warmup_epochs_train_the_demos_alone_then_refresh(tiny_llama_dir, tmp_pa
     third, last = steps[2], steps[-1]["step"]
     assert third["step"] == 3 and last > 3
     assert third["eta_seconds"] < 0.9 * third["elapsed_seconds"] / 3 * (last - 3)
+
+
+def test_demo_nll_before_any_step_reuses_the_reference_logprobs(
+    tiny_llama_dir, tmp_path, monkeypatch
+):
+    """nll_band routing needs the policy's demo NLL; before the first optimizer step the policy
+    is the reference, so the cached reference log-probs give the same NLL with no forward.
+    After a step (or for DoRA, whose init rescales) the policy is read afresh."""
+    from types import SimpleNamespace
+
+    from rasft_mlx.rasft import refresh
+    from rasft_mlx.training.run_directory import MetricsLog
+
+    recipe = tiny_rasft_recipe(tiny_llama_dir, tmp_path, rasft={"selection": "nll_band"})
+    model, tokenizer = adapted(tiny_llama_dir)
+    problems = generate_problems(6, seed=0, min_level=1, max_level=2)
+    demos, _ = encode_expert_sequences(tokenizer, problems, DEFAULT_SYSTEM_PROMPT, 512)
+    source = refresh.RasftSource(
+        SimpleNamespace(model=model, tokenizer=tokenizer),
+        recipe,
+        problems,
+        demos,
+        tmp_path,
+        None,
+        MetricsLog(tmp_path / "metrics.jsonl"),
+    )
+    source._prepare()
+    ids = sorted(source.experts)
+    real_forward, forwards = refresh.response_logprobs, []
+
+    def counted(*args, **kwargs):
+        forwards.append(args)
+        return real_forward(*args, **kwargs)
+
+    monkeypatch.setattr(refresh, "response_logprobs", counted)
+    cached = source._demo_nll(ids)
+    assert forwards == []
+    fresh = [-float(np.mean(v)) for v in real_forward(model, demos, 8, 32)]
+    order = [p.id for p in problems]
+    np.testing.assert_array_equal(cached, [fresh[order.index(i)] for i in ids])
+
+    perturb_adapters(model, seed=3)  # what a step does
+    source.observe_step(SimpleNamespace(ratio_at_min=0, ratio_at_max=0, sequences=8))
+    moved = source._demo_nll(ids)
+    assert len(forwards) == 1
+    assert np.abs(np.array(moved) - np.array(cached)).max() > 1e-3
+    assert source.state_dict()["steps_observed"] == 1

@@ -98,7 +98,7 @@ def test_every_pair_beyond_the_reference_is_compared_and_shown():
         {"mode": "rasft", "outcomes": [1, 1, 1, 0] * 50},
     ]
     rows = pairwise_differences(runs, ["sft", "dft", "rft", "rasft"])
-    got = {(r["mode"], r["versus"]): (r["difference"], r["verdict"]) for r in rows}
+    got = {(r["arm"], r["versus"]): (r["difference"], r["verdict"]) for r in rows}
     assert got == {  # the pairs with sft are in each mode's paired_vs_sft
         ("rft", "dft"): (pytest.approx(0.25), "better"),
         ("rasft", "dft"): (pytest.approx(0.5), "better"),

@@ -16,10 +16,14 @@ count, i.e. the same number of batches, with fewer passes over the demos. Traine
 still differ a little per mode, since rollouts and demos differ in length: they are reported per
 run and per mode. `budget="epochs"` instead runs every mode for the recipe's epochs (unmatched;
 RASFT then trains on more batches).
+
+Variants (`compare_arms`): arms with recipes of their own, `--variant LABEL=RECIPE.yaml`, trained
+in `OUT/<label>-seed<seed>/` with the same seeds and step cap, and paired with every other arm.
 """
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -28,6 +32,15 @@ import yaml
 from rich.console import Console
 
 from rasft_mlx.console.progress import PhaseInterrupted
+from rasft_mlx.experiments.compare_arms import (
+    VARIANT_FILE,
+    Arm,
+    CompareError,
+    check_variants,
+    mode_arms,
+    plain_recipe,
+    variant_cap,
+)
 from rasft_mlx.experiments.compare_base import (
     RECIPE_FILE,
     BaseReuseError,
@@ -36,7 +49,7 @@ from rasft_mlx.experiments.compare_base import (
 )
 from rasft_mlx.experiments.compare_report import write_results
 from rasft_mlx.experiments.compare_results import Budget, build_results, collect_run
-from rasft_mlx.recipe.config import MODES, Recipe, recipe_to_dict, save_recipe
+from rasft_mlx.recipe.config import MODES, Recipe, save_recipe
 from rasft_mlx.reporting.compare_page import (
     COMPARE_FILE,
     compare_charts,
@@ -49,10 +62,6 @@ from rasft_mlx.training.stop_signals import interruptible
 
 BUDGETS = ("steps", "epochs")
 DRIFT_ANSWERS_FILE = "drift-answers.json"  # the starting model's answers, shared by the runs
-
-
-class CompareError(ValueError):
-    """An invalid comparison request, or a compare dir made with a different recipe."""
 
 
 class CompareInterrupted(Exception):
@@ -79,12 +88,19 @@ def parse_modes(text: str) -> tuple[str, ...]:
     return modes
 
 
-def quick_variant(path: Path) -> Path:
-    """The `--quick` recipe of `X.yaml`: the sibling `X-quick.yaml`."""
-    quick = path.with_name(f"{path.stem}-quick{path.suffix}")
-    if not quick.is_file():
-        raise CompareError(f"--quick: {path} has no quick variant ({quick} does not exist)")
-    return quick
+def command_line(recipe: Path, options: dict) -> str:
+    """The `rasft-mlx compare` command that continues a comparison (results.json's `command`):
+    every option given, a list once per item; the defaults of budget and quick left out."""
+    words = ["rasft-mlx", "compare", str(recipe)]
+    for name, value in options.items():
+        if value is None or value is False or (name == "budget" and value == "steps"):
+            continue
+        if value is True:
+            words.append(f"--{name}")
+        else:
+            items = value if isinstance(value, list | tuple) else [value]
+            words += [f"--{name}={item}" for item in items]
+    return shlex.join(words)
 
 
 def run_recipe(recipe: Recipe, mode: str, seed: int, max_steps: int | None) -> Recipe:
@@ -98,13 +114,8 @@ def run_recipe(recipe: Recipe, mode: str, seed: int, max_steps: int | None) -> R
     return replace(recipe, training=training, eval=evaluation)
 
 
-def run_dir_name(mode: str, seed: int) -> str:
-    return f"{mode}-seed{seed}"
-
-
-def _recipe_dict(recipe: Recipe) -> dict:
-    # YAML round trip, so it compares equal to a saved recipe.yaml (tuples become lists).
-    return yaml.safe_load(yaml.safe_dump(recipe_to_dict(recipe), sort_keys=False))
+def run_dir_name(arm: str, seed: int) -> str:
+    return f"{arm}-seed{seed}"
 
 
 def _differences_text(saved: Path, recipe: Recipe) -> str | None:
@@ -112,7 +123,7 @@ def _differences_text(saved: Path, recipe: Recipe) -> str | None:
         old = yaml.safe_load(saved.read_text()) or {}
     except (OSError, yaml.YAMLError) as error:
         raise CompareError(f"{saved}: cannot read the saved recipe: {error}") from error
-    differences = recipe_differences(old, _recipe_dict(recipe), defaults=_recipe_dict(Recipe()))
+    differences = recipe_differences(old, plain_recipe(recipe), defaults=plain_recipe(Recipe()))
     if not differences:
         return None
     return "\n".join(f"  {key}: {a!r} -> {b!r}" for key, a, b in differences)
@@ -132,6 +143,24 @@ def check_compare_dir(out_dir: Path, recipe: Recipe) -> None:
         return
     out_dir.mkdir(parents=True, exist_ok=True)
     save_recipe(recipe, saved)
+
+
+def check_variant_recipes(out_dir: Path, variants: Sequence[Arm]) -> None:
+    """Save each variant's recipe (`compare-variant-LABEL.yaml`), or refuse a compare dir whose
+    variant of that label was made with another one; all are checked before any is saved."""
+    for arm in variants:
+        saved = out_dir / VARIANT_FILE.format(label=arm.name)
+        lines = _differences_text(saved, arm.recipe) if saved.is_file() else None
+        if lines:
+            raise CompareError(
+                f"{out_dir} holds the variant {arm.name!r} made with a different recipe ({saved} "
+                f"-> {arm.source}):\n{lines}\nrun it with the same recipe and --set options to "
+                "continue it, or give the changed variant another label (or another --out)"
+            )
+    for arm in variants:
+        saved = out_dir / VARIANT_FILE.format(label=arm.name)
+        if not saved.is_file():
+            save_recipe(arm.recipe, saved)
 
 
 def plan_budget(recipe: Recipe, expert_sequences: int, rule: str) -> Budget:
@@ -188,26 +217,33 @@ def run_compare(
     recipe_source: str = "<recipe>",
     command: str | None = None,
     base_from: Path | None = None,
+    variants: Sequence[Arm] = (),
 ) -> dict:
-    """Train every (mode, seed) run (seeds: training.seed, +1, ...), evaluate, write results.
+    """Train every (arm, seed) run (seeds: training.seed, +1, ...), evaluate, write results.
 
-    Runs go seed by seed (all modes of seed s before seed s+1), so a partial comparison already
-    compares the modes. `base_from`: another compare dir whose base-model evaluation is reused
-    when it evaluated the same model, settings and test problems (`compare_base`). Returns the
-    results dict that results.json holds.
+    The arms are the modes, then the `variants` (`compare_arms.load_variants`), each trained with
+    its own recipe, the same seeds and the same step cap. Runs go seed by seed (all arms of seed s
+    before seed s+1), so a partial comparison already compares the arms. `base_from`: another
+    compare dir whose base-model evaluation is reused when it evaluated the same model, settings
+    and test problems (`compare_base`). Returns the results dict that results.json holds.
     """
     console = console or Console()
     modes = tuple(modes)
     for mode in modes:
         if mode not in MODES:
             raise CompareError(f"unknown mode {mode!r}; known: {', '.join(MODES)}")
+    if not modes:
+        raise CompareError("give at least one mode: the first is the reference")
     if seeds < 1:
         raise CompareError(f"--seeds must be >= 1, got {seeds}")
     if budget not in BUDGETS:
         raise CompareError(f"--budget: must be one of {', '.join(BUDGETS)}, got {budget!r}")
+    check_variants(recipe, recipe_source, variants)
+    arms = [*mode_arms(recipe, modes, recipe_source), *variants]
     seed_list = [recipe.training.seed + i for i in range(seeds)]
     out_dir = Path(out_dir)
     check_compare_dir(out_dir, recipe)
+    check_variant_recipes(out_dir, variants)
     try:
         with interruptible(console) as signals:
             base = base_model_results(recipe, out_dir, console, base_from)
@@ -224,19 +260,26 @@ def run_compare(
     runs: list[dict] = []
 
     def results() -> dict:
-        made = build_results(recipe, recipe_source, out_dir, modes, seed_list, plan, base, runs)
+        listed = [arm.describe(recipe) for arm in arms]
+        made = build_results(recipe, recipe_source, out_dir, listed, seed_list, plan, base, runs)
         return {"command": command, **made}
 
-    total = len(modes) * len(seed_list)
+    total = len(arms) * len(seed_list)
     for seed in seed_list:
-        for mode in modes:
-            run_dir = out_dir / run_dir_name(mode, seed)
-            console.rule(f"[bold]{mode}[/bold] seed {seed} ({len(runs) + 1}/{total}) -> {run_dir}")
-            one = run_recipe(recipe, mode, seed, plan.max_steps)
+        for arm in arms:
+            run_dir = out_dir / run_dir_name(arm.name, seed)
+            what = arm.name if arm.name == arm.mode else f"{arm.name} ({arm.mode}, {arm.source})"
+            console.rule(f"[bold]{what}[/bold] seed {seed} ({len(runs) + 1}/{total}) -> {run_dir}")
+            cap = (
+                variant_cap(plan.rule, plan.max_steps, arm.recipe)
+                if arm.variant
+                else plan.max_steps
+            )
+            one = run_recipe(arm.recipe, arm.mode, seed, cap)
             status = _run_one(one, run_dir, console, out_dir / DRIFT_ANSWERS_FILE)
             if status == "reused":
                 console.print(f"reusing the finished run in {run_dir}")
-            runs.append(collect_run(run_dir, mode, seed, status))
+            runs.append(collect_run(run_dir, arm.mode, seed, status, arm=arm.name))
             write_outputs(out_dir, results(), console)
     return results()
 

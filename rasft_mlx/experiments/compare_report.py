@@ -1,4 +1,5 @@
-"""The comparison's report: results.md, the console tables, and the files written atomically."""
+"""The comparison's report: results.md, and the files written atomically (the console tables:
+`compare_tables`). Rows are the comparison's arms: its modes, then its variants."""
 
 from __future__ import annotations
 
@@ -6,9 +7,8 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from rich.table import Table
-
 from rasft_mlx.reporting import mechanism
+from rasft_mlx.reporting.mechanism import arm_names, arm_of
 from rasft_mlx.runtime.fileio import atomic_write_text
 
 RESULTS_JSON = "results.json"
@@ -61,15 +61,15 @@ def _pairwise_lines(results: dict) -> list[str]:
     lines = [
         "## Every pair of modes",
         "",
-        "The same paired bootstrap between the other modes (in-distribution test set), e.g. "
-        "rasft - rft: RASFT's weighting against the same rollouts kept at weight 1.",
+        "The same paired bootstrap between the other modes and variants (in-distribution test "
+        "set), e.g. rasft - rft: RASFT's weighting against the same rollouts kept at weight 1.",
         "",
         "| mode | versus | difference [95 % interval] | verdict | detectable |",
         "|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['mode']} | {r['versus']} | {r['difference']:+.3f} [{r['low']:+.3f}, "
+            f"| {arm_of(r)} | {r['versus']} | {r['difference']:+.3f} [{r['low']:+.3f}, "
             f"{r['high']:+.3f}] | {r['verdict']} | {r['detectable']:.3f} |"
         )
     return [*lines, ""]
@@ -77,7 +77,8 @@ def _pairwise_lines(results: dict) -> list[str]:
 
 def _extra_set_lines(results: dict) -> list[str]:
     """Each extra test set (e.g. synthetic-ood): mean ± std per mode and the paired difference."""
-    modes, reference, summaries = results["modes"], results["modes"][0], results["summary"]
+    modes, summaries = arm_names(results), results["summary"]
+    reference = modes[0]
     names = sorted({n for s in summaries.values() for n in s.get("extra", {})})
     if not names:
         return []
@@ -112,7 +113,7 @@ def _extra_set_lines(results: dict) -> list[str]:
 
 def _answer_shape_lines(results: dict) -> list[str]:
     summaries = results["summary"]
-    rows = [(m, summaries[m].get("answer_shapes")) for m in results["modes"] if m in summaries]
+    rows = [(m, summaries[m].get("answer_shapes")) for m in arm_names(results) if m in summaries]
     rows = [(mechanism.start_label(results), results.get("base_answer_shapes")), *rows]
     rows = [(name, shapes) for name, shapes in rows if shapes]
     if not rows:
@@ -139,7 +140,7 @@ def _answer_shape_lines(results: dict) -> list[str]:
 def _drift_lines(results: dict) -> list[str]:
     summaries = results["summary"]
     rows = [
-        (m, summaries[m]["drift"]) for m in results["modes"] if summaries.get(m, {}).get("drift")
+        (m, summaries[m]["drift"]) for m in arm_names(results) if summaries.get(m, {}).get("drift")
     ]
     if not rows:
         return []
@@ -182,6 +183,23 @@ def _share_text(value: float | None) -> str:
     return "-" if value is None else f"{value:.1%}"
 
 
+def _variant_lines(results: dict) -> list[str]:
+    """What each variant arm trains: its mode, its recipe, and where that recipe departs from the
+    comparison's."""
+    lines = []
+    for arm in mechanism.variant_arms(results):
+        changed = arm.get("differences") or {}
+        keys = "; ".join(f"{k} {theirs!r} ({ours!r})" for k, (ours, theirs) in changed.items())
+        lines += [
+            f"Variant **{arm['arm']}**: mode {arm['mode']}, recipe `{arm['recipe']}` (saved as "
+            f"{arm['saved_recipe']}), the same seeds and step cap; it differs from the "
+            f"comparison's recipe in: {keys or 'nothing but the mode'} (the comparison's value "
+            "in parentheses).",
+            "",
+        ]
+    return lines
+
+
 def _figure_lines(figures: Sequence[tuple[str, str]]) -> list[str]:
     if not figures:
         return []
@@ -193,7 +211,8 @@ def _figure_lines(figures: Sequence[tuple[str, str]]) -> list[str]:
 
 def results_markdown(results: dict, figures: Sequence[tuple[str, str]] = ()) -> str:
     """results.md; `figures` are (title, path relative to the compare dir) of its charts."""
-    modes, reference = results["modes"], results["modes"][0]
+    modes = arm_names(results)
+    reference = modes[0]
     base, summaries = results["base"], results["summary"]
     lines = [
         f"# rasft-mlx compare: `{results['recipe']}`",
@@ -208,6 +227,7 @@ def results_markdown(results: dict, figures: Sequence[tuple[str, str]] = ()) -> 
         f"**Budget** ({results['budget']['rule']}): {results['budget']['description']}.",
         "",
         *([f"Command: `{results['command']}`", ""] if results.get("command") else []),
+        *_variant_lines(results),
         "Settings: "
         + ", ".join(f"{k} {v}" for k, v in results.get("settings", {}).items())
         + " (everything else: compare-recipe.yaml).",
@@ -280,7 +300,7 @@ def results_markdown(results: dict, figures: Sequence[tuple[str, str]] = ()) -> 
     ]
     for run in results["runs"]:
         lines.append(
-            f"| {run['mode']} | {run['seed']} | {_pct(run['pass_at_1'])} "
+            f"| {arm_of(run)} | {run['seed']} | {_pct(run['pass_at_1'])} "
             f"| {run['final_loss']:.4f} | {run['steps']} | {run['trained_tokens']:,} "
             f"| {_duration(run['total_seconds'])} | `{run['run_dir']}` |"
         )
@@ -290,7 +310,7 @@ def results_markdown(results: dict, figures: Sequence[tuple[str, str]] = ()) -> 
             rollout_weight = row["rollout_weight"] or {}
             expert_weight = row["expert_weight"] or {}
             refresh_lines.append(
-                f"| {run['mode']} | {run['seed']} | {row['refresh']} | {row['problems_selected']} "
+                f"| {arm_of(run)} | {run['seed']} | {row['refresh']} | {row['problems_selected']} "
                 f"| {row['rollouts_generated']} | {row['rollouts_trained']} "
                 f"| {row['solvability_histogram']} | {_pct(expert_weight.get('mean'))} "
                 f"| {_pct(rollout_weight.get('mean'))} | {row['dropped']} |"
@@ -309,7 +329,7 @@ def results_markdown(results: dict, figures: Sequence[tuple[str, str]] = ()) -> 
             *refresh_lines,
         ]
         clipping = [
-            f"seed {r['seed']}: {r['ratio_at_min_mean']:.3f} at ratio_min, "
+            f"{arm_of(r)} seed {r['seed']}: {r['ratio_at_min_mean']:.3f} at ratio_min, "
             f"{r['ratio_at_max_mean']:.3f} at ratio_max"
             for r in results["runs"]
             if r["mode"] == "rasft" and r.get("ratio_at_min_mean") is not None
@@ -321,68 +341,6 @@ def results_markdown(results: dict, figures: Sequence[tuple[str, str]] = ()) -> 
             lines += ["", "Mean fraction of sequences on the ratio clip bounds per step: "]
             lines[-1] += "; ".join(clipping) + "."
     return "\n".join(lines) + "\n"
-
-
-def results_table(results: dict) -> Table:
-    """The console table: one row per mode (and the base model), means over seeds."""
-    reference = results["modes"][0]
-    title = f"compare: {results['model']} ({results['test_problems']} test problems, greedy)"
-    table = Table(
-        title=title if results["complete"] else title + " [partial]",
-        caption=f"budget: {results['budget']['rule']}, max_steps {results['budget']['max_steps']}",
-    )
-    table.add_column("mode", no_wrap=True)
-    table.add_column("runs", justify="right")
-    table.add_column("pass@1 mean ± std", justify="right", no_wrap=True)
-    table.add_column("min", justify="right")
-    table.add_column("max", justify="right")
-    table.add_column(f"vs {reference}", justify="right")
-    table.add_column("tokens trained", justify="right", no_wrap=True)
-    table.add_column("steps", justify="right")
-    table.add_column("wall / run", justify="right", no_wrap=True)
-    base = results["base"]
-    if base is not None:
-        row = (mechanism.start_label(results), "1", f"{base['pass_at_1']:.3f}", "", "", "", "0")
-        row += ("0",)
-        table.add_row(*row, _duration(base["seconds"]))
-    for mode in results["modes"]:
-        s = results["summary"].get(mode)
-        if s is None:
-            continue
-        table.add_row(
-            f"[bold]{mode}[/bold]",
-            str(s["runs"]),
-            _spread(s),
-            _pct(s["pass_at_1_min"]),
-            _pct(s["pass_at_1_max"]),
-            _versus(s, reference) if mode != reference else "",
-            f"{s['trained_tokens_mean']:,.0f}",
-            f"{s['steps_mean']:.0f}",
-            _duration(s["total_seconds_mean"]),
-        )
-    return table
-
-
-def curves_table(results: dict) -> Table:
-    """Held-out pass@1 per epoch, mean over seeds, with the mean step of each point."""
-    curves = results["curves"]
-    table = Table(title="held-out pass@1 by epoch (mean over seeds @ step)")
-    table.add_column("epoch", justify="right")
-    modes = [m for m in results["modes"] if m in curves]
-    for mode in modes:
-        table.add_column(mode, justify="right", no_wrap=True)
-    epochs = sorted({p["epoch"] for points in curves.values() for p in points})
-    for epoch in epochs:
-        cells = []
-        for mode in modes:
-            point = next((p for p in curves[mode] if p["epoch"] == epoch), None)
-            cells.append(
-                "-"
-                if point is None
-                else f"{point['pass_at_1_mean']:.3f} @ {point['step_mean']:.0f}"
-            )
-        table.add_row(str(epoch), *cells)
-    return table
 
 
 def write_results(

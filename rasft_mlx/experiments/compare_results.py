@@ -1,4 +1,7 @@
-"""Reading finished compare runs and aggregating them: per-run entries, per-mode means, curves.
+"""Reading finished compare runs and aggregating them: per-run entries, per-arm means, curves.
+
+An arm is a mode of the comparison or a variant with a recipe of its own (`compare_arms`); each run
+entry names its arm (`arm`) and its training mode (`mode`), and the aggregates are keyed by arm.
 
 Pure functions over the run dirs' `summary.json` and `metrics.jsonl` (and over the dicts built from
 them), so the arithmetic is tested without training anything.
@@ -20,11 +23,11 @@ from rasft_mlx.evaluation.outcomes import (
     final_outcomes,
 )
 from rasft_mlx.experiments.compare_base import BASE_DIR
+from rasft_mlx.experiments.compare_signal import refresh_signal
 from rasft_mlx.experiments.statistics import paired_difference
 from rasft_mlx.recipe.config import ROLLOUT_MODES, Recipe
 from rasft_mlx.recipe.dataset_config import source_label
-
-RATIO_MODES = ("rasft",)  # modes whose loss carries the clipped inverse ratio rho
+from rasft_mlx.reporting.mechanism import arm_of
 
 
 @dataclass(frozen=True)
@@ -110,9 +113,9 @@ def _mean_of(records: list[dict], key: str) -> float | None:
     return statistics.fmean(values) if values else None
 
 
-def paired_versus(runs: list[dict], mode: str, reference: str, extra: str | None = None):
-    """The paired bootstrap difference of `mode` to `reference` on their final test outcomes
-    (of the extra test set `extra` when given), or None when either has none."""
+def paired_versus(runs: list[dict], arm: str, reference: str, extra: str | None = None):
+    """The paired bootstrap difference of the arm `arm` to the arm `reference` on their final
+    test outcomes (of the extra test set `extra` when given), or None when either has none."""
 
     def outcomes(run: dict) -> list[int]:
         return (
@@ -121,32 +124,33 @@ def paired_versus(runs: list[dict], mode: str, reference: str, extra: str | None
             else run.get("extra", {}).get(extra, {}).get("outcomes", [])
         )
 
-    mine = [outcomes(r) for r in runs if r["mode"] == mode and outcomes(r)]
-    theirs = [outcomes(r) for r in runs if r["mode"] == reference and outcomes(r)]
+    mine = [outcomes(r) for r in runs if arm_of(r) == arm and outcomes(r)]
+    theirs = [outcomes(r) for r in runs if arm_of(r) == reference and outcomes(r)]
     if not mine or not theirs or len({len(o) for o in mine + theirs}) != 1:
         return None
     return paired_difference(mine, theirs).as_dict()
 
 
-def pairwise_differences(runs: list[dict], modes: Sequence[str]) -> list[dict]:
-    """The paired difference of each mode to each one listed before it, other than the reference
-    (modes[0], whose pairs are every summary's `paired_vs_<reference>`), on the in-distribution
+def pairwise_differences(runs: list[dict], arms: Sequence[str]) -> list[dict]:
+    """The paired difference of each arm to each one listed before it, other than the reference
+    (arms[0], whose pairs are every summary's `paired_vs_<reference>`), on the in-distribution
     test set: e.g. rasft - rft, RASFT's weighting against the same rollouts at weight 1."""
     rows = []
-    for index, versus in enumerate(modes[1:], start=2):
-        for mode in modes[index:]:
-            paired = paired_versus(runs, mode, versus)
+    for index, versus in enumerate(arms[1:], start=2):
+        for arm in arms[index:]:
+            paired = paired_versus(runs, arm, versus)
             if paired is not None:
-                rows.append({"mode": mode, "versus": versus, **paired})
+                rows.append({"arm": arm, "versus": versus, **paired})
     return rows
 
 
-def collect_run(run_dir: Path, mode: str, seed: int, status: str) -> dict:
-    """One finished run as a results.json entry."""
+def collect_run(run_dir: Path, mode: str, seed: int, status: str, arm: str | None = None) -> dict:
+    """One finished run as a results.json entry; `arm`: a variant's label (default: the mode)."""
     summary = json.loads((run_dir / "summary.json").read_text())
     records = _read_metrics(run_dir)
     evaluation = summary.get("eval")
     entry = {
+        "arm": arm or mode,
         "mode": mode,
         "seed": seed,
         "status": status,
@@ -290,88 +294,34 @@ def key_settings(recipe: Recipe) -> dict:
     }
 
 
-def _share(part: float, whole: float) -> float | None:
-    return part / whole if whole else None
-
-
-def _mean_present(values: Sequence[float | None]) -> float | None:
-    present = [v for v in values if v is not None]
-    return statistics.fmean(present) if present else None
-
-
-GAUGES = (
-    "mixed_group_share",
-    "trained_share",
-    "rollout_weight_median",
-    "rollout_weight_at_floor",
-)
-
-
-def refresh_signal(runs: list[dict]) -> dict[str, list[dict]]:
-    """Per rollout mode and refresh, means over seeds of where the method departs from SFT: the
-    share of problems whose expert weight came from their rollout group (route 'weighted'; the
-    others keep weight 1: not rolled out, or a fallback), the rollouts trained and their mean
-    weight, and the share of sequences on the ratio floor during the steps before the refresh
-    (modes that train with the ratio only; rft's rho is 1)."""
-    by_mode: dict[str, dict[int, list[dict]]] = {}
-    for run in runs:
-        for row in run.get("refreshes") or []:
-            by_mode.setdefault(run["mode"], {}).setdefault(row["refresh"], []).append(row)
-    signal = {}
-    for mode, by_refresh in by_mode.items():
-        rows = []
-        for refresh, found in sorted(by_refresh.items()):
-            routes = [row.get("weight_routes") or {} for row in found]
-            clip = [row.get("ratio_clip_since_last_refresh") or {} for row in found]
-            rollout_weight = [(row.get("rollout_weight") or {}).get("mean") for row in found]
-            gauges = [row.get("mechanism") or {} for row in found]
-            rows.append(
-                {
-                    "refresh": refresh,
-                    "seeds": len(found),
-                    "weighted_share": _mean_present(
-                        [_share(r.get("weighted", 0), sum(r.values())) for r in routes]
-                    ),
-                    "rollouts_trained": statistics.fmean(r["rollouts_trained"] for r in found),
-                    "rollout_weight": _mean_present(rollout_weight),
-                    **{key: _mean_present([g.get(key) for g in gauges]) for key in GAUGES},
-                    "ratio_at_min_before": (
-                        _mean_present([c.get("at_min") for c in clip])
-                        if mode in RATIO_MODES
-                        else None
-                    ),
-                }
-            )
-        signal[mode] = rows
-    return signal
-
-
 def build_results(
     recipe: Recipe,
     recipe_source: str,
     out_dir: Path,
-    modes: Sequence[str],
+    arms: Sequence[dict],
     seeds: Sequence[int],
     budget: Budget,
     base: dict,
     runs: list[dict],
 ) -> dict:
+    """results.json; `arms`: each arm's `Arm.describe()` entry, the reference (a mode) first."""
     base_eval = base.get("eval")
     base_pass = base_eval["pass_at_1"] if base_eval else None
+    names = [a["arm"] for a in arms]
     summaries, curves = {}, {}
-    for mode in modes:
-        mode_runs = [r for r in runs if r["mode"] == mode]
-        if mode_runs:
-            summaries[mode] = summarize_mode(mode_runs)
-            curves[mode] = mode_curve(mode_runs, base_pass)
-    reference = modes[0]
+    for arm in names:
+        arm_runs = [r for r in runs if arm_of(r) == arm]
+        if arm_runs:
+            summaries[arm] = summarize_mode(arm_runs)
+            curves[arm] = mode_curve(arm_runs, base_pass)
+    reference = names[0]
     if reference in summaries:
-        for mode, summary in summaries.items():
-            if mode != reference:
+        for arm, summary in summaries.items():
+            if arm != reference:
                 summary[f"vs_{reference}"] = compare_to(summaries[reference], summary)
-                summary[f"paired_vs_{reference}"] = paired_versus(runs, mode, reference)
+                summary[f"paired_vs_{reference}"] = paired_versus(runs, arm, reference)
                 summary[f"extra_paired_vs_{reference}"] = {
-                    name: paired_versus(runs, mode, reference, extra=name)
+                    name: paired_versus(runs, arm, reference, extra=name)
                     for name in summary["extra"]
                 }
     test_problems = base_eval["problems"] if base_eval else 0
@@ -385,7 +335,8 @@ def build_results(
         "test_problems": test_problems,
         "eval": {"greedy": True, "max_new_tokens": recipe.eval.max_new_tokens},
         "settings": key_settings(recipe),
-        "modes": list(modes),
+        "modes": [a["arm"] for a in arms if not a.get("variant")],
+        "arms": list(arms),
         "seeds": list(seeds),
         "budget": {
             "rule": budget.rule,
@@ -395,13 +346,13 @@ def build_results(
             "epochs": budget.epochs,
             "description": budget.describe(recipe),
         },
-        "complete": len(runs) == len(modes) * len(seeds),
+        "complete": len(runs) == len(arms) * len(seeds),
         "base": base_eval,
         "base_extra": base.get("eval_extra") or {},
         "base_answer_shapes": answer_shapes(out_dir / BASE_DIR / "eval.jsonl"),
         "summary": summaries,
         "curves": curves,
-        "pairwise": pairwise_differences(runs, modes),
+        "pairwise": pairwise_differences(runs, names),
         "refresh_signal": refresh_signal(runs),
         "runs": runs,
     }

@@ -95,3 +95,12 @@ def gauges_text(gauges: dict, floor: float | None) -> str:
         if floor is not None and gauges["rollout_weight_at_floor"] is not None:
             text += f" ({share(gauges['rollout_weight_at_floor'])} at the floor {floor:.3g})"
     return text
+
+
+def summary_stats(values: np.ndarray) -> dict:
+    """Mean, min and max, rounded for the metrics."""
+    return {
+        "mean": round(float(values.mean()), 4),
+        "min": round(float(values.min()), 4),
+        "max": round(float(values.max()), 4),
+    }

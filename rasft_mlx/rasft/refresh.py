@@ -14,6 +14,7 @@ from rich.console import Console
 from rasft_mlx.console.display import readable
 from rasft_mlx.data.encoding import TrainingSequence, encode_prompt
 from rasft_mlx.generation.completions import rank_seed
+from rasft_mlx.rasft import gauges
 from rasft_mlx.rasft.authors_schedule import (
     interval_refresh_due,
     route_once,
@@ -55,6 +56,7 @@ class RasftSource:
         self.refresh_count = 0
         self.epoch = 0  # the epoch whose sequences were handed out last
         self.ratio_counts = [0, 0, 0]  # sequences at the ratio's min, at its max, all; per period
+        self.steps_observed = 0  # optimizer steps taken: none means the policy is the reference
         self.rng = np.random.default_rng(recipe.training.seed + 17)
         self.problems = {p.id: p for p in problems}
         self.prompts = {
@@ -89,6 +91,7 @@ class RasftSource:
             "refresh_count": self.refresh_count,
             "epoch": self.epoch,
             "ratio_counts": list(self.ratio_counts),
+            "steps_observed": self.steps_observed,
             "rng": self.rng.bit_generator.state,
             "hard_pool": sorted(self.hard_pool),
             "thresholds": thresholds,
@@ -100,6 +103,7 @@ class RasftSource:
         self.refresh_count = int(state["refresh_count"])
         self.epoch = int(state.get("epoch", 0))
         self.ratio_counts = list(state.get("ratio_counts", [0, 0, 0]))
+        self.steps_observed = int(state.get("steps_observed", 1))  # older checkpoints: moved
         self.rng.bit_generator.state = state["rng"]
         self.hard_pool = frozenset(state["hard_pool"])
         self.pending = list(state.get("pending", []))
@@ -141,6 +145,7 @@ class RasftSource:
         self.ratio_counts[0] += result.ratio_at_min
         self.ratio_counts[1] += result.ratio_at_max
         self.ratio_counts[2] += result.sequences
+        self.steps_observed += 1
 
     def epoch_sequences(self, epoch: int) -> list[TrainingSequence]:
         self._prepare()
@@ -190,9 +195,14 @@ class RasftSource:
         return None
 
     def _demo_nll(self, ids: list[str]) -> list[float]:
-        demos = [self.experts[i] for i in ids]
-        logprobs = response_logprobs(self.model, demos, *self._batching, label="demo NLL")
-        return [-float(v.mean()) for v in logprobs]
+        """The policy's mean NLL per demo. Before any step it is the reference (a fresh LoRA adds
+        exactly zero; not DoRA): the cached reference log-probs serve."""
+        demos, unmoved = [self.experts[i] for i in ids], self.steps_observed == 0
+        if unmoved and self.recipe.lora.type != "dora" and demos[0].reference_logprobs is not None:
+            logprobs = [d.reference_logprobs for d in demos]
+        else:
+            logprobs = response_logprobs(self.model, demos, *self._batching, label="demo NLL")
+        return [-float(np.mean(v)) for v in logprobs]
 
     def _authors_start(self) -> list[TrainingSequence]:
         """Route every problem once by the starting policy's demo NLL; queue all but the mid band."""
@@ -248,9 +258,7 @@ class RasftSource:
         if config.selection == "fraction":
             chosen = select_fraction(ids, config.selection_fraction, self.rng)
             return chosen, {"selected": len(chosen)}
-        demos = [self.experts[i] for i in ids]
-        logprobs = response_logprobs(self.model, demos, *self._batching, label="demo NLL")
-        nll = [-float(v.mean()) for v in logprobs]
+        nll = self._demo_nll(ids)
         problem_nll = dict(zip(ids, nll, strict=True))
         if self.thresholds is None:
             sample = self.rng.permutation(len(nll))[: config.calibration_size]
@@ -378,8 +386,8 @@ class RasftSource:
             "solvability_histogram": solvability_histogram(correct_counts, k),
             "routes": routes,
             "weight_routes": dict(Counter(w.route for w in weights.values())),
-            "expert_weight": _stats(expert),
-            "rollout_weight": _stats(rollout) if trained else None,
+            "expert_weight": gauges.summary_stats(expert),
+            "rollout_weight": gauges.summary_stats(rollout) if trained else None,
             "dropped": dict(dropped),
             "hard_pool": len(self.hard_pool),  # after this refresh's probes and solved problems
             "ratio_clip_since_last_refresh": self._ratio_shares(),
@@ -407,11 +415,3 @@ class RasftSource:
 
     def _print(self, record: dict) -> None:
         self.console.print(refresh_table(record, self.weight_floor))
-
-
-def _stats(values: np.ndarray) -> dict:
-    return {
-        "mean": round(float(values.mean()), 4),
-        "min": round(float(values.min()), 4),
-        "max": round(float(values.max()), 4),
-    }

@@ -1,10 +1,12 @@
-"""compare.html: a comparison's modes over seeds, curves with their spread, paired differences."""
+"""compare.html: a comparison's arms (its modes, then its variants) over seeds, curves with their
+spread, paired differences."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from rasft_mlx.reporting import charts, mechanism, series
+from rasft_mlx.reporting.mechanism import arm_names, arm_of
 from rasft_mlx.reporting.page import Section, note, render_page, table
 from rasft_mlx.reporting.run_reader import ReportError, read_metrics
 from rasft_mlx.runtime.fileio import atomic_write_text
@@ -14,12 +16,12 @@ FIGURES_DIR = "figures"
 
 
 def loss_curves(results: dict) -> list[tuple[str, list, list, list, list]]:
-    """Per mode: the smoothed training loss, mean and min-max over its seeds, per step."""
+    """Per arm: the smoothed training loss, mean and min-max over its seeds, per step."""
     found = []
-    for mode in results["modes"]:
+    for mode in arm_names(results):
         per_seed = []
         for run in results["runs"]:
-            if run["mode"] != mode:
+            if arm_of(run) != mode:
                 continue
             try:
                 steps, losses = series.step_series(read_metrics(Path(run["run_dir"])), "loss")
@@ -48,7 +50,7 @@ def accuracy_curves(results: dict) -> list[tuple[str, list, list, list, list]]:
 def paired_rows(results: dict) -> list[tuple[str, float, float, float]]:
     """(label, difference, low, high) per mode against the reference on the test set, then the
     other pairs of modes there, then each extra test set (labelled with its name)."""
-    reference = results["modes"][0]
+    reference = arm_names(results)[0]
     rows = []
     for mode, summary in results.get("summary", {}).items():
         paired = summary.get(f"paired_vs_{reference}")
@@ -57,7 +59,7 @@ def paired_rows(results: dict) -> list[tuple[str, float, float, float]]:
                 (f"{mode} − {reference}", paired["difference"], paired["low"], paired["high"])
             )
     for pair in results.get("pairwise", []):
-        label = f"{pair['mode']} − {pair['versus']}"
+        label = f"{arm_of(pair)} − {pair['versus']}"
         rows.append((label, pair["difference"], pair["low"], pair["high"]))
     for mode, summary in results.get("summary", {}).items():
         for name, paired in sorted(summary.get(f"extra_paired_vs_{reference}", {}).items()):
@@ -139,13 +141,13 @@ def write_compare_figures(out_dir: str | Path, drawn: list[charts.Chart]) -> lis
 def build_compare_report(results: dict, drawn: list[charts.Chart] | None = None) -> str:
     """The comparison page, from the dict results.json holds (`drawn`: its charts, when the
     caller has them already)."""
-    reference = results["modes"][0]
+    reference = arm_names(results)[0]
     found = compare_charts(results) if drawn is None else drawn
     rows = []
     base = results.get("base")
     if base:
         rows.append((mechanism.start_label(results), 1, f"{base['pass_at_1']:.3f}", "-", "-", "-"))
-    for mode in results["modes"]:
+    for mode in arm_names(results):
         summary = results.get("summary", {}).get(mode)
         if summary:
             rows.append(
@@ -162,11 +164,18 @@ def build_compare_report(results: dict, drawn: list[charts.Chart] | None = None)
     headers += ["tokens trained", "steps"]
     body = table(headers, rows)
     body += note(f"Budget ({results['budget']['rule']}): {results['budget']['description']}.")
+    for arm in mechanism.variant_arms(results):
+        keys = ", ".join(arm.get("differences") or {}) or "nothing but the mode"
+        body += note(
+            f"Variant {arm['arm']}: mode {arm['mode']}, recipe {arm['recipe']}, the same seeds "
+            f"and step cap; its recipe differs from the comparison's in {keys} "
+            "(results.md lists the values)."
+        )
     if not results.get("complete", True):
         body += note("Partial: some runs have not finished yet.")
     per_seed = [
         (
-            r["mode"],
+            arm_of(r),
             r["seed"],
             "-" if r["pass_at_1"] is None else f"{r['pass_at_1']:.3f}",
             r["steps"],

@@ -1,8 +1,9 @@
-"""The mechanism table of a comparison: per rollout mode and refresh, whether RASFT acted.
+"""The mechanism table of a comparison: per rollout arm and refresh, whether RASFT acted.
 
 Read before accuracy: a run whose groups are all wrong, whose rollouts are not trained, or whose
 trained rollouts sit at the weight floor trains like SFT, whatever its pass@1 says. Plain data
-in, (headers, rows) out: results.md and compare.html render the same table.
+in, (headers, rows) out: results.md and compare.html render the same table. Also the small
+readers of results.json that both share: its arms, a run's arm, what the runs start from.
 """
 
 from __future__ import annotations
@@ -37,13 +38,13 @@ def _number(value: float | None) -> str:
 
 
 def mechanism_rows(signal: dict[str, list[dict]]) -> list[tuple[str, ...]]:
-    """One row per mode and refresh of results.json's `refresh_signal`."""
+    """One row per arm and refresh of results.json's `refresh_signal`."""
     rows = []
-    for mode, refreshes in signal.items():
+    for arm, refreshes in signal.items():
         for row in refreshes:
             rows.append(
                 (
-                    mode,
+                    arm,
                     str(row["refresh"]),
                     str(row["seeds"]),
                     _share(row.get("mixed_group_share")),
@@ -61,3 +62,20 @@ def start_label(results: dict) -> str:
     """What a comparison's runs start from: the base model, or the base with a fused adapter."""
     adapter = results.get("start_adapter")
     return f"start (base + {adapter})" if adapter else "base model"
+
+
+def arm_names(results: dict) -> list[str]:
+    """A comparison's arms in order, the reference first: its modes, then its variants (results
+    written before variants existed list only `modes`)."""
+    arms = results.get("arms")
+    return [a["arm"] for a in arms] if arms else list(results["modes"])
+
+
+def arm_of(entry: dict) -> str:
+    """The arm of a run entry or a pairwise row: a variant's label, or its mode."""
+    return entry.get("arm") or entry["mode"]
+
+
+def variant_arms(results: dict) -> list[dict]:
+    """The arms with a recipe of their own (`--variant LABEL=RECIPE`)."""
+    return [a for a in results.get("arms") or [] if a.get("variant")]
