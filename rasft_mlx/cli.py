@@ -173,7 +173,7 @@ def evaluate(
     ] = None,
     top_p: Annotated[float | None, typer.Option(min=0.0, max=1.0, help="[default: 1.0]")] = None,
     max_new_tokens: Annotated[int | None, typer.Option(min=1, help="[default: 512]")] = None,
-    batch_size: Annotated[int, typer.Option(min=1)] = 32,
+    batch_size: Annotated[int, typer.Option(min=0, help="Rows decoded together; 0 = auto")] = 0,
     protocol: Annotated[
         str,
         typer.Option(

@@ -22,10 +22,10 @@ from rasft_mlx.generation.engine import (
     generate_rows,
     penalize_repetition,
     penalize_seen,
-    plan_chunks,
     supports_model,
 )
 from rasft_mlx.generation.nucleus import candidate_nucleus, normalise
+from rasft_mlx.generation.scheduler import WorkQueue
 from rasft_mlx.models.adapters import adapter_modules, apply_adapters
 from rasft_mlx.recipe.config import LoraConfig
 
@@ -119,7 +119,7 @@ def test_batched_repetition_penalty_equals_mlx_lm_processor():
 
 @pytest.mark.parametrize(
     ("temperature", "top_p", "candidates"),
-    [(0.8, 1.0, None), (1.0, 0.9, 0), (0.7, 0.9, "covering")],
+    [(0.8, 1.0, None), (1.0, 1.0, 24), (1.0, 0.9, 0), (0.7, 0.9, "covering")],
 )
 def test_first_token_distribution_matches_the_model(tiny, temperature, top_p, candidates):
     """Rows of two prompts of different lengths (left padding) sample softmax(logits / T),
@@ -221,16 +221,18 @@ def test_samples_come_from_the_live_adapter(tiny_llama_dir):
         assert list(samples[0].token_ids) == reference_generate(model, prompt, 16, NO_EOS)[0]
 
 
-def test_chunks_respect_max_rows_and_cover_every_sample():
+def test_work_queue_hands_out_every_sample_longest_prompt_first():
     prompts = [[1] * n for n in (3, 9, 5, 7)]
-    chunks = plan_chunks(prompts, [3, 2, 4, 1], max_rows=4)
-    assert all(sum(n for _, n in chunk) <= 4 for chunk in chunks)
+    queue = WorkQueue(prompts, [3, 2, 4, 1])
+    groups = [queue.take(room) for room in (4, 1, 3, 10, 5)]
+    assert [sum(n for _, n in g) for g in groups] == [4, 1, 3, 2, 0]
+    assert groups[0] == [(1, 2), (3, 1), (2, 1)]  # longest prompt first, samples split
     totals = {}
-    for chunk in chunks:
-        for index, n in chunk:
+    for group in groups:
+        for index, n in group:
             totals[index] = totals.get(index, 0) + n
     assert totals == {0: 3, 1: 2, 2: 4, 3: 1}
-    assert chunks[0][0][0] == 1  # longest prompt first
+    assert queue.rows_left == 0
 
 
 def test_generate_completions_keeps_prompt_order_and_matches_batch_generate(tiny):

@@ -1,4 +1,5 @@
-"""The candidate top-p sampler keeps mlx-lm's nucleus exactly and draws from its distribution."""
+"""The candidate top-p sampler keeps mlx-lm's nucleus exactly and draws from its distribution; the
+candidate temperature sampler (top-p 1) draws from the whole softmax."""
 
 import mlx.core as mx
 import numpy as np
@@ -89,26 +90,27 @@ def test_draws_follow_the_nucleus_distribution_on_both_paths():
             assert_fits(counts, weights / weights.sum())
 
 
-def test_greedy_and_plain_temperature_draw_as_mlx_lm():
+def test_greedy_and_plain_temperature_without_candidates_draw_as_mlx_lm():
     logits = peaked_to_flat_logits(rows=4)
     greedy = make_rollout_sampler(0.0, 0.95, 64)
     assert mx.array_equal(greedy(logits), mx.argmax(logits, axis=-1)).item()
     mx.random.seed(2)
-    a = make_rollout_sampler(0.8, 1.0, 64)(logits)
+    a = make_rollout_sampler(0.8, 1.0, 0)(logits)
     mx.random.seed(2)
     assert mx.array_equal(a, make_sampler(temp=0.8)(normalise(logits))).item()
 
 
-def test_flat_batches_switch_to_the_full_sort_and_draw_as_mlx_lm():
-    flat = peaked_to_flat_logits(rows=8, vocab=1024, seed=3) * 0.01
-    sampler = make_rollout_sampler(1.0, 0.9, 64)
-    reference = make_sampler(temp=1.0, top_p=0.9)
-    mx.random.seed(0)
-    sampler(flat)  # the candidates miss every row: switch
-    assert sampler.full_sort_steps_left == sampler.RETRY_AFTER
-    for step in range(1, 3):
-        mx.random.seed(step)
-        a = sampler(flat)
-        mx.random.seed(step)
-        assert mx.array_equal(a, reference(normalise(flat))).item()
-        assert sampler.full_sort_steps_left == sampler.RETRY_AFTER - step
+def test_temperature_draws_follow_the_softmax_and_mlx_lm_draws():
+    """Top-p 1 with candidates on: the draws of mlx-lm's sampler from the same seed (the
+    same Gumbel noise; only a near tie could round differently), from softmax(logits / T)."""
+    logits = peaked_to_flat_logits(rows=48, vocab=600, seed=5)
+    temperature, repeats = 0.7, 4000
+    sampler = make_rollout_sampler(temperature, 1.0, 64)
+    mx.random.seed(4)
+    a = sampler(logits)
+    mx.random.seed(4)
+    assert mx.array_equal(a, make_sampler(temp=temperature)(normalise(logits))).item()
+    row = logits[4]
+    probs = np.array(mx.softmax(row.astype(mx.float32) / temperature))
+    draws = np.array(sampler(mx.repeat(row[None], repeats, 0)))
+    assert_fits(np.bincount(draws, minlength=len(probs)), probs)

@@ -1,7 +1,8 @@
 """Batched sampling from the model in memory (live adapters included).
 
-Models with plain KV caches go through the rollout engine (`engine.py`): repeated prompts
-share one prefill and all samples decode together. Other models fall back to mlx-lm's
+Models with plain KV caches go through the rollout engine (`engine.py`): the prompts' shared
+opening is prefilled once, repeated prompts share one prefill, and all samples decode together,
+continuously batched. Other models fall back to mlx-lm's
 `batch_generate`. Both sample with mlx-lm's sampler and stop at the tokenizer's EOS ids.
 """
 
@@ -78,10 +79,10 @@ def generate_completions(
 
 def decode_share(prompts: list[list[int]], samples: int, batch_size: int) -> list[int]:
     """This rank's prompts (indices, ascending) when the ranks share out a decode of `samples`
-    per prompt: the engine's chunk order (longest prompt first) cut into blocks of one chunk's
-    prompts, dealt to the ranks in turn. With batch_size a multiple of `samples` each rank
-    decodes exactly chunks that one process would, so greedy decoding gives the same tokens.
-    Every prompt in one process."""
+    per prompt: the engine's start order (longest prompt first) cut into blocks of one batch's
+    prompts, dealt to the ranks in turn, so each rank's batches hold prompts of similar lengths.
+    Greedy rows decode as they would alone (`engine.py`), so the ranks' greedy tokens are one
+    process's. Every prompt in one process."""
     if not distributed.distributed():
         return list(range(len(prompts)))
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))

@@ -1,16 +1,22 @@
-"""Rollout engine: many samples per prompt with one shared prefill and a lean batched decode loop.
+"""Rollout engine: many samples per prompt from one prefill each, continuously batched.
 
-Each distinct prompt is prefilled once (all prompts of a chunk together, right-padded and then
-rolled into a left-padded `BatchKVCache`, as mlx-lm's batch generator does), the cache rows are
-replicated once per sample, and all samples then decode together: model call, batched
-repetition penalty, mlx-lm's sampling rule, `mx.async_eval` pipelining, and a done-mask check every
-few steps (one step behind, so the device never waits on Python). Rows that finished are dropped
-from the batch when enough of them have, so long tails do not pay for finished samples.
+The prompts' shared opening (chat template, system prompt) is prefilled once and every prompt's
+own tokens on top of it (`prefill.py`); the K samples of a prompt that start together share its
+prefill. Rows decode together under a lean loop (`scheduler.py`): model call, batched repetition
+penalty, mlx-lm's sampling rule, `mx.async_eval` pipelining, and a done-mask check every few
+steps (one step behind, so the device never waits on Python). Finished rows leave the batch and
+waiting rows take their places, so the batch stays full until the work runs out. On the CPU the
+decode step's attention runs as MLX's own computation in fewer matmuls (`attention.py`).
+
+Greedy rows give the tokens of mlx-lm's one-prompt loop (the tests check it on tiny models, with
+stops, refills and shared prefixes): no step of a row depends on the others in its batch but
+through floating-point rounding of padded attention, as in any batched decode.
 
 Sampling follows mlx-lm's rule: the sampler sees `logits - logsumexp(logits)` and draws as
 `mlx_lm.sample_utils.make_sampler(temp, top_p)` does from MLX's global random state (seed it with
-`seed`); on the CPU its top-p draws among the top candidates instead of sorting the vocabulary,
-the same distribution, not the same draws (`nucleus.py`). The repetition penalty is
+`seed`: the same seed, prompts and settings give the same samples); on the CPU its top-p draws
+among the top candidates instead of sorting the vocabulary, the same distribution, not the same
+draws (`nucleus.py`). The repetition penalty is
 `make_repetition_penalty`'s rule (sign-aware multiplicative) applied to all rows at once, over the
 last 20 tokens of prompt + completion (scope "window", mlx-lm's) or over every token of both
 (scope "all", vLLM's). Order per step: penalty on the logits, then top-p on the untempered
@@ -22,13 +28,14 @@ truncated.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 
 import mlx.core as mx
 import numpy as np
 
 from rasft_mlx.console.progress import check
+from rasft_mlx.generation import scheduler
+from rasft_mlx.generation.attention import decode_attention
 from rasft_mlx.generation.nucleus import default_candidates, make_rollout_sampler
 
 REPETITION_CONTEXT = 20  # mlx-lm's default repetition_context_size
@@ -42,10 +49,13 @@ class EngineSettings:
     repetition_penalty: float = 1.0
     repetition_scope: str = "window"  # "window": mlx-lm's last 20 tokens; "all": vLLM's
     max_rows: int = 256  # sequences decoded together (prompts x samples)
-    prefill_tokens: int = 8192  # prompt tokens per prefill call (all rows of a chunk together)
+    prefill_tokens: int = 8192  # prompt tokens per prefill call (all rows of a group together)
     check_every: int = 4  # decode steps between done-mask checks
     compact_fraction: float = 0.25  # drop finished rows once this share of the batch is done
+    refill_fraction: float = 0.125  # start waiting rows once this share of max_rows is free
     top_p_candidates: int | None = None  # nucleus.py; None: on for the CPU, off for a GPU
+    shared_prefix: bool = True  # prefill the prompts' common opening once (prefill.py)
+    grouped_attention: bool = True  # the CPU's decode attention in fewer matmuls (attention.py)
 
 
 @dataclass(frozen=True)
@@ -79,12 +89,6 @@ def supports_model(model) -> bool:
     return all(type(c) is KVCache for c in make_prompt_cache(model))
 
 
-def make_batch_cache(model, rows: int) -> list:
-    from mlx_lm.models.cache import BatchKVCache, make_prompt_cache
-
-    return [BatchKVCache([0] * rows) for _ in make_prompt_cache(model)]
-
-
 def penalize_repetition(logits: mx.array, context: mx.array, penalty: float) -> mx.array:
     """mlx-lm's repetition penalty for every row at once: `context` is (rows, n) token ids."""
     selected = mx.take_along_axis(logits, context, axis=-1)
@@ -112,21 +116,40 @@ def penalize_seen(logits: mx.array, seen: mx.array, penalty: float) -> mx.array:
 
 class RepetitionPenalty:
     """The penalty's per-row state: mlx-lm's window of the last 20 tokens (scope "window") or
-    every prompt and output token (scope "all", as vLLM); applied before sampling."""
+    every prompt and output token (scope "all", as vLLM); applied before sampling. Row r
+    continues `prompts[index[r]]`; `extend` appends rows, `keep` selects them."""
 
     def __init__(self, prompts: list[list[int]], index: mx.array, penalty: float, scope: str):
         self.penalty, self.scope = penalty, scope
-        self.prompts, self.index = prompts, index
-        self.state = mx.array(initial_context(prompts))[index] if scope == "window" else None
+        self.state: mx.array | None = None
+        self.waiting: list[tuple[list[list[int]], mx.array]] = []  # "all": vocabulary unknown
+        self.extend(prompts, index)
+
+    def _rows(self, prompts: list[list[int]], index: mx.array, vocab: int) -> mx.array:
+        if self.scope == "window":
+            return mx.array(initial_context(prompts))[index]
+        seen = np.zeros((len(prompts), vocab), dtype=np.bool_)
+        for row, prompt in enumerate(prompts):
+            seen[row, prompt] = True
+        return mx.array(seen)[index]
+
+    def _append(self, rows: mx.array) -> None:
+        self.state = rows if self.state is None else mx.concatenate([self.state, rows])
+
+    def extend(self, prompts: list[list[int]], index: mx.array) -> None:
+        if self.scope == "window":
+            self._append(self._rows(prompts, index, 0))
+        elif self.state is None:  # built at the next step, once the vocabulary size is known
+            self.waiting.append((prompts, index))
+        else:
+            self._append(self._rows(prompts, index, self.state.shape[-1]))
 
     def apply(self, logits: mx.array) -> mx.array:
         if self.scope == "window":
             return penalize_repetition(logits, self.state, self.penalty)
-        if self.state is None:  # built at the first step, once the vocabulary size is known
-            seen = np.zeros((len(self.prompts), logits.shape[-1]), dtype=np.bool_)
-            for row, prompt in enumerate(self.prompts):
-                seen[row, prompt] = True
-            self.state = mx.array(seen)[self.index]
+        for prompts, index in self.waiting:
+            self._append(self._rows(prompts, index, logits.shape[-1]))
+        self.waiting = []
         return penalize_seen(logits, self.state, self.penalty)
 
     def update(self, y: mx.array) -> None:
@@ -140,158 +163,6 @@ class RepetitionPenalty:
         self.state = self.state[index]
 
 
-def prefill(model, prompts: list[list[int]], token_budget: int) -> list:
-    """Batched KV cache holding each prompt but its last token, left-padded."""
-    rows = len(prompts)
-    cache = make_batch_cache(model, rows)
-    bodies = [p[:-1] for p in prompts]
-    lengths = [len(b) for b in bodies]
-    width = max(lengths)
-    if width == 0:
-        return cache
-    padding = [width - n for n in lengths]
-    tokens = mx.array([b + [0] * (width - len(b)) for b in bodies])
-    if max(padding) > 0:
-        for c in cache:
-            c.prepare(lengths=lengths, right_padding=padding)
-    step = max(1, token_budget // rows)
-    for start in range(0, width, step):
-        # Only the cache is evaluated: the logits of the prompt positions are never computed.
-        model(tokens[:, start : start + step], cache=cache)
-        mx.eval([c.state for c in cache])
-    if max(padding) > 0:
-        for c in cache:
-            c.finalize()
-        mx.eval([c.state for c in cache])
-    return cache
-
-
-def _decode_chunk(
-    model,
-    prompts: list[list[int]],
-    row_prompt: list[int],
-    settings: EngineSettings,
-    eos: mx.array,
-    sampler,
-    stats: EngineStats,
-    reporter=None,
-) -> list[Sample]:
-    """All rows of one chunk: `row_prompt[r]` is the index in `prompts` that row r continues.
-    `reporter` (progress.PhaseReporter) hears of finished rows and tokens every few steps; a
-    stop request raises progress.PhaseInterrupted there."""
-    started = time.perf_counter()
-    cache = prefill(model, prompts, settings.prefill_tokens)
-    index = mx.array(row_prompt)
-    for c in cache:
-        c.filter(index)  # one cache row per sample, sharing its prompt's prefill
-    rows = len(row_prompt)
-    y = mx.array([prompts[p][-1] for p in row_prompt], dtype=mx.uint32)
-    penalty = None
-    if settings.repetition_penalty != 1.0:
-        penalty = RepetitionPenalty(
-            prompts, index, settings.repetition_penalty, settings.repetition_scope
-        )
-    mx.eval(y, [c.state for c in cache], penalty.state if penalty else None)
-    stats.prefill_seconds += time.perf_counter() - started
-    stats.prompt_tokens += sum(len(p) for p in prompts)
-
-    started = time.perf_counter()
-    limit = settings.max_new_tokens
-    # Segments of the output: (original row ids, first step, per-step token arrays).
-    active = np.arange(rows)
-    segments: list[tuple[np.ndarray, int, list[mx.array]]] = [(active, 0, [])]
-    done = mx.zeros((rows,), dtype=mx.bool_)
-    pending = None  # the done mask of an earlier step, read while later steps run
-    reported = reported_step = 0  # rows and steps already reported
-    for step in range(limit):
-        logits = model(y[:, None], cache=cache)[:, -1, :]
-        if penalty is not None:
-            logits = penalty.apply(logits)
-        y = sampler(logits).astype(mx.uint32)
-        if penalty is not None:
-            penalty.update(y)
-        done = done | (y[:, None] == eos[None]).any(axis=-1)
-        segments[-1][2].append(y)
-        mx.async_eval(y, done)
-        if step + 1 == limit:
-            break
-        if pending is not None:
-            flags = np.array(pending)  # waits for an earlier step only
-            pending = None
-            finished = int(flags.sum())
-            check("generation")
-            if reporter is not None:
-                done_now = rows - len(active) + finished
-                reporter.advance(
-                    done_now - reported,
-                    (step + 1 - reported_step) * len(active),
-                    (done_now - reported) * (limit - step - 1),
-                )
-                reported, reported_step = done_now, step + 1
-            if finished == len(active):
-                break
-            if finished >= max(1, int(settings.compact_fraction * len(active))):
-                keep = np.flatnonzero(~flags)
-                keep_index = mx.array(keep)
-                for c in cache:
-                    c.filter(keep_index)
-                y, done = y[keep_index], done[keep_index]
-                if penalty is not None:
-                    penalty.keep(keep_index)
-                active = active[keep]
-                segments.append((active, step + 1, []))
-                stats.compactions += 1
-                mx.clear_cache()
-        if (step + 1) % settings.check_every == 0:
-            pending = done
-    stats.decode_steps += step + 1
-    if reporter is not None:
-        reporter.advance(rows - reported, (step + 1 - reported_step) * len(active))
-
-    table = np.full((rows, limit), -1, dtype=np.int64)
-    for ids, first, steps in segments:
-        if steps:
-            table[ids, first : first + len(steps)] = np.array(mx.stack(steps, axis=1))
-    stats.decode_seconds += time.perf_counter() - started
-
-    eos_ids = set(np.array(eos).tolist())
-    samples = []
-    for row in table:
-        ids = []
-        stopped = False
-        for token in row.tolist():
-            if token < 0:
-                break
-            if token in eos_ids:
-                stopped = True
-                break
-            ids.append(token)
-        samples.append(Sample(tuple(ids), not stopped))
-        stats.generated_tokens += len(ids)
-    return samples
-
-
-def plan_chunks(
-    prompts: list[list[int]], counts: list[int], max_rows: int
-) -> list[list[tuple[int, int]]]:
-    """Chunks of (prompt index, samples) with at most max_rows samples each, longest prompts
-    first so prompts of similar length share a chunk (less padding)."""
-    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
-    chunks: list[list[tuple[int, int]]] = [[]]
-    room = max_rows
-    for i in order:
-        left = counts[i]
-        while left > 0:
-            if room == 0:
-                chunks.append([])
-                room = max_rows
-            take = min(left, room)
-            chunks[-1].append((i, take))
-            room -= take
-            left -= take
-    return [c for c in chunks if c]
-
-
 def generate_rows(
     model,
     prompts: list[list[int]],
@@ -301,8 +172,9 @@ def generate_rows(
     seed: int | None = None,
     reporter=None,
 ) -> tuple[list[list[Sample]], EngineStats]:
-    """`counts[i]` samples of prompt i (its prefill computed once per chunk); returns the samples
-    of each prompt, in prompt order. `reporter`: see `_decode_chunk`."""
+    """`counts[i]` samples of prompt i; returns the samples of each prompt, in prompt order.
+    `reporter` (progress.PhaseReporter) hears of finished rows and tokens every few steps; a
+    stop request raises progress.PhaseInterrupted."""
     if isinstance(counts, int):
         counts = [counts] * len(prompts)
     if any(len(p) == 0 for p in prompts):
@@ -312,15 +184,24 @@ def generate_rows(
     candidates = settings.top_p_candidates
     candidates = default_candidates() if candidates is None else candidates
     sampler = make_rollout_sampler(settings.temperature, settings.top_p, candidates)
-    eos = mx.array(sorted(set(eos_token_ids)), dtype=mx.uint32)
+    eos_list = sorted(set(eos_token_ids))
+    eos = mx.array(eos_list, dtype=mx.uint32)
     stats = EngineStats(prompts=len(prompts), rows=sum(counts))
+    penalty = None
+    if settings.repetition_penalty != 1.0:
+        empty = mx.zeros((0,), dtype=mx.int32)
+        penalty = RepetitionPenalty(
+            [], empty, settings.repetition_penalty, settings.repetition_scope
+        )
+    check("generation")
+    with decode_attention(model, settings.grouped_attention):
+        row_prompt, rows = scheduler.decode(
+            model, prompts, counts, settings, eos, sampler, penalty, stats, reporter
+        )
     results: list[list[Sample]] = [[] for _ in prompts]
-    for chunk in plan_chunks(prompts, counts, max(1, settings.max_rows)):
-        unique = [prompts[i] for i, _ in chunk]
-        row_prompt = [j for j, (_, n) in enumerate(chunk) for _ in range(n)]
-        check("generation")
-        samples = _decode_chunk(model, unique, row_prompt, settings, eos, sampler, stats, reporter)
-        for sample, j in zip(samples, row_prompt, strict=True):
-            results[chunk[j][0]].append(sample)
-        stats.chunks += 1
+    for prompt, tokens in zip(row_prompt, rows, strict=True):
+        stops = np.flatnonzero(np.isin(tokens, eos_list))
+        end = int(stops[0]) if len(stops) else len(tokens)
+        results[prompt].append(Sample(tuple(tokens[:end].tolist()), not len(stops)))
+        stats.generated_tokens += end
     return results, stats

@@ -1,5 +1,5 @@
-"""Rollout samplers: mlx-lm's sampling rule, and a top-p (nucleus) sampler that never sorts the
-whole vocabulary.
+"""Rollout samplers: mlx-lm's sampling rule, a top-p (nucleus) sampler that never sorts the
+whole vocabulary, and a temperature sampler (top-p 1) with no log-sum-exp pass.
 
 mlx-lm's `apply_top_p` sorts every row's full vocabulary at every decode step, then draws with a
 Gumbel pass over the full vocabulary; on a CPU those passes cost about twice the model's own
@@ -121,10 +121,29 @@ class CandidateTopPSampler:
         return drawn
 
 
+class TemperatureSampler:
+    """Temperature alone (top-p 1): mlx-lm's draw, `mx.random.categorical(x / T)`, on the raw
+    logits instead of the log-probs. Softmax does not see a row's constant shift, so the
+    distribution is the same, and from the same seed so are the draws (the same Gumbel noise)
+    but where rounding the shifted logits changes a near tie; it skips the log-sum-exp pass over
+    the vocabulary, about half of the sampler's time on a CPU (128 rows x 49,152 tokens: ~100
+    of ~220 ms)."""
+
+    def __init__(self, temperature: float):
+        self.scale = 1.0 / temperature
+
+    def __call__(self, logits: mx.array) -> mx.array:
+        return mx.random.categorical(logits * self.scale)
+
+
 def make_rollout_sampler(temperature: float, top_p: float, candidates: int):
-    """A sampler of raw logits: mlx-lm's rule, with the candidate top-p when candidates > 0."""
-    if temperature == 0 or not 0 < top_p < 1 or candidates <= 0:
+    """A sampler of raw logits: mlx-lm's rule; when candidates > 0, the candidate top-p, or at
+    top-p 1 the temperature draw without the log-sum-exp (`TemperatureSampler`). candidates 0:
+    mlx-lm's own draws, bit for bit."""
+    if temperature == 0 or not 0 < top_p <= 1 or candidates <= 0:
         return MlxLmSampler(temperature, top_p)
+    if top_p == 1:
+        return TemperatureSampler(temperature)
     return CandidateTopPSampler(temperature, top_p, candidates)
 
 
