@@ -139,6 +139,21 @@ def test_fused_export_loads_in_transformers(lora_run, lora_exports):
     assert relative_diff(own_logits(lora_run), torch_logits(model)) < TOLERANCE
 
 
+def test_loaded_adapters_have_their_dropout_off(lora_run, tmp_path):
+    """Adapters trained with dropout, loaded by rasft-mlx: the same logits on every call, the ones
+    mlx-lm's load gives (which switches the model to eval mode too)."""
+    run = tmp_path / "run"
+    shutil.copytree(lora_run, run)
+    config_path = run / "adapters" / "adapter_config.json"
+    config = json.loads(config_path.read_text())
+    config["lora_parameters"]["dropout"] = 0.5
+    config_path.write_text(json.dumps(config))
+    first = own_logits(run)
+    np.testing.assert_array_equal(own_logits(run), first)
+    mlx_lm_model, _ = load(_base(run), adapter_path=str(run / "adapters"))
+    np.testing.assert_array_equal(mlx_logits(mlx_lm_model), first)
+
+
 def test_fused_from_quantized_base(lora_run, tiny_llama_dir, tmp_path):
     """A quantised base: --dequantize gives exactly base + adapter; without it, re-quantised."""
     from mlx_lm import convert

@@ -163,3 +163,4 @@ def load_adapters_into(model: nn.Module, adapter_dir: str | Path) -> None:
         load_adapters(model, str(adapter_dir))
     except (ValueError, KeyError) as error:
         raise ModelError(f"adapter: {adapter_dir} does not fit this model: {error}") from error
+    model.eval()  # the new adapter layers start in train mode: their dropout would be on
