@@ -223,6 +223,7 @@ def test_card_renders_the_run(lora_run, lora_exports, dora_run, tmp_path):
         assert PAPER_CITATION in card and "`sft`" in card and "synthetic" in card
         assert "from mlx_lm import" in card or "mlx-lm ones" in card
         assert ("PeftModel.from_pretrained" in card) == (fmt == "peft"), fmt
+        assert "cannot load" not in card  # a full-precision base
     card = (export_run(dora_run, "mlx", tmp_path / "d").out_dir / "README.md").read_text()
     assert "no summary.json" in card and "dora" in card
 

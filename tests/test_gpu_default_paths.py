@@ -198,6 +198,7 @@ def test_a_kept_quantized_base_trains_refreshes_evaluates_resumes_and_exports(
     config = json.loads((peft / "adapter_config.json").read_text())
     assert config["base_model_name_or_path"] == str(base_dir.resolve())
     assert str(base_dir.resolve()) in (peft / "README.md").read_text()
+    assert "is quantized by MLX, which transformers cannot load" in (peft / "README.md").read_text()
     plain = export_run(straight, "fused", tmp_path / "plain", dequantize=True).out_dir
     assert "quantization" not in json.loads((plain / "config.json").read_text())
     assert relative_diff(own, logits_of(load(str(plain))[0])) < 1e-5

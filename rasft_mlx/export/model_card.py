@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Sequence
+from pathlib import Path
 
 import yaml
 
@@ -141,6 +142,23 @@ def _results_lines(summary: dict, epoch_evals: Sequence[dict]) -> list[str]:
     return lines
 
 
+def mlx_quantized(base_model: str) -> bool:
+    """Whether the base is a quantized MLX checkpoint (its config.json's `quantization`), found
+    on disk or in the Hub cache; transformers cannot load those."""
+    config = Path(base_model) / "config.json"
+    if not config.is_file():
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(base_model, "config.json") if "/" in base_model else None
+        if not isinstance(cached, str):
+            return False
+        config = Path(cached)
+    try:
+        return "quantization" in json.loads(config.read_text())
+    except (OSError, ValueError):
+        return False
+
+
 def _usage(
     fmt: str, base_model: str, location: str, repo_id: str | None, system: str, full: bool
 ) -> str:
@@ -184,6 +202,13 @@ def _usage(
                 "return_tensors='pt', return_dict=True)\n"
                 "print(tokenizer.decode(model.generate(**inputs, max_new_tokens=512)[0]))\n```"
             )
+            if mlx_quantized(base_model):
+                peft = (
+                    f"`{base_model}` is quantized by MLX, which transformers cannot load: pass "
+                    "the full-precision model it was converted from as the base (the adapters "
+                    "were trained over its quantized weights, so expect small differences).\n\n"
+                    + peft
+                )
     if not mlx.startswith("These"):
         mlx = (
             "```python\nfrom mlx_lm import generate, load\n\n"
