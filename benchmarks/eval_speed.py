@@ -1,4 +1,4 @@
-"""Eval speed: this branch's rollout engine vs an earlier commit's (main's), side by side.
+"""Eval speed: the checkout's rollout engine ("branch") vs an earlier commit's ("main"), side by side.
 
 Part 1, eval: the greedy pass of `rasft-mlx eval` (and with --samples K its avg@K pass) on the
 synthetic test problems in the model's chat template, through each engine's `generate_rows`
@@ -6,8 +6,8 @@ synthetic test problems in the model's chat template, through each engine's `gen
 earlier engine is read from git (`--baseline`, default the commit before continuous batching)
 into this process, so both run on the same model object, interleaved. Greedy outputs are
 compared token for token. "auto" rows: `memory.auto_decode_rows`, as `eval.batch_size: 0` and
-now `rasft-mlx eval`'s default; `32:auto` runs main at its CLI's old default of 32 rows against
-this branch at auto.
+now `rasft-mlx eval`'s default; `32:auto` runs the old engine at its CLI's old default of 32
+rows against the checkout's at auto.
 
 Part 2, decode step: one decode step at --step-rows rows (prompt + 32 generated tokens of
 context) with MLX's attention kernel and with the engine's grouped attention, against the
