@@ -178,3 +178,46 @@ def test_penalty_rows_follow_extend_and_keep(scope):
     penalty.extend([[5]], mx.array([0]))
     got = np.array(penalty.apply(mx.ones((2, 6))))
     np.testing.assert_allclose(got, [[1, 0.5, 1, 1, 0.5, 0.5], [1, 1, 1, 1, 1, 0.5]])
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"max_rows": 16},  # every row in one batch
+        {"max_rows": 3, "check_every": 1, "compact_fraction": 0.01, "refill_fraction": 0.01},
+    ],
+)
+def test_a_row_stops_at_its_own_limit_while_the_batch_goes_on(tiny, options):
+    """Limits per prompt: a row ends at its own, truncated, as a run at that max_new_tokens ends
+    it, or at its stop token before it; the other rows of its batch decode on to theirs, each
+    row's tokens those of mlx-lm's loop on its prompt alone. Finished rows leave the batch."""
+    model, tokenizer = tiny
+    prompts = chat_prompts(tokenizer)
+    limits = [24, 5, 24, 9, 24, 1, 17]
+    settings = EngineSettings(max_new_tokens=24, **options)
+    unstopped, stats = generate_rows(model, prompts, 2, settings, NO_EOS, limits=limits)
+    for prompt, limit, samples in zip(prompts, limits, unstopped, strict=True):
+        expected = reference(model, prompt, limit, NO_EOS)
+        assert len(expected[0]) == limit and expected[1]
+        assert [(list(s.token_ids), s.truncated) for s in samples] == [expected] * 2
+    assert stats.generated_tokens == 2 * sum(limits)
+    assert stats.extra["row_steps"] < 14 * 24  # the short rows stopped decoding
+    assert stats.compactions > 0
+
+    stop = [varied_stop([r[0].token_ids for r in unstopped])]
+    stopped, _ = generate_rows(model, prompts, 2, settings, stop, limits=limits)
+    outcomes = set()
+    for prompt, limit, samples in zip(prompts, limits, stopped, strict=True):
+        expected = reference(model, prompt, limit, stop)
+        assert [(list(s.token_ids), s.truncated) for s in samples] == [expected] * 2
+        outcomes.add((expected[1], limit < 24))
+    assert {(True, True), (False, False)} <= outcomes  # cut at a short limit; stopped before 24
+
+
+def test_limits_name_one_positive_limit_per_prompt(tiny):
+    model, tokenizer = tiny
+    prompts = chat_prompts(tokenizer)[:2]
+    settings = EngineSettings(max_new_tokens=4)
+    for limits in ([4], [4, 0]):
+        with pytest.raises(ValueError, match="one limit of at least 1"):
+            generate_rows(model, prompts, 1, settings, NO_EOS, limits=limits)

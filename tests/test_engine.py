@@ -302,3 +302,27 @@ def test_penalty_state_follows_the_output_and_dropped_rows():
     penalty.keep(mx.array([0, 2]))
     after = np.array(penalty.apply(mx.ones((2, 6))))
     np.testing.assert_allclose(after, [[1, 0.5, 0.5, 1, 1, 0.5], [1, 1, 1, 0.5, 0.5, 1]])
+
+
+def test_generate_completions_with_limits_matches_batch_generate(tiny):
+    """Limits per prompt through the entry point: repeats of one prompt with different limits
+    decode apart, and the engine and the mlx-lm fallback cut and mark each at its own."""
+    from rasft_mlx.generation.completions import (
+        SamplingSettings,
+        _batch_generate_completions,
+        generate_completions,
+    )
+
+    model, tokenizer = tiny
+    a, b, c = prompts_of(tokenizer)
+    prompts = [b, a, b, c, a, b]
+    limits = [3, 12, 7, 12, 12, 3]
+    settings = SamplingSettings(max_new_tokens=12, batch_size=4)
+    completions, stats = generate_completions(model, tokenizer, prompts, settings, limits=limits)
+    expected, _ = _batch_generate_completions(
+        model, tokenizer, prompts, settings, None, None, limits
+    )
+    assert completions == expected
+    assert [len(x.token_ids) for x in completions] == limits  # the tiny model never stops
+    assert all(x.truncated for x in completions)
+    assert stats.generated_tokens == sum(limits)

@@ -57,24 +57,29 @@ def generate_completions(
     settings: SamplingSettings,
     seed: int | None = None,
     label: str = "generation",
+    limits: list[int] | None = None,
 ) -> tuple[list[Completion], GenerationStats]:
-    """One completion per prompt; a completion that hit max_new_tokens is marked truncated.
+    """One completion per prompt, of at most `limits[i]` new tokens (None: all of
+    `settings.max_new_tokens`); a completion that hit its limit is marked truncated.
 
     Identical prompts (K samples of one problem) are prefilled once; `settings.batch_size` caps
-    the sequences decoded together (0: as many as fit, `memory.auto_decode_rows`). Progress is
-    reported as the phase `label`; a stop request raises progress.PhaseInterrupted.
+    the sequences decoded together (0: as many as fit, `memory.auto_decode_rows`, sized for
+    `max_new_tokens` whatever the limits). Progress is reported as the phase `label`; a stop
+    request raises progress.PhaseInterrupted.
     """
     from rasft_mlx.generation.engine import supports_model
 
     if not settings.batch_size and prompts:
         context = max(len(p) for p in prompts) + settings.max_new_tokens
         settings = replace(settings, batch_size=auto_decode_rows(model, context))
+    if limits is None:
+        limits = [settings.max_new_tokens] * len(prompts)
     generate = _engine_completions if supports_model(model) else _batch_generate_completions
     with (
         dropout_mode(model, False),
-        phase(label, len(prompts), token_budget=len(prompts) * settings.max_new_tokens) as reporter,
+        phase(label, len(prompts), token_budget=sum(limits)) as reporter,
     ):
-        return generate(model, tokenizer, prompts, settings, seed, reporter)
+        return generate(model, tokenizer, prompts, settings, seed, reporter, limits)
 
 
 def decode_share(prompts: list[list[int]], samples: int, batch_size: int) -> list[int]:
@@ -100,15 +105,16 @@ def eos_ids(tokenizer) -> list[int]:
     return sorted(ids) if ids else [tokenizer.eos_token_id]
 
 
-def _engine_completions(model, tokenizer, prompts, settings, seed, reporter=None):
+def _engine_completions(model, tokenizer, prompts, settings, seed, reporter=None, limits=None):
     from rasft_mlx.generation.engine import EngineSettings, generate_rows
 
     started = time.perf_counter()
-    unique: dict[tuple[int, ...], int] = {}
+    limits = limits or [settings.max_new_tokens] * len(prompts)
+    unique: dict[tuple[tuple[int, ...], int], int] = {}  # (prompt, limit): one engine prompt
     slot = []  # (unique prompt, its n-th sample) of each input prompt
     counts: list[int] = []
-    for prompt in prompts:
-        index = unique.setdefault(tuple(prompt), len(unique))
+    for prompt, limit in zip(prompts, limits, strict=True):
+        index = unique.setdefault((tuple(prompt), limit), len(unique))
         if index == len(counts):
             counts.append(0)
         slot.append((index, counts[index]))
@@ -123,12 +129,13 @@ def _engine_completions(model, tokenizer, prompts, settings, seed, reporter=None
     )
     samples, engine_stats = generate_rows(
         model,
-        [list(p) for p in unique],
+        [list(p) for p, _ in unique],
         counts,
         engine,
         eos_ids(tokenizer),
         seed=seed,
         reporter=reporter,
+        limits=[limit for _, limit in unique],
     )
     completions = []
     for index, n in slot:
@@ -139,7 +146,9 @@ def _engine_completions(model, tokenizer, prompts, settings, seed, reporter=None
     return completions, GenerationStats(len(prompts), generated, time.perf_counter() - started)
 
 
-def _batch_generate_completions(model, tokenizer, prompts, settings, seed, reporter=None):
+def _batch_generate_completions(
+    model, tokenizer, prompts, settings, seed, reporter=None, limits=None
+):
     from mlx_lm.generate import batch_generate
     from mlx_lm.sample_utils import make_logits_processors, make_sampler
 
@@ -154,27 +163,29 @@ def _batch_generate_completions(model, tokenizer, prompts, settings, seed, repor
             repetition_penalty=settings.repetition_penalty, repetition_context_size=context
         )
     started = time.perf_counter()
+    limits = limits or [settings.max_new_tokens] * len(prompts)
     completions: list[Completion] = []
     generated = 0
     for start in range(0, len(prompts), settings.batch_size):
         chunk = prompts[start : start + settings.batch_size]
+        chunk_limits = limits[start : start + settings.batch_size]
         response = batch_generate(
             model,
             tokenizer,
             chunk,
-            max_tokens=settings.max_new_tokens,
+            max_tokens=chunk_limits,
             sampler=sampler,
             logits_processors=processors,
             completion_batch_size=len(chunk),
             prefill_batch_size=len(chunk),
             return_token_ids=True,
         )
-        for text, ids in zip(response.texts, response.token_ids, strict=True):
-            completions.append(Completion(text, tuple(ids), len(ids) >= settings.max_new_tokens))
+        for text, ids, limit in zip(response.texts, response.token_ids, chunk_limits, strict=True):
+            completions.append(Completion(text, tuple(ids), len(ids) >= limit))
             generated += len(ids)
         if reporter is not None:
             tokens = sum(len(ids) for ids in response.token_ids)
-            reporter.advance(len(chunk), tokens, len(chunk) * settings.max_new_tokens - tokens)
+            reporter.advance(len(chunk), tokens, sum(chunk_limits) - tokens)
         check(label="generation")
     stats = GenerationStats(len(prompts), generated, time.perf_counter() - started)
     return completions, stats

@@ -22,8 +22,8 @@ last 20 tokens of prompt + completion (scope "window", mlx-lm's) or over every t
 (scope "all", vLLM's). Order per step: penalty on the logits, then top-p on the untempered
 distribution, then a draw at temperature T among the kept tokens (mlx-lm's order; vLLM divides by
 T before its top-p cut).
-Generated ids exclude the stop token; a sample with no stop token within `max_new_tokens` is
-truncated.
+Generated ids exclude the stop token; a sample with no stop token within its limit
+(`max_new_tokens`, or its prompt's own in `limits`) is truncated.
 """
 
 from __future__ import annotations
@@ -171,14 +171,18 @@ def generate_rows(
     eos_token_ids,
     seed: int | None = None,
     reporter=None,
+    limits: list[int] | None = None,
 ) -> tuple[list[list[Sample]], EngineStats]:
-    """`counts[i]` samples of prompt i; returns the samples of each prompt, in prompt order.
+    """`counts[i]` samples of prompt i, each of at most `limits[i]` new tokens (None: all of
+    `settings.max_new_tokens`); returns the samples of each prompt, in prompt order.
     `reporter` (progress.PhaseReporter) hears of finished rows and tokens every few steps; a
     stop request raises progress.PhaseInterrupted."""
     if isinstance(counts, int):
         counts = [counts] * len(prompts)
     if any(len(p) == 0 for p in prompts):
         raise ValueError("empty prompt")
+    if limits is not None and (len(limits) != len(prompts) or min(limits, default=1) < 1):
+        raise ValueError("limits: one limit of at least 1 new token per prompt")
     if seed is not None:
         mx.random.seed(seed)
     candidates = settings.top_p_candidates
@@ -196,7 +200,7 @@ def generate_rows(
     check("generation")
     with decode_attention(model, settings.grouped_attention):
         row_prompt, rows = scheduler.decode(
-            model, prompts, counts, settings, eos, sampler, penalty, stats, reporter
+            model, prompts, counts, settings, eos, sampler, penalty, stats, reporter, limits
         )
     results: list[list[Sample]] = [[] for _ in prompts]
     for prompt, tokens in zip(row_prompt, rows, strict=True):

@@ -4,8 +4,9 @@ ones take their places, so the batch stays full until the work runs out.
 Rows (one per sample) start in the order of `WorkQueue`, longest prompt first. Up to
 `settings.max_rows` decode together; a prompt's samples that start together share its prefill
 (`prefill.prefill_rows`, from the prompts' shared prefix). A row is finished at a stop token or
-at `max_new_tokens` tokens of its own: the host knows the second at once, and reads the first
-every few steps, one check behind (so the device never waits on Python). Once enough rows are
+at its prompt's limit of new tokens (`max_new_tokens`, or a limit per prompt): the host knows the
+second at once, and reads the first every few steps, one check behind (so the device never waits
+on Python). Once enough rows are
 finished, they are dropped from the batch and, while rows wait, as many new rows are prefilled
 and appended (mlx-lm's `BatchKVCache.extend`, which left-pads the shorter caches). A batch
 therefore never waits on its longest sequence: the chunked loop it replaces kept decoding a
@@ -58,14 +59,15 @@ class _Batch:
     ids: np.ndarray  # each row's global row number
     started: np.ndarray  # the decode step each row started after
     stopped: np.ndarray  # `done` as last read on the host
+    limit: np.ndarray  # each row's most new tokens
 
     def keep(self, rows: np.ndarray) -> None:
         index = mx.array(rows)
         for c in self.cache:
             c.filter(index)
         self.y, self.done = self.y[index], self.done[index]
-        self.ids, self.started, self.stopped = (
-            a[rows] for a in (self.ids, self.started, self.stopped)
+        self.ids, self.started, self.stopped, self.limit = (
+            a[rows] for a in (self.ids, self.started, self.stopped, self.limit)
         )
 
     def extend(self, other: _Batch) -> None:
@@ -76,21 +78,23 @@ class _Batch:
         self.ids = np.concatenate([self.ids, other.ids])
         self.started = np.concatenate([self.started, other.started])
         self.stopped = np.concatenate([self.stopped, other.stopped])
+        self.limit = np.concatenate([self.limit, other.limit])
 
 
 class _Progress:
     """What the phase reporter hears: rows finished, tokens decoded, budget left unused."""
 
-    def __init__(self, reporter, rows: int, limit: int):
-        self.reporter, self.limit = reporter, limit
+    def __init__(self, reporter, rows: int):
+        self.reporter = reporter
         self.reported = np.zeros(rows, dtype=np.bool_)
         self.row_steps = self.row_steps_reported = 0
 
-    def finished(self, ids: np.ndarray, finished: np.ndarray, taken: np.ndarray) -> None:
+    def finished(self, batch: _Batch, finished: np.ndarray, taken: np.ndarray) -> None:
+        ids = batch.ids
         new = finished & ~self.reported[ids]
         self.reported[ids[new]] = True
         if self.reporter is not None:
-            unused = int(np.maximum(self.limit - taken[new], 0).sum())
+            unused = int(np.maximum(batch.limit[new] - taken[new], 0).sum())
             self.reporter.advance(int(new.sum()), self.row_steps - self.row_steps_reported, unused)
         self.row_steps_reported = self.row_steps
 
@@ -101,14 +105,26 @@ class _Progress:
 
 
 def decode(
-    model, prompts, counts, settings, eos: mx.array, sampler, penalty, stats, reporter=None
+    model,
+    prompts,
+    counts,
+    settings,
+    eos: mx.array,
+    sampler,
+    penalty,
+    stats,
+    reporter=None,
+    limits: list[int] | None = None,
 ) -> tuple[list[int], list[np.ndarray]]:
-    """Decode `counts[i]` rows of prompt i. Returns each row's prompt index and its tokens (at
-    most `settings.max_new_tokens`, stop token and anything after it included). `penalty` (a
-    `RepetitionPenalty` with no rows, or None) follows the batch's rows; `stats`
-    (`EngineStats`) is added to; `reporter` (progress.PhaseReporter) hears of finished rows
-    and tokens, and a stop request raises progress.PhaseInterrupted."""
-    limit = settings.max_new_tokens
+    """Decode `counts[i]` rows of prompt i, each to at most `limits[i]` new tokens (None: all to
+    `settings.max_new_tokens`). Returns each row's prompt index and its tokens (at most its
+    limit, stop token and anything after it included). `penalty` (a `RepetitionPenalty` with no
+    rows, or None) follows the batch's rows; `stats` (`EngineStats`) is added to; `reporter`
+    (progress.PhaseReporter) hears of finished rows and tokens, and a stop request raises
+    progress.PhaseInterrupted."""
+    if limits is None:
+        limits = [settings.max_new_tokens] * len(prompts)
+    prompt_limit = np.array(limits, dtype=np.int64)
     max_rows = max(1, settings.max_rows)
     queue = WorkQueue(prompts, counts)
     row_prompt: list[int] = []
@@ -131,6 +147,7 @@ def decode(
                 c.filter(index)  # one cache row per sample, sharing its prompt's prefill
         ids = np.arange(len(row_prompt), len(row_prompt) + len(local))
         row_prompt.extend(group[j][0] for j in local)
+        limit = prompt_limit[[group[j][0] for j in local]]
         y = mx.array([unique[j][-1] for j in local], dtype=mx.uint32)
         done = mx.zeros((len(local),), dtype=mx.bool_)
         if penalty is not None:
@@ -140,10 +157,11 @@ def decode(
         stats.chunks += 1
         stats.prefill_seconds += time.perf_counter() - admitted_at
         rows = len(local)
-        return _Batch(cache, y, done, ids, np.full(rows, step), np.zeros(rows, dtype=np.bool_))
+        stopped = np.zeros(rows, dtype=np.bool_)
+        return _Batch(cache, y, done, ids, np.full(rows, step), stopped, limit)
 
     refill_rows = max(1, int(settings.refill_fraction * max_rows))
-    progress = _Progress(reporter, queue.rows_left, limit)
+    progress = _Progress(reporter, queue.rows_left)
     segments: list[tuple[np.ndarray, list[mx.array]]] = []  # (row numbers, per-step tokens)
     batch = admit(max_rows, 0)
     segments.append((batch.ids, []))
@@ -164,17 +182,17 @@ def decode(
         step += 1
         progress.row_steps += len(batch.ids)
         taken = step - batch.started
-        full = taken >= limit  # known on the host: no wait
+        full = taken >= batch.limit  # known on the host: no wait
         if queue.rows_left == 0 and full.all():
-            break  # every row has its max_new_tokens
+            break  # every row has its limit of new tokens
         read = pending is not None
         if read:
             batch.stopped |= np.array(pending)  # waits for an earlier step only
             pending = None
             check("generation")
-        if read or (taken == limit).any():
+        if read or (taken == batch.limit).any():
             finished = batch.stopped | full
-            progress.finished(batch.ids, finished, taken)
+            progress.finished(batch, finished, taken)
             done_rows = int(finished.sum())
             if queue.rows_left == 0 and done_rows == len(batch.ids):
                 break
@@ -206,7 +224,10 @@ def decode(
             table = np.array(mx.stack(steps, axis=1))
             for row, tokens in zip(ids.tolist(), table, strict=True):
                 pieces[row].append(tokens)
-    rows = [np.concatenate(p)[:limit] if p else np.zeros(0, np.int64) for p in pieces]
+    rows = [
+        np.concatenate(p)[: prompt_limit[row_prompt[r]]] if p else np.zeros(0, np.int64)
+        for r, p in enumerate(pieces)
+    ]
     stats.decode_seconds += time.perf_counter() - began - (stats.prefill_seconds - prefill_before)
     stats.extra["row_steps"] = stats.extra.get("row_steps", 0) + progress.row_steps
     return row_prompt, rows
