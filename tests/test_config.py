@@ -562,3 +562,26 @@ def test_full_fine_tuning_keys(tmp_path):
     path = write(tmp_path, "model:\n  path: m\n  adapter: runs/sft\n")
     message = error_of(path, ("lora.type=full",))
     assert "'lora.type' must be lora, got 'full'" in message and "--format fused" in message
+
+
+def test_rollout_budget_per_demo_token_is_off_by_default_and_under_the_authors(tmp_path):
+    """`rollout.max_new_tokens_per_demo_token`: 0 (off) by default and under `protocol: authors`
+    (their one --rollout_max_tokens), which still lets a recipe set it; never negative."""
+    from rasft_mlx.recipe.protocols import protocol_report
+
+    key = "rollout.max_new_tokens_per_demo_token"
+    assert Recipe().rollout.max_new_tokens_per_demo_token == 0.0
+    authors = recipe_from_dict({"protocol": "authors"})
+    assert authors.rollout.max_new_tokens_per_demo_token == 0.0
+    assert key in protocol_report(authors)[0]
+    changed = recipe_from_dict(
+        {"protocol": "authors", "rollout": {"max_new_tokens_per_demo_token": 2}}
+    )
+    assert changed.rollout.max_new_tokens_per_demo_token == 2.0
+    assert protocol_report(changed)[1] == [f"{key}: 2.0 (protocol 0.0)"]
+    path = write_with_model(tmp_path, "rollout:\n  max_new_tokens_per_demo_token: 1.5\n")
+    assert load_recipe(path).rollout.max_new_tokens_per_demo_token == 1.5
+    path = write(tmp_path, "rollout:\n  max_new_tokens_per_demo_token: -0.5\n")
+    assert error_of(path) == f"{path}: '{key}' must be >= 0.0, got -0.5"
+    path = write_with_model(tmp_path, "rollout:\n  max_new_tokens_per_demo_token: .nan\n")
+    assert key in error_of(path)

@@ -312,6 +312,7 @@ class RasftSource:
             self.recipe.rollout,
             seed=rank_seed(self.recipe.training.seed * 1000 + self.refresh_count),
             label=f"rollouts (refresh {self.refresh_count})",
+            demos=self.experts,
         )
         rollout_seconds = time.perf_counter() - started
         self.timings["rollout"] += rollout_seconds

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import asdict, dataclass
 
 import rasft_mlx.runtime.distributed as distributed
+from rasft_mlx.data.encoding import TrainingSequence
 from rasft_mlx.data.graders import grade
 from rasft_mlx.data.problem import Problem
 from rasft_mlx.generation.completions import (
@@ -16,6 +18,11 @@ from rasft_mlx.generation.completions import (
     generate_completions,
 )
 from rasft_mlx.recipe.config import RolloutConfig
+
+# The least budget `rollout.max_new_tokens_per_demo_token` gives a problem: a terse demo (a bare
+# "\boxed{7}" is a handful of tokens) would otherwise leave no room for the few words of working
+# a model writes before its answer; 16 tokens cost little next to any budget worth setting.
+MIN_ROLLOUT_TOKENS = 16
 
 
 @dataclass(frozen=True)
@@ -41,6 +48,17 @@ def sampling_settings(config: RolloutConfig) -> SamplingSettings:
     )
 
 
+def rollout_limit(config: RolloutConfig, demo_tokens: int) -> int:
+    """A problem's most new tokens per rollout: `max_new_tokens`, or with
+    `max_new_tokens_per_demo_token` F on, ceil(F x `demo_tokens`) (its demo's response tokens,
+    end-of-turn included), at least MIN_ROLLOUT_TOKENS, at most `max_new_tokens`."""
+    factor = config.max_new_tokens_per_demo_token
+    if factor <= 0:
+        return config.max_new_tokens
+    budget = math.ceil(round(factor * demo_tokens, 6))  # 1.1 x 10 is 11, not 11.000...02 -> 12
+    return min(config.max_new_tokens, max(MIN_ROLLOUT_TOKENS, budget))
+
+
 def generate_samples(
     model,
     tokenizer,
@@ -49,13 +67,20 @@ def generate_samples(
     config: RolloutConfig,
     seed: int,
     label: str = "rollouts",
+    demos: dict[str, TrainingSequence] | None = None,
 ) -> tuple[dict[str, list[Completion]], GenerationStats]:
-    """K samples per problem from the model as it is now (live adapters, no snapshot).
+    """K samples per problem from the model as it is now (live adapters, no snapshot), each of
+    at most `rollout_limit` new tokens (`demos`: each problem's demo, by problem id).
 
     The K copies of a prompt go to `generate_completions` together, so the rollout engine
     prefills each prompt once and decodes its K samples from the shared cache.
     """
     repeated = [problem for problem in problems for _ in range(config.k)]
+    limits = None
+    if config.max_new_tokens_per_demo_token > 0:
+        if demos is None:
+            raise ValueError("rollout.max_new_tokens_per_demo_token needs each problem's demo")
+        limits = [rollout_limit(config, demos[p.id].response_length) for p in repeated]
     completions, stats = generate_completions(
         model,
         tokenizer,
@@ -63,6 +88,7 @@ def generate_samples(
         sampling_settings(config),
         seed=seed,
         label=label,
+        limits=limits,
     )
     samples: dict[str, list[Completion]] = {p.id: [] for p in problems}
     for problem, completion in zip(repeated, completions, strict=True):

@@ -173,6 +173,15 @@ class RolloutConfig:
         ),
     )
     max_new_tokens: int = field(default=1024, metadata=_range(1))
+    max_new_tokens_per_demo_token: float = field(
+        default=0.0,
+        metadata=_range(
+            0.0,
+            help="0 = off; F: each problem's rollouts stop at min(max_new_tokens, "
+            "ceil(F x its demo's response tokens), end-of-turn included), at least 16, so that "
+            "a refresh spends fewer tokens on samples cut off before their answer",
+        ),
+    )
     batch_size: int = field(default=0, metadata=_range(0, help=AUTO_ROWS_HELP))
 
 
@@ -202,8 +211,9 @@ class RasftConfig:
     grade_truncated: bool = field(
         default=False,
         metadata=_range(
-            help="grade the answer of a rollout cut at rollout.max_new_tokens (the authors); "
-            "false: it counts in K but is neither positive nor negative"
+            help="grade the answer of a rollout cut at its limit (rollout.max_new_tokens, or "
+            "its demo-sized budget) (the authors); false: it counts in K but is neither "
+            "positive nor negative"
         ),
     )
     ratio_min: float = field(default=0.4, metadata=_range(0.0))

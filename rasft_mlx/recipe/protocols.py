@@ -32,6 +32,7 @@ AUTHORS: dict[str, dict] = {
         "repetition_penalty": 1.1,  # --repetition_penalty
         "repetition_scope": "all",  # vLLM: prompt and output tokens
         "max_new_tokens": 1024,  # --rollout_max_tokens
+        "max_new_tokens_per_demo_token": 0.0,  # off: one --rollout_max_tokens for every problem
     },
     "rasft": {
         "schedule": "authors",  # continuous_train / apply_refresh
