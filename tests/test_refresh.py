@@ -6,15 +6,17 @@ import json
 
 import mlx.core as mx
 import numpy as np
+import pytest
 import yaml
 from mlx_lm import load
 
 from rasft_mlx.commands.train import run_training
 from rasft_mlx.data.encoding import encode_expert_sequences, encode_prompt
 from rasft_mlx.data.synthetic import generate_problems
+from rasft_mlx.generation.engine import EngineSettings
 from rasft_mlx.models.adapters import adapter_modules, apply_adapters
 from rasft_mlx.rasft.reference import with_reference_logprobs
-from rasft_mlx.rasft.rollouts import generate_samples
+from rasft_mlx.rasft.rollouts import MIN_ROLLOUT_TOKENS, generate_samples, rollout_limit
 from rasft_mlx.recipe.config import DEFAULT_SYSTEM_PROMPT, LoraConfig, RolloutConfig, load_recipe
 from rasft_mlx.training.losses import token_logprobs
 
@@ -171,3 +173,86 @@ def test_demo_nll_before_any_step_reuses_the_reference_logprobs(
     assert len(forwards) == 1
     assert np.abs(np.array(moved) - np.array(cached)).max() > 1e-3
     assert source.state_dict()["steps_observed"] == 1
+
+
+def test_rollout_limit_scales_the_demo_between_a_floor_and_max_new_tokens():
+    config = RolloutConfig(max_new_tokens=64, max_new_tokens_per_demo_token=1.5)
+    assert [rollout_limit(config, n) for n in (20, 21, 30, 42, 43, 500)] == [30, 32, 45, 63, 64, 64]
+    assert rollout_limit(config, 4) == MIN_ROLLOUT_TOKENS == 16
+    assert rollout_limit(RolloutConfig(max_new_tokens=8, max_new_tokens_per_demo_token=1.5), 4) == 8
+    tenths = RolloutConfig(max_new_tokens=64, max_new_tokens_per_demo_token=1.1)
+    assert rollout_limit(tenths, 20) == 22  # not 23 from 1.1 x 20 = 22.000000000000004
+    assert rollout_limit(RolloutConfig(max_new_tokens=64), 4) == 64  # off
+
+
+def budget_run(model_dir, tmp_path, factor):
+    """A tiny RASFT run of the weak base (whose rollouts stop by themselves) at
+    `rollout.max_new_tokens_per_demo_token` factor: each refresh's rollouts, the limits they had,
+    the sequences handed to training, the final adapter file and the demos' response tokens."""
+    from rasft_mlx.rasft import refresh, rollouts
+
+    rollout = {"k": 2, "max_new_tokens": 48, "batch_size": 4, "temperature": 1.0}
+    recipe = tiny_rasft_recipe(
+        model_dir,
+        tmp_path,
+        data={"synthetic": {"n_train": 12, "n_test": 2, "min_level": 0, "max_level": 1}},
+        training={"mode": "rasft", "epochs": 2, "batch_size": 4, "learning_rate": 1e-3},
+        rollout={**rollout, "max_new_tokens_per_demo_token": factor},
+        output={"report": False},
+    )
+    seen = {"samples": [], "limits": [], "sequences": [], "demo_tokens": {}}
+
+    def spied_samples(*args, **kwargs):
+        seen["demo_tokens"] = {i: s.response_length for i, s in kwargs["demos"].items()}
+        samples, stats = real_samples(*args, **kwargs)
+        seen["samples"].append(samples)
+        return samples, stats
+
+    def spied_completions(*args, **kwargs):
+        seen["limits"].append(kwargs["limits"])
+        return real_completions(*args, **kwargs)
+
+    def spied_refresh(self, progress):
+        sequences = real_refresh(self, progress)
+        seen["sequences"].append(
+            [(s, s.reference_logprobs.tobytes()) for s in sequences]  # not compared by ==
+        )
+        return sequences
+
+    real_samples, real_completions = refresh.generate_samples, rollouts.generate_completions
+    real_refresh = refresh.RasftSource.refresh
+    run_dir = tmp_path / f"run-{factor}"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(refresh, "generate_samples", spied_samples)
+        patch.setattr(rollouts, "generate_completions", spied_completions)
+        patch.setattr(refresh.RasftSource, "refresh", spied_refresh)
+        run_training(recipe, run_dir)
+    seen["adapters"] = (run_dir / "adapters" / "adapters.safetensors").read_bytes()
+    return seen
+
+
+def test_a_budget_no_rollout_reaches_changes_nothing_in_a_run(weak_base_dir, tmp_path):
+    """With each problem's limit past where its rollouts stop (and past the few steps the host
+    takes to see a stop), the rollouts, the trained sequences and the adapter are those of the
+    run without the budget, byte for byte, though the limits are below max_new_tokens."""
+    plain = budget_run(weak_base_dir, tmp_path, 0.0)
+    assert plain["limits"] == [None, None]  # off: the engine hears of no limits
+    longest = {}
+    for samples in plain["samples"]:
+        for pid, completions in samples.items():
+            assert not any(c.truncated for c in completions)
+            longest[pid] = max([longest.get(pid, 0)] + [len(c.token_ids) for c in completions])
+    demo = plain["demo_tokens"]
+    # Past the stop token and the steps before the host reads it (check_every + 1; a limit met
+    # before then finishes the row sooner, which moves the batch's compactions and so the draws).
+    lag = EngineSettings(max_new_tokens=48).check_every + 2
+    factor = max((longest[pid] + 1 + lag) / demo[pid] for pid in longest)
+    budget = budget_run(weak_base_dir, tmp_path, factor)
+    config = RolloutConfig(max_new_tokens=48, max_new_tokens_per_demo_token=factor)
+    for samples, limits in zip(budget["samples"], budget["limits"], strict=True):
+        assert limits == [rollout_limit(config, demo[pid]) for pid in samples for _ in range(2)]
+    assert min(min(limits) for limits in budget["limits"]) < 48 - 8  # the budget binds
+    assert budget["samples"] == plain["samples"]
+    assert budget["sequences"] == plain["sequences"]
+    assert any(s.source == "rollout" for s, _ in plain["sequences"][-1])  # rollouts trained
+    assert budget["adapters"] == plain["adapters"]
