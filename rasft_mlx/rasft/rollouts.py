@@ -55,7 +55,7 @@ def rollout_limit(config: RolloutConfig, demo_tokens: int) -> int:
     factor = config.max_new_tokens_per_demo_token
     if factor <= 0:
         return config.max_new_tokens
-    budget = math.ceil(round(factor * demo_tokens, 6))  # 1.1 x 10 is 11, not 11.000...02 -> 12
+    budget = math.ceil(round(factor * demo_tokens, 6))  # 1.1 x 50: 55, not 55.00000000000001 -> 56
     return min(config.max_new_tokens, max(MIN_ROLLOUT_TOKENS, budget))
 
 
