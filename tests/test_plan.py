@@ -96,6 +96,15 @@ def test_rollout_tokens_per_refresh(tiny_llama_dir, loaded):
     assert some.rollout_tokens_per_refresh == round(0.3 * 32) * 3 * 40
     # rollouts (prompt + 40 new tokens) may be longer than any demo
     assert some.largest_bucket >= every.largest_bucket >= 64
+    recipe = make_recipe(tiny_llama_dir, "rasft")
+    budget = replace(recipe, rollout=replace(recipe.rollout, max_new_tokens_per_demo_token=1.0))
+    sequences, _ = encode_expert_sequences(
+        loaded.tokenizer, load_run_data(recipe)[0], recipe.data.system_prompt, 256
+    )
+    limits = [min(40, max(16, s.response_length)) for s in sequences]  # F 1: the demo's length
+    assert len(set(limits)) > 1  # the budget differs per demo here
+    sized = build_plan(budget, loaded=loaded).rollout_tokens_per_refresh
+    assert sized == 32 * 3 * -(-sum(limits) // len(limits)) < every.rollout_tokens_per_refresh
 
 
 def test_the_authors_plan_counts_the_hard_pools_second_pass(tiny_llama_dir, loaded):

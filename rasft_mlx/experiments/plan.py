@@ -21,7 +21,7 @@ from rasft_mlx.models.adapters import (
 from rasft_mlx.models.checkpointing import checkpoint_layers
 from rasft_mlx.models.loading import load_model
 from rasft_mlx.rasft.authors_schedule import refresh_step
-from rasft_mlx.rasft.rollouts import sampling_settings
+from rasft_mlx.rasft.rollouts import rollout_limit, sampling_settings
 from rasft_mlx.rasft.routing import expected_rollout_problems
 from rasft_mlx.recipe.config import ROLLOUT_MODES, Recipe
 from rasft_mlx.runtime.memory import (
@@ -148,6 +148,15 @@ def authors_hard_pool_demos(sequence_count: int, recipe: Recipe) -> int:
     return round(sequence_count * max(recipe.rasft.hard_quantile - high, 0.0))
 
 
+def rollout_tokens(sequences, rollout) -> int:
+    """Most new tokens per rollout: max_new_tokens, or with the demo-sized budget on, its mean
+    over the demos (rounded up)."""
+    if rollout.max_new_tokens_per_demo_token <= 0 or not sequences:
+        return rollout.max_new_tokens
+    limits = [rollout_limit(rollout, s.response_length) for s in sequences]
+    return math.ceil(sum(limits) / len(limits))
+
+
 def build_plan(recipe: Recipe, *, loaded=None, probe_steps: int = 0) -> RunPlan:
     """Everything `rasft-mlx plan` prints; `loaded`: the model with adapters already applied.
 
@@ -207,7 +216,7 @@ def build_plan(recipe: Recipe, *, loaded=None, probe_steps: int = 0) -> RunPlan:
         refresh_steps=refresh_steps,
         hard_pool_demos=hard_pool,
         rollout_problems_per_refresh=selected,
-        rollout_tokens_per_refresh=selected * rollout.k * rollout.max_new_tokens,
+        rollout_tokens_per_refresh=selected * rollout.k * rollout_tokens(sequences, rollout),
         eval_tokens=len(test_prompts) * samples * evaluation.max_new_tokens * evals,
         memory=sizing.memory,
         machine_memory=sizing.machine_memory,
