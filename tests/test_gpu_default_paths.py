@@ -280,8 +280,8 @@ def generation_spies(monkeypatch) -> tuple[list[dict], list]:
     it made, recorded."""
     calls, samplers = [], []
 
-    def generate_and_record(model, prompts, counts, settings, eos, seed=None, reporter=None):
-        results, stats = generate_rows(model, prompts, counts, settings, eos, seed, reporter)
+    def generate_and_record(model, prompts, counts, settings, eos, *args, **kwargs):
+        results, stats = generate_rows(model, prompts, counts, settings, eos, *args, **kwargs)
         rows = sum(counts) if isinstance(counts, list) else counts * len(prompts)
         calls.append({"settings": settings, "rows": rows, "chunks": stats.chunks})
         calls[-1].update(prompts=prompts, results=results)
