@@ -129,7 +129,8 @@ def base_model_results(
     else:
         evaluation = None
         if test_problems:
-            console.print(f"base model: evaluating {recipe.model.path} (greedy, no adapters)")
+            start = f" + the start adapter {recipe.model.adapter}" if recipe.model.adapter else ""
+            console.print(f"base model: evaluating {recipe.model.path}{start} (greedy)")
             summary = evaluate_and_write(loaded, recipe, test_problems, out_dir / BASE_DIR, "eval")
             evaluation = summary.as_dict()
         extra = {}
