@@ -17,13 +17,13 @@ src=$1 dest=$2
 mkdir -p "$dest"
 small_files() {  # the files of one dir worth keeping
   (cd "$1" && find . -type f -not -path '*/checkpoints/*' -not -path '*/adapters*' \
-    -not -path '*/rollouts/*' -not -name '*.safetensors' -not -name '*.npz' -print0)
+    -not -path '*/rollouts/*' -not -name '*.safetensors' -not -name '*.npz' -not -name report.html -print0)
 }
 for entry in "$src"/*; do
   name=$(basename "$entry")
   if [[ -f "$entry" ]]; then
     cp "$entry" "$dest/$name"
-  elif [[ -f "$entry/summary.json" || "$name" == base ]]; then  # finished runs, the base eval
+  elif [[ -f "$entry/summary.json" || "$name" == base || "$name" == figures ]]; then  # finished runs, base eval, figures
     small_files "$entry" | while IFS= read -r -d '' file; do
       mkdir -p "$dest/$name/$(dirname "$file")"
       cp "$entry/$file" "$dest/$name/$file"
