@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Keep a comparison's results in git so a later session can resume it: copy OUT's results files
 # and every run dir's small files (summary, recipe, metrics, eval answers, drift) to DEST, leaving
-# out weights, checkpoints and rollout logs. `--restore DEST OUT` copies them back; compare then
-# reuses each finished run (its summary.json) and trains only what is missing.
+# out weights, checkpoints, rollout logs and HTML pages (compare rewrites them). `--restore DEST
+# OUT` copies them back; compare then reuses each finished run (its summary.json) and trains only
+# what is missing.
 #   scripts/keep_compare.sh runs/staged-compare docs/results/staged/kept
 #   scripts/keep_compare.sh --restore docs/results/staged/kept runs/staged-compare
 set -euo pipefail
@@ -22,7 +23,7 @@ small_files() {  # the files of one dir worth keeping
 for entry in "$src"/*; do
   name=$(basename "$entry")
   if [[ -f "$entry" ]]; then
-    cp "$entry" "$dest/$name"
+    [[ "$name" == *.html ]] || cp "$entry" "$dest/$name"  # pages: compare rewrites them
   elif [[ -f "$entry/summary.json" || "$name" == base || "$name" == figures ]]; then  # finished runs, base eval, figures
     small_files "$entry" | while IFS= read -r -d '' file; do
       mkdir -p "$dest/$name/$(dirname "$file")"
