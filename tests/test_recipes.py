@@ -61,7 +61,7 @@ def test_the_readme_states_the_quickstart_recipe_it_measured():
     recipe = load_recipe(RECIPES[0].parent / "quickstart.yaml")
     text = " ".join(readme.split())
     found = re.search(
-        r"on (\d+) problems of the built-in synthetic arithmetic task for (\d+) epochs "
+        r"on (\d+) problems of the built-in synthetic arithmetic task for (\d+) epochs? "
         r"\(K=(\d+) rollouts per selected problem\) and evaluates it on (\d+) held-out problems",
         text,
     )
