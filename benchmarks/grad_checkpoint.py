@@ -9,6 +9,7 @@ time. The gradients with and without are equal (tests/test_grad_checkpoint.py).
 
     python benchmarks/grad_checkpoint.py --quick          # CPU, SmolLM2-135M shape, B2 x L1024
     python benchmarks/grad_checkpoint.py --device gpu     # Qwen2.5-0.5B shape, B4 x L1024, bf16
+    python benchmarks/grad_checkpoint.py --quick --type full --modes sft   # every weight trained
 """
 
 from __future__ import annotations
@@ -41,7 +42,11 @@ def measure(args: argparse.Namespace) -> dict:
 
     use_device(args.device)
     model, config = random_model(args.shape, getattr(mx, args.dtype))
-    apply_adapters(model, LoraConfig(rank=args.rank, scale=2.0))
+    # full: every weight trained but the embeddings and head (mlx-lm's full fine-tune), so the
+    # backward computes weight gradients too: the arithmetic a recompute is measured against.
+    apply_adapters(
+        model, LoraConfig(type=args.type, rank=args.rank, scale=2.0, train_embeddings=False)
+    )
     if args.checkpoint:
         checkpoint_layers(model)
     model.train()
@@ -87,6 +92,8 @@ def run_worker(args: argparse.Namespace, mode: str, checkpoint: bool) -> dict:
         str(args.length),
         "--rank",
         str(args.rank),
+        "--type",
+        args.type,
         "--steps",
         str(args.steps),
     ] + (["--checkpoint"] if checkpoint else [])
@@ -103,6 +110,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=None)
     parser.add_argument("--length", type=int, default=1024)
     parser.add_argument("--rank", type=int, default=16)
+    parser.add_argument("--type", choices=("lora", "full"), default="lora", help="lora.type")
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
     parser.add_argument("--json", default=None)
@@ -134,8 +142,9 @@ def main() -> None:
                 "time_ratio": on["seconds_per_step"] / off["seconds_per_step"],
             }
         )
+    trained = f"LoRA r{args.rank} all layers" if args.type == "lora" else "full fine-tune"
     print(
-        f"{args.shape} {args.dtype} on {args.device}: LoRA r{args.rank} all layers, "
+        f"{args.shape} {args.dtype} on {args.device}: {trained}, "
         f"B{args.batch} x L{args.length}, median of {args.steps} steps, a process each"
     )
     print(
