@@ -133,3 +133,18 @@ def test_the_staged_quick_recipes_pair_and_shrink_only_the_sizes():
         }
         assert changed == sizes, full_name
     assert quick.data.synthetic.n_test == 100 and quick.data.synthetic.n_train == 64
+
+
+def test_the_quickstart_starts_from_the_adapter_kept_in_git():
+    """The README's first command trains from `model.adapter` on a fresh clone: that adapter must
+    be in the checkout, and be the one whose sha256 its README records (the measured start)."""
+    import re
+
+    from rasft_mlx.models.start_adapter import adapter_directory, weights_digest
+
+    root = RECIPES[0].parents[1]
+    adapter = load_recipe(RECIPES[0].parent / "quickstart.yaml").model.adapter
+    assert adapter and not Path(adapter).is_absolute()
+    directory = adapter_directory(root / adapter)
+    recorded = re.search(r"`([0-9a-f]{64})`", (root / adapter / "README.md").read_text())
+    assert recorded and weights_digest(directory) == recorded.group(1)
