@@ -9,9 +9,9 @@ nothing), wall time, truncated rows and rows with a verified-correct answer. Sam
 so once a budget cuts a row the batch's later draws differ: compare counts, not rows. Times are
 noisy on a loaded machine; the token counts are not.
 
-    python benchmarks/rollout_budget.py                      # the quickstart, factors 1.5 and 2
+    python benchmarks/rollout_budget.py                      # the quickstart (a trained start)
     python benchmarks/rollout_budget.py --factors 1.25 1.5 2 3 --json out.json
-    python benchmarks/rollout_budget.py --set model.adapter=runs/staged-stage0   # a trained start
+    python benchmarks/rollout_budget.py --set model.adapter=null   # the bare model
 """
 
 from __future__ import annotations
