@@ -49,6 +49,26 @@ class BandThresholds:
     def nll_at(self, quantile: float) -> float:
         return float(np.quantile(self.calibration_nll, quantile))
 
+    def to_dict(self) -> dict:
+        """A checkpoint's JSON form (tuples as lists)."""
+        return {
+            "easy": self.easy,
+            "hard": self.hard,
+            "mid_start": list(self.mid_start),
+            "mid_end": list(self.mid_end),
+            "calibration_nll": list(self.calibration_nll),
+        }
+
+    @classmethod
+    def from_dict(cls, saved: dict) -> BandThresholds:
+        return cls(
+            easy=saved["easy"],
+            hard=saved["hard"],
+            mid_start=tuple(saved["mid_start"]),
+            mid_end=tuple(saved["mid_end"]),
+            calibration_nll=tuple(saved["calibration_nll"]),
+        )
+
 
 def calibrate_thresholds(
     nll_values: Sequence[float], cfg: RasftConfig | None = None
