@@ -212,8 +212,8 @@ def budget_run(model_dir, tmp_path, factor):
         seen["limits"].append(kwargs["limits"])
         return real_completions(*args, **kwargs)
 
-    def spied_refresh(self, progress):
-        sequences = real_refresh(self, progress)
+    def spied_refresh(self, progress, room=None):
+        sequences = real_refresh(self, progress, room)
         seen["sequences"].append(
             [(s, s.reference_logprobs.tobytes()) for s in sequences]  # not compared by ==
         )

@@ -38,6 +38,7 @@ from rasft_mlx.rasft.routing import (
     route_by_nll,
     select_fraction,
 )
+from rasft_mlx.rasft.step_cap import problems_within_room
 from rasft_mlx.rasft.weights import ProblemWeights, no_rollout_weights, solvability_histogram
 from rasft_mlx.runtime.fileio import atomic_write_text
 from rasft_mlx.training.losses import LossSettings
@@ -77,16 +78,7 @@ class RasftSource:
 
     def state_dict(self) -> dict:
         """The refresh state a checkpoint needs (the current queue is saved by the trainer)."""
-        t = self.thresholds
-        thresholds = None
-        if t is not None:
-            thresholds = {
-                "easy": t.easy,
-                "hard": t.hard,
-                "mid_start": list(t.mid_start),
-                "mid_end": list(t.mid_end),
-                "calibration_nll": list(t.calibration_nll),
-            }
+        thresholds = self.thresholds.to_dict() if self.thresholds is not None else None
         return {
             "refresh_count": self.refresh_count,
             "epoch": self.epoch,
@@ -108,16 +100,8 @@ class RasftSource:
         self.hard_pool = frozenset(state["hard_pool"])
         self.pending = list(state.get("pending", []))
         self.flushed = bool(state.get("flushed", False))
-        t = state["thresholds"]
-        self.thresholds = None
-        if t is not None:
-            self.thresholds = BandThresholds(
-                easy=t["easy"],
-                hard=t["hard"],
-                mid_start=tuple(t["mid_start"]),
-                mid_end=tuple(t["mid_end"]),
-                calibration_nll=tuple(t["calibration_nll"]),
-            )
+        saved = state["thresholds"]
+        self.thresholds = BandThresholds.from_dict(saved) if saved is not None else None
 
     @property
     def expert_count(self) -> int:
@@ -147,7 +131,8 @@ class RasftSource:
         self.ratio_counts[2] += result.sequences
         self.steps_observed += 1
 
-    def epoch_sequences(self, epoch: int) -> list[TrainingSequence]:
+    def epoch_sequences(self, epoch: int, room: int | None = None) -> list[TrainingSequence]:
+        """The epoch's sequences; `room`: how many the step cap leaves to train (None: no cap)."""
         self._prepare()
         self.epoch = epoch
         if self.authors:
@@ -158,7 +143,7 @@ class RasftSource:
                 "the expert demos at weight 1, no rollouts"
             )
             return [replace(s, weight=1.0) for s in self.experts.values()]
-        return self.refresh(progress=epoch / max(self.recipe.training.epochs, 1))
+        return self.refresh(progress=epoch / max(self.recipe.training.epochs, 1), room=room)
 
     @property
     def warming_up(self) -> bool:
@@ -285,15 +270,27 @@ class RasftSource:
             rollout.problem_id, tuple(tokens), len(prompt), weight=weight, source="rollout"
         )
 
-    def refresh(self, progress: float) -> list[TrainingSequence]:
+    def refresh(self, progress: float, room: int | None = None) -> list[TrainingSequence]:
         """The epoch schedule's refresh: every demo (weighted by its problem's group) and the
-        correct rollouts of the selected problems."""
+        correct rollouts of the selected problems; under a step cap that leaves `room` sequences
+        (`rasft.trim_capped_refresh`), only those of `room` problems drawn at random."""
         self.refresh_count += 1
         selected, routes = self._select(progress)
-        weights, rollout_sequences = self._roll_out(selected, routes)
+        kept, context = None, None
+        if self.recipe.rasft.trim_capped_refresh:
+            kept = problems_within_room(list(self.experts), room, self.rng)
+        if kept is not None:
+            selected = [pid for pid in selected if pid in kept]
+            context = {"step_cap": {"room": room, "problems_kept": len(kept)}}
+            self.console.print(
+                f"the step cap leaves room for {room} sequences: this refresh keeps {len(kept)} "
+                f"of {len(self.experts)} problems, drawn at random (rasft.trim_capped_refresh)"
+            )
+        weights, rollout_sequences = self._roll_out(selected, routes, context)
         experts = [
             replace(s, weight=weights[pid].expert_weight if pid in weights else 1.0)
             for pid, s in self.experts.items()
+            if kept is None or pid in kept
         ]
         return experts + rollout_sequences
 

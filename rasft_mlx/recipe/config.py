@@ -247,6 +247,15 @@ class RasftConfig:
         default=0,
         metadata=_range(0, help="first epochs on the demos alone (weight 1), no rollouts"),
     )
+    trim_capped_refresh: bool = field(
+        default=True,
+        metadata={
+            "help": "schedule epochs: when training.max_steps leaves room for fewer sequences "
+            "than there are problems, the epoch's refresh rolls out only that many problems, "
+            "drawn at random, and the epoch holds just their demos and rollouts (false: roll "
+            "out every problem, most of whose sequences the cap never trains)"
+        },
+    )
     calibration_size: int = field(default=1000, metadata=_range(1))
     easy_quantile: float = field(default=0.10, metadata=_range(0.0, 1.0))
     mid_window_start: tuple[float, float] = (0.20, 0.45)

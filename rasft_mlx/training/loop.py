@@ -33,6 +33,7 @@ from rasft_mlx.training.step_plan import (
     loss_settings,
     planned_steps,
     queue_rest,
+    room_for_sequences,
     step_groups,
     steps_per_epoch,
     trainable_groups,
@@ -157,8 +158,9 @@ class TrainingLoop(LoopCheckpoints):
             while not self.completed:
                 if self.groups is None:  # a new epoch
                     epoch = self.epoch
+                    room = room_for_sequences(training, self.step)
                     sequences = self._guarded(
-                        signals, functools.partial(self.source.epoch_sequences, epoch)
+                        signals, functools.partial(self.source.epoch_sequences, epoch, room)
                     )
                     self._set_queue(sequences, display)
                     display.message(
@@ -225,8 +227,7 @@ class TrainingLoop(LoopCheckpoints):
         the demos still ahead this epoch and the new non-demo sequences."""
         if self._carries:
             rest = queue_rest(self.sequences, self.groups, self.position)
-            self._set_queue(rest + refreshed, display)
-            return
+            return self._set_queue(rest + refreshed, display)
         ahead = untrained_part(self.sequences, self.groups, self.position, refreshed)
         self._set_queue(ahead, display, steps_per_epoch(len(refreshed), self.recipe))
 

@@ -22,7 +22,9 @@ class SequenceSource(Protocol):
     shuffle: bool
     expert_count: int  # expert demos: the first step plan's estimate
 
-    def epoch_sequences(self, epoch: int) -> list[TrainingSequence]: ...
+    def epoch_sequences(self, epoch: int, room: int | None = None) -> list[TrainingSequence]:
+        """The epoch's sequences; `room`: how many the step cap leaves to train (None: no cap)."""
+        ...
 
     def refreshed_sequences(self, step: int, progress: float) -> list[TrainingSequence] | None:
         """New sequences after optimizer step `step`, or None to keep the current queue. The loop
@@ -45,7 +47,7 @@ class ExpertSource:
     def expert_count(self) -> int:
         return len(self.sequences)
 
-    def epoch_sequences(self, epoch: int) -> list[TrainingSequence]:
+    def epoch_sequences(self, epoch: int, room: int | None = None) -> list[TrainingSequence]:
         return self.sequences
 
     def refreshed_sequences(self, step: int, progress: float) -> list[TrainingSequence] | None:
@@ -53,6 +55,14 @@ class ExpertSource:
 
     def continued_sequences(self, step: int, progress: float) -> list[TrainingSequence] | None:
         return None
+
+
+def room_for_sequences(training, step: int) -> int | None:
+    """How many sequences the optimizer steps left before training.max_steps train (None: no
+    cap): the room a RASFT refresh sizes its rollouts to (`rasft.trim_capped_refresh`)."""
+    if training.max_steps is None:
+        return None
+    return max(training.max_steps - step, 0) * training.batch_size * training.grad_accumulation
 
 
 def untrained_part(
