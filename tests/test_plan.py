@@ -14,7 +14,7 @@ from rasft_mlx.experiments.plan import (
     authors_hard_pool_demos,
     build_plan,
     check_memory,
-    refresh_count,
+    refresh_problems,
 )
 from rasft_mlx.experiments.plan_report import format_bytes, plan_rows, render_plan
 from rasft_mlx.models.adapters import (
@@ -135,10 +135,31 @@ def test_selection_estimates_and_refresh_count(tiny_llama_dir):
     assert expected_rollout_problems(1000, band) == round((0.35 * 0.25 + 0.03 * 0.45) * 1000)
     assert expected_rollout_problems(10, RasftConfig(selection="fraction")) == round(3.5)
     recipe = make_recipe(tiny_llama_dir, "rasft", {"refresh_every_steps": 2}, epochs=2)
-    assert refresh_count(4, recipe) == 4  # each epoch + after steps 2 and 6 (not 4, 8: epoch ends)
-    assert refresh_count(4, replace(recipe, training=replace(recipe.training, max_steps=5))) == 3
+    # each epoch + after steps 2 and 6 (not 4, 8: epoch ends)
+    assert refresh_problems(4, recipe, 32, 32) == [32, 32, 32, 32]
+    capped = replace(recipe, training=replace(recipe.training, max_steps=5))
+    # epoch 2 starts at step 4: one step of 8 sequences left, so 8 of the 32 problems (of which
+    # the selected 30 %: 3, rounded up)
+    assert refresh_problems(4, capped, 32, 32) == [32, 32, 8]
+    assert refresh_problems(4, capped, 32, 10) == [10, 10, 3]
+    untrimmed = replace(capped, rasft=replace(capped.rasft, trim_capped_refresh=False))
+    assert refresh_problems(4, untrimmed, 32, 32) == [32, 32, 32]
     warm = replace(recipe, rasft=replace(recipe.rasft, warmup_epochs=1))
-    assert refresh_count(4, warm) == 2  # epoch 2's start and after step 6; none in the warm-up
+    assert refresh_problems(4, warm, 32, 32) == [32, 32]  # epoch 2's start, after step 6
+
+
+def test_the_plan_counts_the_rollouts_of_a_refresh_the_step_cap_trims(tiny_llama_dir, loaded):
+    """32 demos at batch 8, 2 epochs capped at 5 steps: epoch 2's refresh has room for one step
+    (8 problems of 32), and the plan's rollout volume and time count 32 + 8 problems."""
+    capped = make_recipe(tiny_llama_dir, "rasft", epochs=2, max_steps=5)
+    plan = build_plan(capped, loaded=loaded)
+    assert (plan.refreshes, plan.rollout_problems, plan.rollout_problems_per_refresh) == (2, 40, 32)
+    assert plan.rollout_tokens == 40 * 3 * 40
+    assert "40 problems rolled out in all, not 64" in dict(plan_rows(plan))["refreshes"]
+    full = replace(capped, rasft=replace(capped.rasft, trim_capped_refresh=False))
+    plan = build_plan(full, loaded=loaded)
+    assert (plan.rollout_problems, plan.rollout_tokens) == (64, 64 * 3 * 40)
+    assert dict(plan_rows(plan))["refreshes"] == "2"
 
 
 def test_memory_estimate_grows_with_batch_and_length(tiny_llama_dir, loaded):

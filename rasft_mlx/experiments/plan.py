@@ -99,30 +99,49 @@ class RunPlan:
     eval_rows: int = 0
     refresh_steps: tuple[int, ...] = ()  # the authors' schedule: after which step it refreshes
     hard_pool_demos: int = 0  # the authors' schedule: demos trained again when the pool is flushed
+    rollout_problems: int = 0  # over every refresh (a refresh the step cap trims rolls out fewer)
+
+    @property
+    def rollout_tokens(self) -> int:
+        """Over every refresh (upper bound)."""
+        per_problem = self.rollout_tokens_per_refresh / max(self.rollout_problems_per_refresh, 1)
+        return round(self.rollout_problems * per_problem)
 
     @property
     def tokens_per_epoch(self) -> int:
         return self.prompt_tokens_per_epoch + self.response_tokens_per_epoch
 
 
-def refresh_count(steps_in_epoch: int, recipe: Recipe) -> int:
-    """RASFT refreshes as the loop runs them: one per epoch, plus every refresh_every_steps steps
-    inside an epoch (not after its last step, nor once max_steps is reached)."""
+def refresh_problems(
+    steps_in_epoch: int, recipe: Recipe, problems: int, selected: int
+) -> list[int]:
+    """The problems each RASFT refresh rolls out, as the loop runs them: one refresh per epoch,
+    plus every refresh_every_steps steps inside an epoch (not after its last step, nor once
+    max_steps is reached); `selected` of the `problems` each, except an epoch's refresh that the
+    step cap leaves room for fewer sequences than problems (`rasft.trim_capped_refresh`): the
+    selected share of that room. Epochs are counted in demo steps: the rollouts a run adds to
+    its epochs make the cap bind sooner, so this is an upper bound."""
     training, every = recipe.training, recipe.rasft.refresh_every_steps
     limit = training.max_steps if training.max_steps is not None else math.inf
-    count = step = 0
+    per_step = training.batch_size * training.grad_accumulation
+    rolled: list[int] = []
+    step = 0
     for epoch in range(training.epochs):
         if step >= limit:
             break
         warming_up = epoch < recipe.rasft.warmup_epochs
-        count += not warming_up
+        room = (limit - step) * per_step
+        if not warming_up:
+            trimmed = recipe.rasft.trim_capped_refresh and room < problems
+            rolled.append(math.ceil(selected * room / problems) if trimmed else selected)
         for position in range(1, steps_in_epoch + 1):
             step += 1
             if step >= limit:
                 break
             inside = every and position < steps_in_epoch and step % every == 0
-            count += bool(inside and not warming_up)
-    return count
+            if inside and not warming_up:
+                rolled.append(selected)
+    return rolled
 
 
 def authors_refresh_steps(sequence_count: int, recipe: Recipe) -> tuple[int, ...]:
@@ -181,6 +200,9 @@ def build_plan(recipe: Recipe, *, loaded=None, probe_steps: int = 0) -> RunPlan:
     selected = expected_rollout_problems(len(sequences), recipe.rasft) if rasft else 0
     authors = rasft and recipe.rasft.schedule == "authors"
     refresh_steps = authors_refresh_steps(len(sequences), recipe) if authors else ()
+    rolled = [selected] * len(refresh_steps)
+    if rasft and not authors:
+        rolled = refresh_problems(per_epoch, recipe, len(sequences), selected)
     weight_bytes = sum(v.nbytes for _, v in tree_flatten(loaded.model.parameters()))
     hard_pool = authors_hard_pool_demos(len(sequences), recipe) if authors else 0
     if hard_pool:
@@ -210,9 +232,8 @@ def build_plan(recipe: Recipe, *, loaded=None, probe_steps: int = 0) -> RunPlan:
         steps_per_epoch=per_epoch,
         planned_steps=planned,
         max_planned_steps=max_planned,
-        refreshes=(
-            len(refresh_steps) if authors else refresh_count(per_epoch, recipe) if rasft else 0
-        ),
+        refreshes=len(rolled),
+        rollout_problems=sum(rolled),
         refresh_steps=refresh_steps,
         hard_pool_demos=hard_pool,
         rollout_problems_per_refresh=selected,
@@ -286,10 +307,12 @@ def run_probe(loaded, recipe, plan, sequences, prompts, settings, steps: int) ->
     per_step = statistics.median(times[1:]) if len(times) > 1 else times[0]
     forwards = 0
     if training.mode in ROLLOUT_MODES:  # reference log-probs: demos once, new rollouts each refresh
-        rollouts = plan.rollout_problems_per_refresh * recipe.rollout.k
-        band = plan.sequences_per_epoch if recipe.rasft.selection == "nll_band" else 0
+        rollouts = plan.rollout_problems * recipe.rollout.k
+        band = (
+            plan.refreshes * plan.sequences_per_epoch if recipe.rasft.selection == "nll_band" else 0
+        )
         forwards = -(-plan.sequences_per_epoch // training.batch_size)
-        forwards += plan.refreshes * (-(-(rollouts + band) // training.batch_size))
+        forwards += -(-(rollouts + band) // training.batch_size)
     return ProbeResult(
         steps=len(times),
         first_step_seconds=times[0],
@@ -300,7 +323,7 @@ def run_probe(loaded, recipe, plan, sequences, prompts, settings, steps: int) ->
         rss_peak=peak_rss_bytes(),
         train_seconds=plan.max_planned_steps * per_step,
         reference_seconds=forwards * per_step * FORWARD_SHARE,
-        rollout_seconds=plan.refreshes * plan.rollout_tokens_per_refresh / rate if rate else 0.0,
+        rollout_seconds=plan.rollout_tokens / rate if rate else 0.0,
         eval_seconds=plan.eval_tokens / rate if rate else 0.0,
     )
 

@@ -42,7 +42,14 @@ def plan_rows(plan: RunPlan) -> list[tuple[str, str]]:
             ("rollouts / refresh", f"{plan.rollout_problems_per_refresh} problems, {volume}")
         )
         at = ", ".join(str(step) for step in plan.refresh_steps)
-        rows.append(("refreshes", f"{plan.refreshes}" + (f", after step {at}" if at else "")))
+        refreshes = f"{plan.refreshes}" + (f", after step {at}" if at else "")
+        full = plan.refreshes * plan.rollout_problems_per_refresh
+        if plan.rollout_problems < full:
+            refreshes += (
+                f"; {plan.rollout_problems} problems rolled out in all, not {full}: the step cap "
+                "trims the last (rasft.trim_capped_refresh)"
+            )
+        rows.append(("refreshes", refreshes))
     decode = f"eval {plan.eval_rows}" + (
         f", rollouts {plan.rollout_rows}" if plan.rollout_rows else ""
     )
