@@ -331,8 +331,10 @@ def test_on_a_cpu_rollouts_are_drawn_among_the_candidates_within_the_nucleus(
     calls, samplers = generation_spies(monkeypatch)
     top_p = 0.5
     rollout = {"k": 8, "top_p": top_p, "repetition_penalty": 1.0}
+    # Every problem rolled out: one step's cap would trim the refresh to 8 of the 16 problems.
+    untrimmed = {"trim_capped_refresh": False}
     run_training(
-        tiny_recipe(tiny_llama_dir, training={"max_steps": 1}, rollout=rollout),
+        tiny_recipe(tiny_llama_dir, training={"max_steps": 1}, rollout=rollout, rasft=untrimmed),
         tmp_path / "run",
         QUIET,
     )
