@@ -41,6 +41,7 @@ from rasft_mlx.training.run_data import encode_training_data, load_run_data
 from rasft_mlx.training.step_plan import (
     loss_settings,
     planned_steps,
+    room_for_sequences,
     step_groups,
     steps_per_epoch,
 )
@@ -123,16 +124,15 @@ def refresh_problems(
     its epochs make the cap bind sooner, so this is an upper bound."""
     training, every = recipe.training, recipe.rasft.refresh_every_steps
     limit = training.max_steps if training.max_steps is not None else math.inf
-    per_step = training.batch_size * training.grad_accumulation
     rolled: list[int] = []
     step = 0
     for epoch in range(training.epochs):
         if step >= limit:
             break
         warming_up = epoch < recipe.rasft.warmup_epochs
-        room = (limit - step) * per_step
+        room = room_for_sequences(training, step)
         if not warming_up:
-            trimmed = recipe.rasft.trim_capped_refresh and room < problems
+            trimmed = recipe.rasft.trim_capped_refresh and room is not None and room < problems
             rolled.append(math.ceil(selected * room / problems) if trimmed else selected)
         for position in range(1, steps_in_epoch + 1):
             step += 1
