@@ -28,6 +28,7 @@ Generated ids exclude the stop token; a sample with no stop token within its lim
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import mlx.core as mx
@@ -36,7 +37,9 @@ import numpy as np
 from rasft_mlx.console.progress import check
 from rasft_mlx.generation import scheduler
 from rasft_mlx.generation.attention import decode_attention
+from rasft_mlx.generation.lanes import blas_threads_per_lane, default_lanes
 from rasft_mlx.generation.nucleus import default_candidates, make_rollout_sampler
+from rasft_mlx.runtime.blas import blas_threads
 
 REPETITION_CONTEXT = 20  # mlx-lm's default repetition_context_size
 
@@ -55,6 +58,7 @@ class EngineSettings:
     refill_fraction: float = 0.125  # start waiting rows once this share of max_rows is free
     top_p_candidates: int | None = None  # nucleus.py; None: on for the CPU, off for a GPU
     shared_prefix: bool = True  # prefill the prompts' common opening once (prefill.py)
+    lanes: int | None = None  # rows split over CPU streams decoding at once (lanes.py); None: auto
     grouped_attention: bool = True  # the CPU's decode attention in fewer matmuls (attention.py)
 
 
@@ -191,16 +195,31 @@ def generate_rows(
     eos_list = sorted(set(eos_token_ids))
     eos = mx.array(eos_list, dtype=mx.uint32)
     stats = EngineStats(prompts=len(prompts), rows=sum(counts))
-    penalty = None
-    if settings.repetition_penalty != 1.0:
+
+    def make_penalty() -> RepetitionPenalty | None:
+        if settings.repetition_penalty == 1.0:
+            return None
         empty = mx.zeros((0,), dtype=mx.int32)
-        penalty = RepetitionPenalty(
-            [], empty, settings.repetition_penalty, settings.repetition_scope
-        )
+        return RepetitionPenalty([], empty, settings.repetition_penalty, settings.repetition_scope)
+
+    lanes = default_lanes() if settings.lanes is None else max(1, settings.lanes)
+    lanes = min(lanes, max(1, sum(counts)))
+    stats.extra["lanes"] = lanes
     check("generation")
-    with decode_attention(model, settings.grouped_attention):
+    threads = blas_threads(blas_threads_per_lane(lanes)) if lanes > 1 else nullcontext()
+    with decode_attention(model, settings.grouped_attention), threads:
         row_prompt, rows = scheduler.decode(
-            model, prompts, counts, settings, eos, sampler, penalty, stats, reporter, limits
+            model,
+            prompts,
+            counts,
+            settings,
+            eos,
+            sampler,
+            make_penalty,
+            stats,
+            reporter,
+            limits,
+            lanes,
         )
     results: list[list[Sample]] = [[] for _ in prompts]
     for prompt, tokens in zip(row_prompt, rows, strict=True):

@@ -23,6 +23,7 @@ import mlx.core as mx
 import numpy as np
 
 from rasft_mlx.console.progress import check
+from rasft_mlx.generation.lanes import lane_streams
 from rasft_mlx.generation.prefill import prefill_rows, shared_prefix
 
 
@@ -104,100 +105,121 @@ class _Progress:
             self.reporter.advance(left, self.row_steps - self.row_steps_reported)
 
 
-def decode(
-    model,
-    prompts,
-    counts,
-    settings,
-    eos: mx.array,
-    sampler,
-    penalty,
-    stats,
-    reporter=None,
-    limits: list[int] | None = None,
-) -> tuple[list[int], list[np.ndarray]]:
-    """Decode `counts[i]` rows of prompt i, each to at most `limits[i]` new tokens (None: all to
-    `settings.max_new_tokens`). Returns each row's prompt index and its tokens (at most its
-    limit, stop token and anything after it included). `penalty` (a `RepetitionPenalty` with no
-    rows, or None) follows the batch's rows; `stats` (`EngineStats`) is added to; `reporter`
-    (progress.PhaseReporter) hears of finished rows and tokens, and a stop request raises
-    progress.PhaseInterrupted."""
-    if limits is None:
-        limits = [settings.max_new_tokens] * len(prompts)
-    prompt_limit = np.array(limits, dtype=np.int64)
-    max_rows = max(1, settings.max_rows)
-    queue = WorkQueue(prompts, counts)
-    row_prompt: list[int] = []
-    if queue.rows_left == 0:
-        return [], []
-    started = time.perf_counter()
-    prefix = shared_prefix(model, prompts) if settings.shared_prefix else None
-    stats.prefill_seconds += time.perf_counter() - started
+class _Shared:
+    """What the lanes of one generation share: the prompts, the queue of rows still to start, the
+    row numbering, the statistics and the progress reporter."""
 
-    def admit(room: int, step: int) -> _Batch:
+    def __init__(self, model, prompts, counts, settings, limits, stats, reporter):
+        self.model, self.prompts, self.settings, self.stats = model, prompts, settings, stats
+        self.prompt_limit = np.array(limits, dtype=np.int64)
+        self.queue = WorkQueue(prompts, counts)
+        self.row_prompt: list[int] = []
+        self.progress = _Progress(reporter, self.queue.rows_left)
+        self.prefix = None
+
+
+class _Lane:
+    """A share of the rows decoding on one stream: its batch, repetition penalty and the tokens
+    it drew. `forward` issues a step's model call; `advance` draws its tokens and does the host's
+    bookkeeping (finished rows, refills), so a driver can start every lane's step before it waits
+    on any of them."""
+
+    def __init__(self, shared: _Shared, stream, max_rows: int, sampler, penalty, eos, wait: bool):
+        self.shared, self.stream, self.max_rows = shared, stream, max_rows
+        self.sampler, self.penalty, self.eos, self.wait = sampler, penalty, eos, wait
+        self.segments: list[tuple[np.ndarray, list[mx.array]]] = []  # (row numbers, tokens)
+        self.pending = None  # the done mask of an earlier step, read while later steps run
+        self.step = 0
+        self.batch: _Batch | None = None
+        self.logits = None
+        self.finished = False
+        settings = shared.settings
+        self.refill_rows = max(1, int(settings.refill_fraction * max_rows))
+
+    def admit(self, room: int) -> _Batch:
         check("generation")
+        shared, penalty = self.shared, self.penalty
         admitted_at = time.perf_counter()
-        group = queue.take(room)
-        unique = [prompts[i] for i, _ in group]
+        group = shared.queue.take(room)
+        unique = [shared.prompts[i] for i, _ in group]
         local = [j for j, (_, n) in enumerate(group) for _ in range(n)]
-        cache = prefill_rows(model, unique, settings.prefill_tokens, prefix)
+        cache = prefill_rows(
+            shared.model, unique, shared.settings.prefill_tokens, shared.prefix, self.wait
+        )
         index = mx.array(local)
         if len(local) > len(unique):
             for c in cache:
                 c.filter(index)  # one cache row per sample, sharing its prompt's prefill
-        ids = np.arange(len(row_prompt), len(row_prompt) + len(local))
-        row_prompt.extend(group[j][0] for j in local)
-        limit = prompt_limit[[group[j][0] for j in local]]
+        ids = np.arange(len(shared.row_prompt), len(shared.row_prompt) + len(local))
+        shared.row_prompt.extend(group[j][0] for j in local)
+        limit = shared.prompt_limit[[group[j][0] for j in local]]
         y = mx.array([unique[j][-1] for j in local], dtype=mx.uint32)
         done = mx.zeros((len(local),), dtype=mx.bool_)
         if penalty is not None:
             penalty.extend(unique, index)
-        mx.eval(y, [c.state for c in cache], penalty.state if penalty else None)
-        stats.prompt_tokens += sum(len(p) for p in unique)
-        stats.chunks += 1
-        stats.prefill_seconds += time.perf_counter() - admitted_at
+        state = (y, [c.state for c in cache], penalty.state if penalty else None)
+        mx.eval(state) if self.wait else mx.async_eval(state)
+        shared.stats.prompt_tokens += sum(len(p) for p in unique)
+        shared.stats.chunks += 1
+        if self.wait:
+            shared.stats.prefill_seconds += time.perf_counter() - admitted_at
         rows = len(local)
         stopped = np.zeros(rows, dtype=np.bool_)
-        return _Batch(cache, y, done, ids, np.full(rows, step), stopped, limit)
+        return _Batch(cache, y, done, ids, np.full(rows, self.step), stopped, limit)
 
-    refill_rows = max(1, int(settings.refill_fraction * max_rows))
-    progress = _Progress(reporter, queue.rows_left)
-    segments: list[tuple[np.ndarray, list[mx.array]]] = []  # (row numbers, per-step tokens)
-    batch = admit(max_rows, 0)
-    segments.append((batch.ids, []))
-    pending = None  # the done mask of an earlier step, read while later steps run
-    began, prefill_before = time.perf_counter(), stats.prefill_seconds
-    step = 0
-    while True:
-        logits = model(batch.y[:, None], cache=batch.cache)[:, -1, :]
-        if penalty is not None:
-            logits = penalty.apply(logits)
-        y = sampler(logits).astype(mx.uint32)
+    def start(self) -> None:
+        if self.shared.queue.rows_left == 0:
+            self.finished = True
+            return
+        self.batch = self.admit(self.max_rows)
+        self.segments.append((self.batch.ids, []))
+
+    def forward(self) -> None:
+        batch = self.batch
+        logits = self.shared.model(batch.y[:, None], cache=batch.cache)[:, -1, :]
+        if self.penalty is not None:
+            logits = self.penalty.apply(logits)
+        if not self.wait:
+            mx.async_eval(logits)  # this lane's step runs while the others are issued
+        self.logits = logits
+
+    def advance(self) -> None:
+        shared, batch, penalty, settings = (
+            self.shared,
+            self.batch,
+            self.penalty,
+            self.shared.settings,
+        )
+        queue, progress = shared.queue, shared.progress
+        y = self.sampler(self.logits).astype(mx.uint32)
+        self.logits = None
         if penalty is not None:
             penalty.update(y)
-        batch.done = batch.done | (y[:, None] == eos[None]).any(axis=-1)
+        batch.done = batch.done | (y[:, None] == self.eos[None]).any(axis=-1)
         batch.y = y
-        segments[-1][1].append(y)
+        self.segments[-1][1].append(y)
         mx.async_eval(y, batch.done)
-        step += 1
+        self.step += 1
         progress.row_steps += len(batch.ids)
-        taken = step - batch.started
+        taken = self.step - batch.started
         full = taken >= batch.limit  # known on the host: no wait
         if queue.rows_left == 0 and full.all():
-            break  # every row has its limit of new tokens
-        read = pending is not None
+            self.finished = True  # every row has its limit of new tokens
+            return
+        read = self.pending is not None
         if read:
-            batch.stopped |= np.array(pending)  # waits for an earlier step only
-            pending = None
+            batch.stopped |= np.array(self.pending)  # waits for an earlier step only
+            self.pending = None
             check("generation")
         if read or (taken == batch.limit).any():
             finished = batch.stopped | full
             progress.finished(batch, finished, taken)
             done_rows = int(finished.sum())
             if queue.rows_left == 0 and done_rows == len(batch.ids):
-                break
-            room = max_rows - len(batch.ids) + done_rows
-            refill = queue.rows_left > 0 and room >= min(refill_rows, queue.rows_left)
+                self.finished = True
+                return
+            room = self.max_rows - len(batch.ids) + done_rows
+            refill = queue.rows_left > 0 and room >= min(self.refill_rows, queue.rows_left)
             compact = done_rows >= max(1, int(settings.compact_fraction * len(batch.ids)))
             if refill or compact:
                 all_done = done_rows == len(batch.ids)
@@ -206,28 +228,84 @@ def decode(
                         penalty.keep(mx.array(np.flatnonzero(~finished)))
                     if not all_done:
                         batch.keep(np.flatnonzero(~finished))
-                    stats.compactions += 1
+                    shared.stats.compactions += 1
                 if refill and all_done:
-                    batch = admit(room, step)
+                    self.batch = batch = self.admit(room)
                 elif refill:
-                    batch.extend(admit(room, step))
-                segments.append((batch.ids, []))
+                    batch.extend(self.admit(room))
+                self.segments.append((batch.ids, []))
                 mx.clear_cache()
-        if step % settings.check_every == 0:
-            pending = batch.done
-    stats.decode_steps += step
-    progress.close()
+        if self.step % settings.check_every == 0:
+            self.pending = batch.done
 
+
+def decode(
+    model,
+    prompts,
+    counts,
+    settings,
+    eos: mx.array,
+    sampler,
+    make_penalty,
+    stats,
+    reporter=None,
+    limits: list[int] | None = None,
+    lanes: int = 1,
+) -> tuple[list[int], list[np.ndarray]]:
+    """Decode `counts[i]` rows of prompt i, each to at most `limits[i]` new tokens (None: all to
+    `settings.max_new_tokens`), in `lanes` lanes (`lanes.py`) of at most max_rows / lanes rows.
+    Returns each row's prompt index and its tokens (at most its limit, stop token and anything
+    after it included). `make_penalty()` gives a lane its `RepetitionPenalty` with no rows (or
+    None); `stats` (`EngineStats`) is added to; `reporter` (progress.PhaseReporter) hears of
+    finished rows and tokens, and a stop request raises progress.PhaseInterrupted. Lanes take
+    their turns in a fixed order, so the same seed gives the same samples for a lane count."""
+    if limits is None:
+        limits = [settings.max_new_tokens] * len(prompts)
+    shared = _Shared(model, prompts, counts, settings, limits, stats, reporter)
+    if shared.queue.rows_left == 0:
+        return [], []
+    lanes = max(1, min(lanes, shared.queue.rows_left))
+    started = time.perf_counter()
+    shared.prefix = shared_prefix(model, prompts) if settings.shared_prefix else None
+    stats.prefill_seconds += time.perf_counter() - started
+    lane_rows = -(-max(1, settings.max_rows) // lanes)
+    wait = lanes == 1
+    workers = [
+        _Lane(shared, stream, lane_rows, sampler, make_penalty(), eos, wait)
+        for stream in lane_streams(lanes)
+    ]
+    started = time.perf_counter()
+    for lane in workers:
+        with mx.stream(lane.stream):
+            lane.start()
+    running = [lane for lane in workers if not lane.finished]
+    if not wait:  # the lanes prefilled at once: wait for all, timed as the prefill
+        mx.eval([c.state for lane in running for c in lane.batch.cache])
+        stats.prefill_seconds += time.perf_counter() - started
+    began, prefill_before = time.perf_counter(), stats.prefill_seconds
+    while running:
+        for lane in running:
+            with mx.stream(lane.stream):
+                lane.forward()
+        for lane in running:
+            with mx.stream(lane.stream):
+                lane.advance()
+        running = [lane for lane in running if not lane.finished]
+    stats.decode_steps += sum(lane.step for lane in workers)
+    shared.progress.close()
+
+    row_prompt = shared.row_prompt
     pieces: list[list[np.ndarray]] = [[] for _ in row_prompt]
-    for ids, steps in segments:
-        if steps:
-            table = np.array(mx.stack(steps, axis=1))
-            for row, tokens in zip(ids.tolist(), table, strict=True):
-                pieces[row].append(tokens)
+    for lane in workers:
+        for ids, steps in lane.segments:
+            if steps:
+                table = np.array(mx.stack(steps, axis=1))
+                for row, tokens in zip(ids.tolist(), table, strict=True):
+                    pieces[row].append(tokens)
     rows = [
-        np.concatenate(p)[: prompt_limit[row_prompt[r]]] if p else np.zeros(0, np.int64)
+        np.concatenate(p)[: shared.prompt_limit[row_prompt[r]]] if p else np.zeros(0, np.int64)
         for r, p in enumerate(pieces)
     ]
     stats.decode_seconds += time.perf_counter() - began - (stats.prefill_seconds - prefill_before)
-    stats.extra["row_steps"] = stats.extra.get("row_steps", 0) + progress.row_steps
+    stats.extra["row_steps"] = stats.extra.get("row_steps", 0) + shared.progress.row_steps
     return row_prompt, rows

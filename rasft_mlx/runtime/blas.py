@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 CANDIDATE_LIBRARIES = (
@@ -148,3 +150,33 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def _openblas_thread_calls():
+    """OpenBLAS's (get, set) thread-count functions in this process, or None when it is not loaded."""
+    import ctypes
+
+    try:
+        process = ctypes.CDLL(None)
+        return process.openblas_get_num_threads, process.openblas_set_num_threads
+    except (OSError, AttributeError):
+        return None
+
+
+@contextmanager
+def blas_threads(count: int) -> Iterator[None]:
+    """OpenBLAS's thread count set to `count` inside the block, the previous count restored after;
+    nothing happens where OpenBLAS is not loaded (macOS, MLX's bundled BLAS). Decoding on several
+    CPU streams at once sets one BLAS thread per stream: each stream then runs its matmuls on its
+    own core instead of the streams contending for one shared BLAS pool."""
+    calls = _openblas_thread_calls()
+    if calls is None:
+        yield
+        return
+    get_threads, set_threads = calls
+    before = get_threads()
+    set_threads(max(1, count))
+    try:
+        yield
+    finally:
+        set_threads(before)
