@@ -97,16 +97,21 @@ def test_seeded_samples_repeat_in_lanes(tiny):
 
 
 def test_blas_threads_come_back(tiny):
-    before = openblas_threads()
-    if before is None:
+    original = openblas_threads()
+    if original is None:
         pytest.skip("OpenBLAS is not loaded in this process")
-    with pytest.raises(RuntimeError), blas_threads(1):
-        assert openblas_threads() == 1
-        raise RuntimeError("stopped inside the block")
-    assert openblas_threads() == before
-    model, prompts = tiny
-    generate_rows(model, prompts, 2, EngineSettings(8, lanes=2), NO_EOS)
-    assert openblas_threads() == before
+    before = 3  # a count no lane sets on this machine
+    ctypes.CDLL(None).openblas_set_num_threads(before)
+    try:
+        with pytest.raises(RuntimeError), blas_threads(1):
+            assert openblas_threads() == 1
+            raise RuntimeError("stopped inside the block")
+        assert openblas_threads() == before
+        model, prompts = tiny
+        generate_rows(model, prompts, 2, EngineSettings(8, lanes=2), NO_EOS)
+        assert openblas_threads() == before
+    finally:
+        ctypes.CDLL(None).openblas_set_num_threads(original)
 
 
 def test_default_lanes_follow_the_environment(monkeypatch):
