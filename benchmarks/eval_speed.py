@@ -10,7 +10,8 @@ now `rasft-mlx eval`'s default; `32:auto` runs the old engine at its CLI's old d
 rows against the checkout's at auto.
 
 Part 2, decode step: one decode step at --step-rows rows (prompt + 32 generated tokens of
-context) with MLX's attention kernel and with the engine's grouped attention, against the
+context) with MLX's attention kernel, with the engine's grouped attention and in the engine's
+decode lanes (grouped attention, the rows split over CPU streams: `lanes.py`), against the
 matmuls of the same step alone (every linear layer's weight and the output projection at the
 same rows): the issue's goal is a step within 1.4x of its matmul time.
 
@@ -19,6 +20,8 @@ same rows): the issue's goal is a step within 1.4x of its matmul time.
     python benchmarks/eval_speed.py --adapter runs/staged-stage0 --new-tokens 96 --samples 4
     python benchmarks/eval_speed.py --samples 4 --temperature 0.9 --top-p 0.95 \
         --repetition-penalty 1.1 --batch-sizes auto --skip-greedy   # as a refresh's rollouts
+    python benchmarks/eval_speed.py --baseline lanes=1 --problems 128 --batch-sizes auto
+        # decode lanes (lanes.py) against one lane, the same engine otherwise
 """
 
 from __future__ import annotations
@@ -38,7 +41,9 @@ from common import machine_info, use_device
 from rasft_mlx.generation import engine as current
 from rasft_mlx.generation.attention import decode_attention
 from rasft_mlx.generation.completions import eos_ids
+from rasft_mlx.generation.lanes import blas_threads_per_lane, default_lanes, lane_streams
 from rasft_mlx.generation.prefill import prefill_rows
+from rasft_mlx.runtime.blas import blas_threads
 from rasft_mlx.runtime.memory import auto_decode_rows
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -73,10 +78,10 @@ def eval_prompts(tokenizer, count: int) -> list[list[int]]:
     return [encode_prompt(tokenizer, p.question, DEFAULT_SYSTEM_PROMPT) for p in problems]
 
 
-def run_eval(engine, model, prompts, rows, args, eos, samples=1):
-    sampled = {}
+def run_eval(engine, model, prompts, rows, args, eos, samples=1, options=None):
+    sampled = dict(options or {})
     if samples > 1:
-        sampled = dict(
+        sampled.update(
             temperature=args.temperature,
             top_p=args.top_p,
             repetition_penalty=args.repetition_penalty,
@@ -95,11 +100,14 @@ def run_eval(engine, model, prompts, rows, args, eos, samples=1):
 
 
 def eval_part(model, tokenizer, baseline, args) -> list[dict]:
+    """`baseline`: (engine module, its EngineSettings options) to beat."""
+    baseline, baseline_options = baseline
+    engines = (("main", baseline, baseline_options), ("branch", current, {}))
     prompts = eval_prompts(tokenizer, args.problems)
     eos = eos_ids(tokenizer)
     context = max(len(p) for p in prompts) + args.new_tokens
-    for engine in (baseline, current):  # warm-up: kernels compiled, caches allocated
-        run_eval(engine, model, prompts[:4], 4, args, eos)
+    for _, engine, options in engines:  # warm-up: kernels compiled, caches allocated
+        run_eval(engine, model, prompts[:4], 4, args, eos, options=options)
     passes = [] if args.skip_greedy else [("greedy", 1)]
     passes += [(f"avg@{args.samples}", args.samples)] if args.samples > 1 else []
     rows_out = []
@@ -121,8 +129,10 @@ def eval_part(model, tokenizer, baseline, args) -> list[dict]:
             rows = {engine: resolve(size) for engine, size in sizes.items()}
             runs = {"main": [], "branch": []}
             for _ in range(args.repeats):  # interleaved, so drifting load hits both alike
-                for engine, module in (("main", baseline), ("branch", current)):
-                    run = run_eval(module, model, prompts, rows[engine], args, eos, samples)
+                for engine, module, options in engines:
+                    run = run_eval(
+                        module, model, prompts, rows[engine], args, eos, samples, options
+                    )
                     runs[engine].append(run)
             # the fastest round of each: the one least slowed by other load on the machine
             best = {k: min(v, key=lambda r: r["seconds"]) for k, v in runs.items()}
@@ -202,11 +212,30 @@ def step_part(model, tokenizer, args) -> dict:
         with decode_attention(model):
             step()
 
+    lanes = default_lanes()
+    halves = [prompts[lane::lanes] for lane in range(lanes)]
+    lane_caches = [prefill_rows(model, half, 8192) for half in halves]
+    lane_y = [mx.array([p[-1] for p in half], dtype=mx.uint32) for half in halves]
+    streams = lane_streams(lanes)
+
+    def lanes_step():  # the engine's lanes: each share of the rows on its own stream
+        with decode_attention(model), blas_threads(blas_threads_per_lane(lanes)):
+            for lane, stream in enumerate(streams):
+                with mx.stream(stream):
+                    logits = model(lane_y[lane][:, None], cache=lane_caches[lane])[:, -1, :]
+                    lane_y[lane] = mx.argmax(logits, axis=-1).astype(mx.uint32)
+            mx.eval(lane_y)  # the lanes' work in one evaluation, as the engine does
+
+    for _ in range(32):
+        lanes_step()
+    lanes_name = f"step (grouped, {lanes} lanes)"
     measured = {"matmuls": [], "step (MLX attention)": [], "step (grouped attention)": []}
+    measured[lanes_name] = []
     for _ in range(args.step_repeats):
         measured["matmuls"].append(timed(matmuls))
         measured["step (MLX attention)"].append(timed(step))
         measured["step (grouped attention)"].append(timed(grouped_step))
+        measured[lanes_name].append(timed(lanes_step))
     result = {name: statistics.median(times) for name, times in measured.items()}
     print(f"\ndecode step at {rows} rows, context ~{cache[0]._idx} tokens")
     for name, seconds in result.items():
@@ -238,7 +267,11 @@ def main() -> None:
     parser.add_argument("--skip-eval", action="store_true")
     parser.add_argument("--skip-greedy", action="store_true", help="only the avg@K pass")
     parser.add_argument("--skip-step", action="store_true")
-    parser.add_argument("--baseline", default=BASELINE, help="git ref of the engine to beat")
+    parser.add_argument(
+        "--baseline",
+        default=BASELINE,
+        help="git ref of the engine to beat, or lanes=1: the checkout's engine in one lane",
+    )
     parser.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "eval_speed.json"))
     args = parser.parse_args()
     use_device(args.device)
@@ -257,7 +290,11 @@ def main() -> None:
     )
     report = {"benchmark": "eval_speed", **machine_info(), "args": vars(args)}
     if not args.skip_eval:
-        report["eval"] = eval_part(model, tokenizer, load_baseline(args.baseline), args)
+        if args.baseline.startswith("lanes="):
+            baseline = (current, {"lanes": int(args.baseline.split("=")[1])})
+        else:
+            baseline = (load_baseline(args.baseline), {})
+        report["eval"] = eval_part(model, tokenizer, baseline, args)
     if not args.skip_step:
         report["decode_step"] = step_part(model, tokenizer, args)
     if args.json:

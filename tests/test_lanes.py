@@ -75,14 +75,17 @@ def test_lanes_give_the_greedy_tokens_of_one_lane(tiny):
     assert any(not s.truncated for s in samples) and any(s.truncated for s in samples)
 
 
-def test_each_lane_decodes_its_share_on_its_own_stream(tiny):
+@pytest.mark.parametrize(
+    "max_rows, lanes, most_rows",
+    [(8, 1, 8), (8, 2, 4), (64, 2, 5)],  # 10 rows: lanes of 4 with refills; 5 each at once
+)
+def test_each_lane_decodes_its_share_on_its_own_stream(tiny, max_rows, lanes, most_rows):
     model, prompts = tiny
-    for lanes, most_rows in ((1, 8), (2, 4)):
-        recorder = CallRecorder(model)
-        settings = EngineSettings(12, max_rows=8, lanes=lanes)
-        generate_rows(recorder, prompts, 2, settings, NO_EOS)
-        assert max(rows for rows, _ in recorder.calls) == most_rows
-        assert len({stream for _, stream in recorder.calls}) == lanes
+    recorder = CallRecorder(model)
+    settings = EngineSettings(12, max_rows=max_rows, lanes=lanes)
+    generate_rows(recorder, prompts, 2, settings, NO_EOS)
+    assert max(rows for rows, _ in recorder.calls) == most_rows
+    assert len({stream for _, stream in recorder.calls}) == lanes
 
 
 def test_seeded_samples_repeat_in_lanes(tiny):

@@ -28,7 +28,6 @@ Generated ids exclude the stop token; a sample with no stop token within its lim
 
 from __future__ import annotations
 
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import mlx.core as mx
@@ -37,9 +36,8 @@ import numpy as np
 from rasft_mlx.console.progress import check
 from rasft_mlx.generation import scheduler
 from rasft_mlx.generation.attention import decode_attention
-from rasft_mlx.generation.lanes import blas_threads_per_lane, default_lanes
+from rasft_mlx.generation.lanes import default_lanes
 from rasft_mlx.generation.nucleus import default_candidates, make_rollout_sampler
-from rasft_mlx.runtime.blas import blas_threads
 
 REPETITION_CONTEXT = 20  # mlx-lm's default repetition_context_size
 
@@ -206,8 +204,7 @@ def generate_rows(
     lanes = min(lanes, max(1, sum(counts)))
     stats.extra["lanes"] = lanes
     check("generation")
-    threads = blas_threads(blas_threads_per_lane(lanes)) if lanes > 1 else nullcontext()
-    with decode_attention(model, settings.grouped_attention), threads:
+    with decode_attention(model, settings.grouped_attention):
         row_prompt, rows = scheduler.decode(
             model,
             prompts,

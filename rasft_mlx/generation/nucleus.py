@@ -17,6 +17,8 @@ Gumbel pass over fewer tokens); tests check the kept sets exactly and the draws 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import mlx.core as mx
 import numpy as np
 
@@ -35,6 +37,29 @@ def side_stream() -> mx.Stream:
 
 def normalise(logits: mx.array) -> mx.array:
     return logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+
+
+@dataclass
+class Proposal:
+    """A step's draws before the host has looked at them: `covered` (None: nothing to check) says
+    which rows a candidate sampler decided; `logits` serve the full sort of the others."""
+
+    drawn: mx.array
+    covered: mx.array | None = None
+    logits: mx.array | None = None
+
+
+def propose(sampler, logits: mx.array) -> Proposal:
+    """Any sampler's draw as a proposal (only the candidate sampler has rows to settle)."""
+    if isinstance(sampler, CandidateTopPSampler):
+        return sampler.propose(logits)
+    return Proposal(sampler(logits))
+
+
+def settle(sampler, proposal: Proposal) -> mx.array:
+    if isinstance(sampler, CandidateTopPSampler):
+        return sampler.settle(proposal)
+    return proposal.drawn
 
 
 class MlxLmSampler:
@@ -100,22 +125,36 @@ class CandidateTopPSampler:
         self.rows_full_sort = 0
 
     def __call__(self, logits: mx.array) -> mx.array:
+        return self.settle(self.propose(logits))
+
+    def propose(self, logits: mx.array) -> Proposal:
+        """The draw among the candidates, not yet evaluated, and which rows they decide; the
+        decode lanes evaluate every lane's proposal together before any `settle`."""
         rows = logits.shape[0]
         self.rows_drawn += rows
         if self.full_sort_steps_left > 0 or logits.shape[-1] <= self.candidates:
             self.full_sort_steps_left = max(0, self.full_sort_steps_left - 1)
             self.rows_full_sort += rows
-            return self.full_sort(logits)
+            return Proposal(self.full_sort(logits))
         token_ids, masked, covered = candidate_nucleus(
             logits, self.top_p, self.candidates, self.side_stream
         )
         choice = mx.random.categorical(masked * (1.0 / self.temperature))
         drawn = mx.take_along_axis(token_ids, choice[:, None], axis=-1)[:, 0]
-        uncovered = np.flatnonzero(~np.array(covered))
+        return Proposal(drawn, covered, logits)
+
+    def settle(self, proposal: Proposal) -> mx.array:
+        """The proposal's draws, with the rows its candidates did not decide drawn by the full
+        sort (reads `covered` on the host)."""
+        drawn = proposal.drawn
+        if proposal.covered is None:
+            return drawn
+        rows = drawn.shape[0]
+        uncovered = np.flatnonzero(~np.array(proposal.covered))
         if len(uncovered):
             self.rows_full_sort += len(uncovered)
             rows_left = mx.array(uncovered)
-            drawn[rows_left] = self.full_sort(logits[rows_left]).astype(drawn.dtype)
+            drawn[rows_left] = self.full_sort(proposal.logits[rows_left]).astype(drawn.dtype)
             if 2 * len(uncovered) > rows:
                 self.full_sort_steps_left = self.RETRY_AFTER
         return drawn

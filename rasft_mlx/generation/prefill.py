@@ -87,37 +87,26 @@ def length_runs(
     return runs
 
 
-def _evaluate(cache: list, wait: bool) -> None:
-    states = [c.state for c in cache]
-    mx.eval(states) if wait else mx.async_eval(states)
-
-
 def prefill_rows(
-    model,
-    prompts: list[list[int]],
-    token_budget: int,
-    prefix: SharedPrefix | None = None,
-    wait: bool = True,
+    model, prompts: list[list[int]], token_budget: int, prefix: SharedPrefix | None = None
 ) -> list:
     """Batched KV cache holding each prompt but its last token, left-padded, one row per prompt
     in order. With `prefix`, every prompt opens with its tokens and only the rest is computed
     here. Consecutive prompts of similar lengths are prefilled together (`length_runs`; the
-    engine hands them over longest first), so a long prompt does not pad many short ones.
-    `wait=False`: the work is started and not waited for (a decode lane's stream runs it while
-    the host issues the other lanes' work)."""
+    engine hands them over longest first), so a long prompt does not pad many short ones."""
     start = prefix.length if prefix is not None else 0
     runs = length_runs([len(p) - 1 - start for p in prompts])
-    cache = _prefill_group(model, prompts[: runs[0].stop], token_budget, prefix, wait)
+    cache = _prefill_group(model, prompts[: runs[0].stop], token_budget, prefix)
     for run in runs[1:]:
-        more = _prefill_group(model, prompts[run.start : run.stop], token_budget, prefix, wait)
+        more = _prefill_group(model, prompts[run.start : run.stop], token_budget, prefix)
         for c, other in zip(cache, more, strict=True):
             c.extend(other)
     if len(runs) > 1:
-        _evaluate(cache, wait)
+        mx.eval([c.state for c in cache])
     return cache
 
 
-def _prefill_group(model, prompts: list[list[int]], token_budget: int, prefix, wait) -> list:
+def _prefill_group(model, prompts: list[list[int]], token_budget: int, prefix) -> list:
     rows = len(prompts)
     cache = make_batch_cache(model, rows)
     start = 0
@@ -131,7 +120,7 @@ def _prefill_group(model, prompts: list[list[int]], token_budget: int, prefix, w
         if prefix is not None:  # a cache of its own, as the prefill's copy would make it
             for c in cache:
                 c.keys, c.values = mx.contiguous(c.keys), mx.contiguous(c.values)
-            _evaluate(cache, wait)
+            mx.eval([c.state for c in cache])
         return cache
     padding = [width - n for n in lengths]
     tokens = mx.array([b + [0] * (width - len(b)) for b in bodies])
@@ -142,9 +131,9 @@ def _prefill_group(model, prompts: list[list[int]], token_budget: int, prefix, w
     for first in range(0, width, step):
         # Only the cache is evaluated: the logits of the prompt positions are never computed.
         model(tokens[:, first : first + step], cache=cache)
-        _evaluate(cache, wait)
+        mx.eval([c.state for c in cache])
     if max(padding) > 0:
         for c in cache:
             c.finalize()
-        _evaluate(cache, wait)
+        mx.eval([c.state for c in cache])
     return cache

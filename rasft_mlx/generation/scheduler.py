@@ -17,14 +17,17 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import mlx.core as mx
 import numpy as np
 
 from rasft_mlx.console.progress import check
-from rasft_mlx.generation.lanes import lane_streams
+from rasft_mlx.generation.lanes import blas_threads_per_lane, lane_streams
+from rasft_mlx.generation.nucleus import Proposal, propose, settle
 from rasft_mlx.generation.prefill import prefill_rows, shared_prefix
+from rasft_mlx.runtime.blas import blas_thread_count, blas_threads, set_blas_threads
 
 
 class WorkQueue:
@@ -116,22 +119,23 @@ class _Shared:
         self.row_prompt: list[int] = []
         self.progress = _Progress(reporter, self.queue.rows_left)
         self.prefix = None
+        self.prefill_threads = nullcontext  # lanes: the BLAS threads a prefill runs with
 
 
 class _Lane:
     """A share of the rows decoding on one stream: its batch, repetition penalty and the tokens
-    it drew. `forward` issues a step's model call; `advance` draws its tokens and does the host's
-    bookkeeping (finished rows, refills), so a driver can start every lane's step before it waits
-    on any of them."""
+    it drew. A step is `propose` (the model call and the draw, built, not run), `settle` (the
+    tokens) and `advance` (the host's bookkeeping: finished rows, refills); `_step` runs each
+    phase for every lane before the next, so the lanes' work is evaluated together."""
 
-    def __init__(self, shared: _Shared, stream, max_rows: int, sampler, penalty, eos, wait: bool):
+    def __init__(self, shared: _Shared, stream, max_rows: int, sampler, penalty, eos):
         self.shared, self.stream, self.max_rows = shared, stream, max_rows
-        self.sampler, self.penalty, self.eos, self.wait = sampler, penalty, eos, wait
+        self.sampler, self.penalty, self.eos = sampler, penalty, eos
         self.segments: list[tuple[np.ndarray, list[mx.array]]] = []  # (row numbers, tokens)
         self.pending = None  # the done mask of an earlier step, read while later steps run
         self.step = 0
         self.batch: _Batch | None = None
-        self.logits = None
+        self.proposal: Proposal | None = None
         self.finished = False
         settings = shared.settings
         self.refill_rows = max(1, int(settings.refill_fraction * max_rows))
@@ -143,9 +147,10 @@ class _Lane:
         group = shared.queue.take(room)
         unique = [shared.prompts[i] for i, _ in group]
         local = [j for j, (_, n) in enumerate(group) for _ in range(n)]
-        cache = prefill_rows(
-            shared.model, unique, shared.settings.prefill_tokens, shared.prefix, self.wait
-        )
+        with shared.prefill_threads():
+            cache = prefill_rows(
+                shared.model, unique, shared.settings.prefill_tokens, shared.prefix
+            )
         index = mx.array(local)
         if len(local) > len(unique):
             for c in cache:
@@ -157,33 +162,43 @@ class _Lane:
         done = mx.zeros((len(local),), dtype=mx.bool_)
         if penalty is not None:
             penalty.extend(unique, index)
-        state = (y, [c.state for c in cache], penalty.state if penalty else None)
-        mx.eval(state) if self.wait else mx.async_eval(state)
+        mx.eval(y, [c.state for c in cache], penalty.state if penalty else None)
         shared.stats.prompt_tokens += sum(len(p) for p in unique)
         shared.stats.chunks += 1
-        if self.wait:
-            shared.stats.prefill_seconds += time.perf_counter() - admitted_at
+        shared.stats.prefill_seconds += time.perf_counter() - admitted_at
         rows = len(local)
         stopped = np.zeros(rows, dtype=np.bool_)
         return _Batch(cache, y, done, ids, np.full(rows, self.step), stopped, limit)
 
-    def start(self) -> None:
+    def start(self, rows: int) -> None:
         if self.shared.queue.rows_left == 0:
             self.finished = True
             return
-        self.batch = self.admit(self.max_rows)
+        self.batch = self.admit(min(rows, self.max_rows))
         self.segments.append((self.batch.ids, []))
 
-    def forward(self) -> None:
+    def propose(self) -> None:
+        """Build the step's model call and draw (nothing evaluated yet)."""
         batch = self.batch
         logits = self.shared.model(batch.y[:, None], cache=batch.cache)[:, -1, :]
         if self.penalty is not None:
             logits = self.penalty.apply(logits)
-        if not self.wait:
-            mx.async_eval(logits)  # this lane's step runs while the others are issued
-        self.logits = logits
+        self.proposal = propose(self.sampler, logits)
+
+    def settle(self) -> list[mx.array]:
+        """The step's tokens (the sampler's host check done); returns what to evaluate."""
+        batch, penalty = self.batch, self.penalty
+        y = settle(self.sampler, self.proposal).astype(mx.uint32)
+        self.proposal = None
+        if penalty is not None:
+            penalty.update(y)
+        batch.done = batch.done | (y[:, None] == self.eos[None]).any(axis=-1)
+        batch.y = y
+        self.segments[-1][1].append(y)
+        return [y, batch.done]
 
     def advance(self) -> None:
+        """The host's bookkeeping after a step: finished rows, compaction, refills."""
         shared, batch, penalty, settings = (
             self.shared,
             self.batch,
@@ -191,14 +206,6 @@ class _Lane:
             self.shared.settings,
         )
         queue, progress = shared.queue, shared.progress
-        y = self.sampler(self.logits).astype(mx.uint32)
-        self.logits = None
-        if penalty is not None:
-            penalty.update(y)
-        batch.done = batch.done | (y[:, None] == self.eos[None]).any(axis=-1)
-        batch.y = y
-        self.segments[-1][1].append(y)
-        mx.async_eval(y, batch.done)
         self.step += 1
         progress.row_steps += len(batch.ids)
         taken = self.step - batch.started
@@ -239,6 +246,26 @@ class _Lane:
             self.pending = batch.done
 
 
+def _step(lanes: list[_Lane]) -> None:
+    """One decode step of every lane. All lanes' work goes to MLX in one evaluation: evaluated
+    one lane at a time, MLX issues a lane's operations nearly to the end before it starts the
+    next one's (measured: two lanes then take 1.4x one lane's time instead of 0.9x)."""
+    for lane in lanes:
+        with mx.stream(lane.stream):
+            lane.propose()
+    checks = [x for lane in lanes for x in (lane.proposal.covered, lane.proposal.drawn)]
+    if any(lane.proposal.covered is not None for lane in lanes):
+        mx.eval([x for x in checks if x is not None])  # the sampler's host check reads them
+    pending = []
+    for lane in lanes:
+        with mx.stream(lane.stream):
+            pending += lane.settle()
+    mx.async_eval(pending)
+    for lane in lanes:
+        with mx.stream(lane.stream):
+            lane.advance()
+
+
 def decode(
     model,
     prompts,
@@ -269,28 +296,26 @@ def decode(
     shared.prefix = shared_prefix(model, prompts) if settings.shared_prefix else None
     stats.prefill_seconds += time.perf_counter() - started
     lane_rows = -(-max(1, settings.max_rows) // lanes)
-    wait = lanes == 1
     workers = [
-        _Lane(shared, stream, lane_rows, sampler, make_penalty(), eos, wait)
+        _Lane(shared, stream, lane_rows, sampler, make_penalty(), eos)
         for stream in lane_streams(lanes)
     ]
-    started = time.perf_counter()
-    for lane in workers:
-        with mx.stream(lane.stream):
-            lane.start()
-    running = [lane for lane in workers if not lane.finished]
-    if not wait:  # the lanes prefilled at once: wait for all, timed as the prefill
-        mx.eval([c.state for lane in running for c in lane.batch.cache])
-        stats.prefill_seconds += time.perf_counter() - started
+    outer_threads = blas_thread_count()
+    if lanes > 1 and outer_threads is not None:  # prefills at the full count (large matmuls)
+        shared.prefill_threads = lambda: blas_threads(outer_threads)
     began, prefill_before = time.perf_counter(), stats.prefill_seconds
-    while running:
-        for lane in running:
+    first_share = -(-min(shared.queue.rows_left, lanes * lane_rows) // lanes)  # even at the start
+    with blas_threads(blas_threads_per_lane(lanes)) if lanes > 1 else nullcontext():
+        for lane in workers:
             with mx.stream(lane.stream):
-                lane.forward()
-        for lane in running:
-            with mx.stream(lane.stream):
-                lane.advance()
-        running = [lane for lane in running if not lane.finished]
+                lane.start(first_share)
+        running = [lane for lane in workers if not lane.finished]
+        while running:
+            _step(running)
+            still = [lane for lane in running if not lane.finished]
+            if len(still) == 1 < len(running) and outer_threads is not None:
+                set_blas_threads(outer_threads)  # the last lane alone: every core's BLAS
+            running = still
     stats.decode_steps += sum(lane.step for lane in workers)
     shared.progress.close()
 

@@ -163,6 +163,19 @@ def _openblas_thread_calls():
         return None
 
 
+def blas_thread_count() -> int | None:
+    """OpenBLAS's thread count now, or None where it is not loaded."""
+    calls = _openblas_thread_calls()
+    return None if calls is None else calls[0]()
+
+
+def set_blas_threads(count: int) -> None:
+    """Set OpenBLAS's thread count (a no-op where it is not loaded)."""
+    calls = _openblas_thread_calls()
+    if calls is not None:
+        calls[1](max(1, count))
+
+
 @contextmanager
 def blas_threads(count: int) -> Iterator[None]:
     """OpenBLAS's thread count set to `count` inside the block, the previous count restored after;
