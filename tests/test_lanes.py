@@ -19,17 +19,21 @@ QUESTIONS = ["What is 3 + 4?", "Hi", "Compute 12 + 30, then double it.", "Add 1 
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
+def tiny_dir(tmp_path_factory):
     from tiny_models import make_tiny_model_dir
 
-    directory = make_tiny_model_dir(
+    return make_tiny_model_dir(
         tmp_path_factory.mktemp("tiny-lanes"),
         hidden_size=96,
         num_attention_heads=6,
         num_key_value_heads=2,
         tie_word_embeddings=False,
     )
-    model, tokenizer = load(str(directory))
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_dir):
+    model, tokenizer = load(str(tiny_dir))
     prompts = [tokenizer.encode(f"Reason step by step.\n{q}") for q in QUESTIONS]
     return model, prompts
 
@@ -126,3 +130,21 @@ def test_default_lanes_follow_the_environment(monkeypatch):
             default_lanes()
     monkeypatch.delenv("RASFT_MLX_DECODE_LANES")
     assert 1 <= default_lanes() <= 2
+
+
+def test_a_model_with_lora_layers_decodes_in_one_lane(tiny, tiny_dir, monkeypatch):
+    """LoRA's small products make lanes slower (lanes.py), so such a model keeps one lane."""
+    from rasft_mlx.models.adapters import apply_adapters
+    from rasft_mlx.recipe.config import LoraConfig
+
+    monkeypatch.delenv("RASFT_MLX_DECODE_LANES", raising=False)
+    monkeypatch.setattr("rasft_mlx.generation.lanes.usable_cores", lambda: 2)
+    _, prompts = tiny
+    model, _ = load(str(tiny_dir))  # its own copy: adapters go on it
+    assert default_lanes(model) == 2
+    _, stats = generate_rows(model, prompts, 2, EngineSettings(4), NO_EOS)
+    assert stats.extra["lanes"] == 2
+    apply_adapters(model, LoraConfig(rank=4))
+    assert default_lanes(model) == 1
+    _, stats = generate_rows(model, prompts, 2, EngineSettings(4), NO_EOS)
+    assert stats.extra["lanes"] == 1

@@ -8,6 +8,13 @@ BLAS thread per lane, both halves run at once: measured on a 2-core x86 VM with 
 one decode step at 96 rows took 443 ms on one stream and 357 ms in two lanes, at 192 rows 752
 and 585 ms (benchmarks/rollouts.py --lanes). On a GPU a stream is a command queue, not a core,
 so lanes stay at 1 there.
+
+Not with LoRA layers: a model with unfused adapters decodes 1.3-1.6x slower in two lanes than in
+one (measured at 32-192 rows). Its adapter's second product, (rows x 8) @ (8 x out) per adapted
+layer, costs ~160 us on this CPU at 48 rows (15x its arithmetic) and does not run on two streams
+at once; the cause inside MLX's or OpenBLAS's small-K path is not known. The default therefore
+keeps one lane for such a model (RASFT's rollouts, an evaluation with `--adapter`) and uses lanes
+for base or fused models.
 """
 
 from __future__ import annotations
@@ -27,9 +34,14 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-def default_lanes() -> int:
+def has_adapter_layers(model) -> bool:
+    return any(hasattr(module, "lora_a") for _, module in model.named_modules())
+
+
+def default_lanes(model=None) -> int:
     """Lanes for a generation on the default device: up to MAX_AUTO_LANES on a CPU with as many
-    cores, else 1. RASFT_MLX_DECODE_LANES overrides (1 turns lanes off)."""
+    cores, 1 on a GPU or for a model with LoRA layers (above). RASFT_MLX_DECODE_LANES overrides
+    (1 turns lanes off)."""
     override = os.environ.get("RASFT_MLX_DECODE_LANES")
     if override:
         try:
@@ -42,6 +54,8 @@ def default_lanes() -> int:
             raise ValueError(f"RASFT_MLX_DECODE_LANES={override!r}: expected at least 1")
         return lanes
     if mx.default_device().type != mx.DeviceType.cpu:
+        return 1
+    if model is not None and has_adapter_layers(model):
         return 1
     return max(1, min(MAX_AUTO_LANES, usable_cores()))
 
