@@ -41,7 +41,12 @@ from common import machine_info, use_device
 from rasft_mlx.generation import engine as current
 from rasft_mlx.generation.attention import decode_attention
 from rasft_mlx.generation.completions import eos_ids
-from rasft_mlx.generation.lanes import blas_threads_per_lane, default_lanes, lane_streams
+from rasft_mlx.generation.lanes import (
+    blas_threads_per_lane,
+    default_lanes,
+    lane_streams,
+    on_lane,
+)
 from rasft_mlx.generation.prefill import prefill_rows
 from rasft_mlx.runtime.blas import blas_threads
 from rasft_mlx.runtime.memory import auto_decode_rows
@@ -221,7 +226,7 @@ def step_part(model, tokenizer, args) -> dict:
     def lanes_step():  # the engine's lanes: each share of the rows on its own stream
         with decode_attention(model), blas_threads(blas_threads_per_lane(lanes)):
             for lane, stream in enumerate(streams):
-                with mx.stream(stream):
+                with on_lane(stream):
                     logits = model(lane_y[lane][:, None], cache=lane_caches[lane])[:, -1, :]
                     lane_y[lane] = mx.argmax(logits, axis=-1).astype(mx.uint32)
             mx.eval(lane_y)  # the lanes' work in one evaluation, as the engine does

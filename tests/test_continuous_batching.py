@@ -150,10 +150,11 @@ def test_greedy_with_stops_and_refills_equals_one_prompt_decoding(tiny, options)
 
 
 def test_seeded_samples_repeat_under_refills(tiny):
+    """One lane (test_lanes.py checks seeded samples in several)."""
     model, tokenizer = tiny
     prompts = chat_prompts(tokenizer)
     settings = EngineSettings(
-        max_new_tokens=16, temperature=1.0, top_p=0.9, repetition_penalty=1.2, max_rows=4
+        max_new_tokens=16, temperature=1.0, top_p=0.9, repetition_penalty=1.2, max_rows=4, lanes=1
     )
     first, _ = generate_rows(model, prompts, 1, replace(settings, max_rows=16), NO_EOS, seed=1)
     stop = [varied_stop([r[0].token_ids for r in first])]

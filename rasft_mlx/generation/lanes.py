@@ -20,6 +20,7 @@ for base or fused models.
 from __future__ import annotations
 
 import os
+from contextlib import nullcontext
 
 import mlx.core as mx
 
@@ -60,9 +61,12 @@ def default_lanes(model=None) -> int:
     return max(1, min(MAX_AUTO_LANES, usable_cores()))
 
 
-def lane_streams(count: int) -> list[mx.Stream]:
-    """The default stream, then `count - 1` more on the default device, made once and reused (a
-    CPU stream is a thread)."""
+def lane_streams(count: int) -> list[mx.Stream | None]:
+    """[None] for one lane (it runs on whatever stream is current, as without lanes); else the
+    default stream, then `count - 1` more on the default device, made once and reused (a CPU
+    stream is a thread)."""
+    if count == 1:
+        return [None]
     device = mx.default_device()
     streams = [mx.default_stream(device)]
     for lane in range(1, count):
@@ -71,6 +75,11 @@ def lane_streams(count: int) -> list[mx.Stream]:
             _streams[key] = mx.new_stream(device)
         streams.append(_streams[key])
     return streams
+
+
+def on_lane(stream: mx.Stream | None):
+    """The context that puts a lane's operations on its stream (none for a single lane)."""
+    return nullcontext() if stream is None else mx.stream(stream)
 
 
 def blas_threads_per_lane(lanes: int) -> int:

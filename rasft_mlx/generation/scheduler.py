@@ -24,7 +24,7 @@ import mlx.core as mx
 import numpy as np
 
 from rasft_mlx.console.progress import check
-from rasft_mlx.generation.lanes import blas_threads_per_lane, lane_streams
+from rasft_mlx.generation.lanes import blas_threads_per_lane, lane_streams, on_lane
 from rasft_mlx.generation.nucleus import Proposal, propose, settle
 from rasft_mlx.generation.prefill import prefill_rows, shared_prefix
 from rasft_mlx.runtime.blas import blas_thread_count, blas_threads, set_blas_threads
@@ -251,18 +251,18 @@ def _step(lanes: list[_Lane]) -> None:
     one lane at a time, MLX issues a lane's operations nearly to the end before it starts the
     next one's (measured: two lanes then take 1.4x one lane's time instead of 0.9x)."""
     for lane in lanes:
-        with mx.stream(lane.stream):
+        with on_lane(lane.stream):
             lane.propose()
     checks = [x for lane in lanes for x in (lane.proposal.covered, lane.proposal.drawn)]
     if any(lane.proposal.covered is not None for lane in lanes):
         mx.eval([x for x in checks if x is not None])  # the sampler's host check reads them
     pending = []
     for lane in lanes:
-        with mx.stream(lane.stream):
+        with on_lane(lane.stream):
             pending += lane.settle()
     mx.async_eval(pending)
     for lane in lanes:
-        with mx.stream(lane.stream):
+        with on_lane(lane.stream):
             lane.advance()
 
 
@@ -307,7 +307,7 @@ def decode(
     first_share = -(-min(shared.queue.rows_left, lanes * lane_rows) // lanes)  # even at the start
     with blas_threads(blas_threads_per_lane(lanes)) if lanes > 1 else nullcontext():
         for lane in workers:
-            with mx.stream(lane.stream):
+            with on_lane(lane.stream):
                 lane.start(first_share)
         running = [lane for lane in workers if not lane.finished]
         while running:
