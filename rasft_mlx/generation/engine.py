@@ -200,9 +200,7 @@ def generate_rows(
         empty = mx.zeros((0,), dtype=mx.int32)
         return RepetitionPenalty([], empty, settings.repetition_penalty, settings.repetition_scope)
 
-    lanes = default_lanes(model) if settings.lanes is None else max(1, settings.lanes)
-    lanes = min(lanes, max(1, sum(counts)))
-    stats.extra["lanes"] = lanes
+    lanes = default_lanes(model) if settings.lanes is None else settings.lanes
     check("generation")
     with decode_attention(model, settings.grouped_attention):
         row_prompt, rows = scheduler.decode(

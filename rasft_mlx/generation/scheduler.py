@@ -253,9 +253,8 @@ def _step(lanes: list[_Lane]) -> None:
     for lane in lanes:
         with on_lane(lane.stream):
             lane.propose()
-    checks = [x for lane in lanes for x in (lane.proposal.covered, lane.proposal.drawn)]
-    if any(lane.proposal.covered is not None for lane in lanes):
-        mx.eval([x for x in checks if x is not None])  # the sampler's host check reads them
+    if any(lane.proposal.covered is not None for lane in lanes):  # the sampler's host check
+        mx.eval([(lane.proposal.covered, lane.proposal.drawn) for lane in lanes])
     pending = []
     for lane in lanes:
         with on_lane(lane.stream):
@@ -292,6 +291,7 @@ def decode(
     if shared.queue.rows_left == 0:
         return [], []
     lanes = max(1, min(lanes, shared.queue.rows_left))
+    stats.extra["lanes"] = lanes
     started = time.perf_counter()
     shared.prefix = shared_prefix(model, prompts) if settings.shared_prefix else None
     stats.prefill_seconds += time.perf_counter() - started
