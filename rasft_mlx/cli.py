@@ -162,6 +162,7 @@ def evaluate(
         ),
     ],
     adapter: Annotated[Path | None, typer.Option(help="Adapter directory to apply")] = None,
+    fuse: Annotated[bool, typer.Option(help="Merge a float32 adapter into the weights")] = True,
     limit: Annotated[
         int | None, typer.Option(min=1, help="Evaluate the first N problems of each")
     ] = None,
@@ -215,9 +216,11 @@ def evaluate(
                 out,
                 config,
                 adapter=adapter,
+                fuse=fuse,
                 data_format=data_format,
                 grader=grader,
                 seed=seed,
+                on_unfused=lambda why: console.print(f"adapter kept live, not fused: {why}"),
             )
     except (PhaseInterrupted, KeyboardInterrupt) as stopped:
         during = f" during {stopped}" if isinstance(stopped, PhaseInterrupted) else ""

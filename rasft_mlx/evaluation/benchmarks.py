@@ -17,7 +17,7 @@ from rasft_mlx.data.sources import (
     resolve_source,
 )
 from rasft_mlx.evaluation.evaluate import EvalSummary, evaluate_problems, write_eval_outputs
-from rasft_mlx.models.adapters import load_adapters_into
+from rasft_mlx.models.adapters import fuse_adapters, load_adapters_into
 from rasft_mlx.models.loading import load_model
 from rasft_mlx.recipe.config import DataConfig, EvalConfig, ModelConfig, RecipeError
 from rasft_mlx.recipe.dataset_config import DatasetSource
@@ -99,6 +99,7 @@ def run_evaluation(
     config: EvalConfig | None = None,
     *,
     adapter: str | Path | None = None,
+    fuse: bool = True,
     data_format: str = "auto",
     grader: str = "auto",
     seed: int = 0,
@@ -111,6 +112,7 @@ def run_evaluation(
         out,
         config,
         adapter=adapter,
+        fuse=fuse,
         data_format=data_format,
         grader=grader,
         seed=seed,
@@ -125,12 +127,18 @@ def run_benchmarks(
     config: EvalConfig | None = None,
     *,
     adapter: str | Path | None = None,
+    fuse: bool = True,
     data_format: str = "auto",
     grader: str = "auto",
     seed: int = 0,
+    on_unfused=None,
 ) -> list[BenchmarkResult]:
     """Evaluate one model on every (name, source), each graded by its own grader; writes
-    NAME.jsonl and NAME-summary.json per source and, for several, `benchmarks.json` with the mean."""
+    NAME.jsonl and NAME-summary.json per source and, for several, `benchmarks.json` with the mean.
+
+    `fuse`: merge the adapter into the weights first (`fuse_adapters`: faster decoding, the
+    weights `export --format fused` writes); where it cannot, `on_unfused(reason)` is told and
+    the adapter stays live."""
     config = config or EvalConfig()
     problem_sets = [
         (
@@ -149,6 +157,9 @@ def run_benchmarks(
     loaded = load_model(ModelConfig(path=model))
     if adapter is not None:
         load_adapters_into(loaded.model, adapter)
+        not_fused = fuse_adapters(loaded.model) if fuse else None
+        if not_fused and on_unfused is not None:
+            on_unfused(not_fused)
     results = []
     for name, problems in problem_sets:
         records, summary = evaluate_problems(

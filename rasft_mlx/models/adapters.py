@@ -101,6 +101,29 @@ def reference_policy(model: nn.Module) -> Iterator[None]:
         model.update_modules(tree_unflatten(wrapped))
 
 
+def fuse_adapters(model: nn.Module) -> str | None:
+    """Merge every adapter into its base linear in place, for a model that only decodes from now
+    on (an evaluation): W + scale * B^T A^T per layer, as mlx-lm's fuse and `export --format fused`
+    do. Decoding then skips the adapters' two extra products a layer and may use decode lanes.
+
+    Only float32 weights are fused: in bf16/fp16 a LoRA delta is often below the weight's rounding
+    step, and a quantised base would be re-quantised, so the fused model would not be the trained
+    policy. Returns why nothing was fused (then the adapters stay live), or None once fused.
+    """
+    wrapped = adapter_modules(model)
+    if not wrapped:
+        return "no adapter layers"
+    for name, module in wrapped:
+        if isinstance(module.linear, nn.QuantizedLinear):
+            return f"{name} has a quantised base (fusing would re-quantise it)"
+        if module.linear.weight.dtype != mx.float32:
+            return (
+                f"{name} is {module.linear.weight.dtype} (only float32 weights fuse exactly enough)"
+            )
+    model.update_modules(tree_unflatten([(name, m.fuse()) for name, m in wrapped]))
+    return None
+
+
 def trainable_parameter_count(model: nn.Module) -> int:
     return sum(v.size for _, v in tree_flatten(model.trainable_parameters()))
 
