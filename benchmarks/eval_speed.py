@@ -22,6 +22,8 @@ same rows): the issue's goal is a step within 1.4x of its matmul time.
         --repetition-penalty 1.1 --batch-sizes auto --skip-greedy   # as a refresh's rollouts
     python benchmarks/eval_speed.py --baseline lanes=1 --problems 128 --batch-sizes auto
         # decode lanes (lanes.py) against one lane, the same engine otherwise
+    python benchmarks/eval_speed.py --baseline unfused --adapter docs/results/staged/start \
+        --problems 128 --batch-sizes auto --skip-step   # eval --adapter: fused against live
 """
 
 from __future__ import annotations
@@ -104,15 +106,17 @@ def run_eval(engine, model, prompts, rows, args, eos, samples=1, options=None):
     }
 
 
-def eval_part(model, tokenizer, baseline, args) -> list[dict]:
-    """`baseline`: (engine module, its EngineSettings options) to beat."""
+def eval_part(model, tokenizer, baseline, args, branch_model=None) -> list[dict]:
+    """`baseline`: (engine module, its EngineSettings options) to beat. `branch_model`: the model
+    the checkout's engine decodes, when it is not `model` (the adapter fused into it)."""
     baseline, baseline_options = baseline
     engines = (("main", baseline, baseline_options), ("branch", current, {}))
+    models = {"main": model, "branch": branch_model or model}
     prompts = eval_prompts(tokenizer, args.problems)
     eos = eos_ids(tokenizer)
     context = max(len(p) for p in prompts) + args.new_tokens
-    for _, engine, options in engines:  # warm-up: kernels compiled, caches allocated
-        run_eval(engine, model, prompts[:4], 4, args, eos, options=options)
+    for name, engine, options in engines:  # warm-up: kernels compiled, caches allocated
+        run_eval(engine, models[name], prompts[:4], 4, args, eos, options=options)
     passes = [] if args.skip_greedy else [("greedy", 1)]
     passes += [(f"avg@{args.samples}", args.samples)] if args.samples > 1 else []
     rows_out = []
@@ -136,7 +140,7 @@ def eval_part(model, tokenizer, baseline, args) -> list[dict]:
             for _ in range(args.repeats):  # interleaved, so drifting load hits both alike
                 for engine, module, options in engines:
                     run = run_eval(
-                        module, model, prompts, rows[engine], args, eos, samples, options
+                        module, models[engine], prompts, rows[engine], args, eos, samples, options
                     )
                     runs[engine].append(run)
             # the fastest round of each: the one least slowed by other load on the machine
@@ -275,7 +279,9 @@ def main() -> None:
     parser.add_argument(
         "--baseline",
         default=BASELINE,
-        help="git ref of the engine to beat, or lanes=1: the checkout's engine in one lane",
+        help="git ref of the engine to beat; lanes=1: the checkout's engine in one lane; "
+        "unfused: the checkout's engine on the live --adapter against the adapter fused (as "
+        "rasft-mlx eval --adapter does)",
     )
     parser.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "eval_speed.json"))
     args = parser.parse_args()
@@ -295,11 +301,22 @@ def main() -> None:
     )
     report = {"benchmark": "eval_speed", **machine_info(), "args": vars(args)}
     if not args.skip_eval:
+        branch_model = None
         if args.baseline.startswith("lanes="):
             baseline = (current, {"lanes": int(args.baseline.split("=")[1])})
+        elif args.baseline == "unfused":
+            if not args.adapter:
+                parser.error("--baseline unfused needs --adapter")
+            from rasft_mlx.models.adapters import fuse_adapters
+
+            branch_model = load_model(ModelConfig(path=args.model, dtype=args.dtype)).model
+            load_adapters_into(branch_model, args.adapter)
+            if reason := fuse_adapters(branch_model):
+                parser.error(f"cannot fuse: {reason}")
+            baseline = (current, {})
         else:
             baseline = (load_baseline(args.baseline), {})
-        report["eval"] = eval_part(model, tokenizer, baseline, args)
+        report["eval"] = eval_part(model, tokenizer, baseline, args, branch_model)
     if not args.skip_step:
         report["decode_step"] = step_part(model, tokenizer, args)
     if args.json:
