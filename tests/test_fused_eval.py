@@ -8,6 +8,7 @@ import json
 
 import mlx.nn as nn
 import numpy as np
+import pytest
 from test_start_adapter import logits, make_adapter, randomize_adapters
 from typer.testing import CliRunner
 
@@ -24,10 +25,11 @@ from rasft_mlx.recipe.config import LoraConfig, ModelConfig
 runner = CliRunner()
 
 
-def test_fused_weights_give_the_live_adapters_logits(tiny_llama_dir):
+@pytest.mark.parametrize("kind", ["lora", "dora"])
+def test_fused_weights_give_the_live_adapters_logits(tiny_llama_dir, kind):
     loaded = load_model(ModelConfig(path=str(tiny_llama_dir)))
     base = logits(loaded.model)
-    apply_adapters(loaded.model, LoraConfig(rank=4, scale=3.0))
+    apply_adapters(loaded.model, LoraConfig(type=kind, rank=4, scale=3.0))
     randomize_adapters(loaded.model, 0)
     live = logits(loaded.model)
     assert np.abs(live - base).max() > 1e-2  # the adapter does something
