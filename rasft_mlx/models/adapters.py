@@ -108,11 +108,10 @@ def fuse_adapters(model: nn.Module) -> str | None:
 
     Only float32 weights are fused: in bf16/fp16 a LoRA delta is often below the weight's rounding
     step, and a quantised base would be re-quantised, so the fused model would not be the trained
-    policy. Returns why nothing was fused (then the adapters stay live), or None once fused.
+    policy. Returns why the adapters stay live, or None when no adapter layer is left (a full
+    fine-tune's weights have none to begin with).
     """
     wrapped = adapter_modules(model)
-    if not wrapped:
-        return "no adapter layers"
     for name, module in wrapped:
         if isinstance(module.linear, nn.QuantizedLinear):
             return f"{name} has a quantised base (fusing would re-quantise it)"
@@ -120,7 +119,8 @@ def fuse_adapters(model: nn.Module) -> str | None:
             return (
                 f"{name} is {module.linear.weight.dtype} (only float32 weights fuse exactly enough)"
             )
-    model.update_modules(tree_unflatten([(name, m.fuse()) for name, m in wrapped]))
+    if wrapped:
+        model.update_modules(tree_unflatten([(name, m.fuse()) for name, m in wrapped]))
     return None
 
 
