@@ -127,6 +127,19 @@ def test_yaml_syntax_error_reports_line_and_column(tmp_path):
     assert "expected ',' or ']'" in message
 
 
+def test_a_key_given_twice_is_an_error_naming_both_lines(tmp_path):
+    # PyYAML keeps the last of two equal keys silently; a stray second line must not decide a run.
+    path = write(tmp_path, "model:\n  path: a\ntraining:\n  seed: 1\n  epochs: 2\n  seed: 3\n")
+    message = error_of(path)
+    assert message.startswith(f"{path}:6:3: invalid YAML: ")
+    assert "key 'seed' appears twice in one mapping (first on line 4)" in message
+    top = write(tmp_path, "protocol: authors\nmodel: {path: a}\nprotocol: project\n")
+    assert error_of(top).startswith(f"{top}:3:1: invalid YAML: key 'protocol' appears twice")
+    same_key_in_two_sections = "model: {path: a}\ntraining: {seed: 1}\nrollout: {seed: 2}\n"
+    with pytest.raises(RecipeError, match="rollout.seed"):  # not a duplicate: another error
+        load_recipe(write(tmp_path, same_key_in_two_sections))
+
+
 def test_top_level_must_be_a_mapping(tmp_path):
     path = write(tmp_path, "- a\n- b\n")
     assert error_of(path) == f"{path}: the top level must be a mapping of sections, got list"

@@ -22,6 +22,7 @@ from rasft_mlx.models.loading import load_model
 from rasft_mlx.recipe.config import DataConfig, EvalConfig, ModelConfig, RecipeError
 from rasft_mlx.recipe.dataset_config import DatasetSource
 from rasft_mlx.recipe.protocols import PRESETS
+from rasft_mlx.recipe.strict_yaml import load_yaml
 from rasft_mlx.recipe.typed_fields import build_dataclass
 from rasft_mlx.runtime.fileio import atomic_write_text
 
@@ -50,7 +51,7 @@ def parse_data_sources(text: str) -> list[tuple[str, str | DatasetSource]]:
     text = text.strip()
     if text.startswith(("{", "[")):
         try:
-            value = yaml.safe_load(text)
+            value = load_yaml(text)
         except yaml.YAMLError as exc:
             raise RecipeError(f"--data: invalid YAML: {exc}") from exc
         items = value if isinstance(value, list) else [value]

@@ -24,6 +24,7 @@ from rasft_mlx.recipe.eval_config import (  # noqa: F401  (re-exported: eval and
     OutputConfig,
 )
 from rasft_mlx.recipe.protocols import PROTOCOLS, apply_protocol
+from rasft_mlx.recipe.strict_yaml import load_yaml
 from rasft_mlx.recipe.typed_fields import (
     RecipeError,
     apply_override,
@@ -336,7 +337,7 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Recipe:
     except OSError as exc:
         raise RecipeError(f"{source}: cannot read recipe: {exc.strerror or exc}") from exc
     try:
-        data = _top_level(yaml.safe_load(text), source)
+        data = _top_level(load_yaml(text), source)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark else source
