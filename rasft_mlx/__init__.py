@@ -13,7 +13,10 @@ from __future__ import annotations
 
 from importlib import import_module
 
+from rasft_mlx.runtime.eval_graph import widen_for_lanes
 from rasft_mlx.runtime.version import __version__
+
+widen_for_lanes()  # before MLX evaluates anything: it reads the width once (runtime/eval_graph.py)
 
 _SURFACE = {
     "load_recipe": ("rasft_mlx.recipe.config", "load_recipe"),

@@ -5,6 +5,7 @@ samples repeat, and the BLAS thread count comes back after a generation."""
 from __future__ import annotations
 
 import ctypes
+import functools
 
 import mlx.core as mx
 import pytest
@@ -132,19 +133,48 @@ def test_default_lanes_follow_the_environment(monkeypatch):
     assert 1 <= default_lanes() <= 2
 
 
-def test_a_model_with_lora_layers_decodes_in_one_lane(tiny, tiny_dir, monkeypatch):
-    """LoRA's small products make lanes slower (lanes.py), so such a model keeps one lane."""
+def test_a_model_with_lora_layers_gets_lanes_only_where_the_tape_is_wide(
+    tiny, tiny_dir, monkeypatch
+):
+    """At MLX's default tape width a live adapter's branches stop two lanes from overlapping
+    (runtime/eval_graph.py), so such a model keeps one lane there and gets two at the width
+    rasft_mlx sets on the CPU; in two lanes it gives the tokens of one."""
+    from mlx.utils import tree_map
+
     from rasft_mlx.models.adapters import apply_adapters
     from rasft_mlx.recipe.config import LoraConfig
 
     monkeypatch.delenv("RASFT_MLX_DECODE_LANES", raising=False)
     monkeypatch.setattr("rasft_mlx.generation.lanes.usable_cores", lambda: 2)
+    monkeypatch.setenv("MLX_BFS_MAX_WIDTH", "20")
     _, prompts = tiny
     model, _ = load(str(tiny_dir))  # its own copy: adapters go on it
     assert default_lanes(model) == 2
-    _, stats = generate_rows(model, prompts, 2, EngineSettings(4), NO_EOS)
-    assert stats.extra["lanes"] == 2
     apply_adapters(model, LoraConfig(rank=4))
     assert default_lanes(model) == 1
     _, stats = generate_rows(model, prompts, 2, EngineSettings(4), NO_EOS)
     assert stats.extra["lanes"] == 1
+    monkeypatch.setenv("MLX_BFS_MAX_WIDTH", "64")
+    assert default_lanes(model) == 2
+    mx.random.seed(3)  # a live adapter that changes the logits (B starts at zero)
+    model.update(
+        tree_map(lambda p: p + 0.05 * mx.random.normal(p.shape), model.trainable_parameters())
+    )
+    one, _ = generate_rows(model, prompts, 2, EngineSettings(16, lanes=1), NO_EOS)
+    two, stats = generate_rows(model, prompts, 2, EngineSettings(16), NO_EOS)
+    assert stats.extra["lanes"] == 2 and two == one
+
+
+def test_rasft_mlx_widens_the_tape_on_import_on_the_cpu_unless_the_user_set_it():
+    import os
+    import subprocess
+    import sys
+
+    code = "import rasft_mlx, os; print(os.environ.get('MLX_BFS_MAX_WIDTH'))"
+    env = {k: v for k, v in os.environ.items() if k != "MLX_BFS_MAX_WIDTH"}
+    run = functools.partial(
+        subprocess.run, [sys.executable, "-c", code], capture_output=True, text=True, timeout=120
+    )
+    on_cpu = mx.default_device().type == mx.DeviceType.cpu  # a GPU keeps MLX's default
+    assert run(env=env).stdout.strip() == ("64" if on_cpu else "None")
+    assert run(env={**env, "MLX_BFS_MAX_WIDTH": "33"}).stdout.strip() == "33"

@@ -9,12 +9,13 @@ one decode step at 96 rows took 443 ms on one stream and 357 ms in two lanes, at
 and 585 ms (benchmarks/rollouts.py --lanes). On a GPU a stream is a command queue, not a core,
 so lanes stay at 1 there.
 
-Not with LoRA layers: a model with unfused adapters decodes 1.3-1.6x slower in two lanes than in
-one (measured at 32-192 rows). Its adapter's second product, (rows x 8) @ (8 x out) per adapted
-layer, costs ~160 us on this CPU at 48 rows (15x its arithmetic) and does not run on two streams
-at once; the cause inside MLX's or OpenBLAS's small-K path is not known. The default therefore
-keeps one lane for such a model (RASFT's rollouts, an evaluation with `--adapter`) and uses lanes
-for base or fused models.
+With LoRA layers only where MLX's evaluation tape is wide enough: a live adapter's side branch
+(x @ A @ B) widens each lane's graph, and at MLX's default tape width of 20 the two lanes' steps
+no longer interleave, so a model with unfused adapters decoded 1.3-1.6x slower in two lanes than
+in one. `runtime/eval_graph.py` widens the tape on the CPU (MLX_BFS_MAX_WIDTH, set on import);
+then such a model (RASFT's rollouts and evaluations on the live adapter) gains from lanes too:
+one step at 96 rows 446-461 ms in one lane, 358-370 in two. Where the width stays at MLX's
+default (set by the user, or MLX evaluated before rasft_mlx was imported), it keeps one lane.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ import os
 from contextlib import nullcontext
 
 import mlx.core as mx
+
+from rasft_mlx.runtime.eval_graph import lanes_fit_the_graph
 
 MAX_AUTO_LANES = 2  # more are unmeasured (the development machine has 2 cores)
 _streams: dict[tuple[str, int], mx.Stream] = {}
@@ -41,8 +44,8 @@ def has_adapter_layers(model) -> bool:
 
 def default_lanes(model=None) -> int:
     """Lanes for a generation on the default device: up to MAX_AUTO_LANES on a CPU with as many
-    cores, 1 on a GPU or for a model with LoRA layers (above). RASFT_MLX_DECODE_LANES overrides
-    (1 turns lanes off)."""
+    cores, 1 on a GPU, and 1 for a model with LoRA layers unless MLX's tape is wide enough for
+    its lanes (above). RASFT_MLX_DECODE_LANES overrides (1 turns lanes off)."""
     override = os.environ.get("RASFT_MLX_DECODE_LANES")
     if override:
         try:
@@ -56,9 +59,10 @@ def default_lanes(model=None) -> int:
         return lanes
     if mx.default_device().type != mx.DeviceType.cpu:
         return 1
-    if model is not None and has_adapter_layers(model):
+    lanes = max(1, min(MAX_AUTO_LANES, usable_cores()))
+    if model is not None and has_adapter_layers(model) and not lanes_fit_the_graph(lanes):
         return 1
-    return max(1, min(MAX_AUTO_LANES, usable_cores()))
+    return lanes
 
 
 def lane_streams(count: int) -> list[mx.Stream | None]:
