@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import yaml
@@ -12,6 +13,7 @@ from typer.testing import CliRunner
 from rasft_mlx.cli import app
 from rasft_mlx.commands.train import TrainingError, TrainingInterrupted, run_training
 from rasft_mlx.recipe.config import load_recipe
+from rasft_mlx.runtime.provenance import software_versions
 from rasft_mlx.training.checkpoint import list_checkpoints, read_checkpoint
 
 QUIET = Console(quiet=True)
@@ -57,6 +59,10 @@ def adapter_bytes(run_dir) -> bytes:
     return (run_dir / "adapters" / "adapters.safetensors").read_bytes()
 
 
+def metric_records(run_dir) -> list[dict]:
+    return [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
 def step_lines(run_dir) -> list[int]:
     records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     return [r["step"] for r in records if r["event"] == "step"]
@@ -96,6 +102,10 @@ def test_interrupted_and_resumed_run_gives_the_same_adapter_bytes(
     assert adapter_bytes(run_dir) == adapter_bytes(tmp_path / "straight")
     assert step_lines(run_dir) == step_lines(tmp_path / "straight")  # no duplicated records
     assert len(list_checkpoints(run_dir)) == 2  # keep_checkpoints
+    processes = [r for r in metric_records(run_dir) if r["event"] == "process"]
+    assert [p["resumed"] for p in processes] == [False] + [True] * len(stops)
+    software = json.loads((run_dir / "summary.json").read_text())["software"]
+    assert software == processes[-1]["software"] == software_versions()
     if mode == "rasft":
         refreshes = [
             json.loads(x)["refresh"]
@@ -150,3 +160,19 @@ def test_resume_skips_a_damaged_checkpoint(tiny_llama_dir, tmp_path):
     result = run_training(recipe, run_dir, QUIET, resume=True)  # falls back to step 2
     assert result.steps == straight.steps
     assert adapter_bytes(run_dir) == adapter_bytes(tmp_path / "straight")
+
+
+def test_software_versions_name_this_checkout_and_the_installed_mlx():
+    import subprocess
+
+    import mlx.core as mx
+
+    versions = software_versions()
+    assert versions["mlx"] == mx.__version__ and versions["mlx_lm"]
+    root = Path(__file__).resolve().parents[1]
+    if (root / ".git").exists():
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True)
+        assert versions["git_commit"] == head.stdout.decode().strip()
+        assert isinstance(versions["git_dirty"], bool)
+    else:
+        assert versions["git_commit"] is None

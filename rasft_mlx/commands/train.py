@@ -36,6 +36,7 @@ from rasft_mlx.reporting.run_report import REPORT_FILE, write_report_quietly
 from rasft_mlx.reporting.trackers import check_installed, tracking
 from rasft_mlx.runtime.fileio import atomic_write_text
 from rasft_mlx.runtime.peer_watchdog import start_watchdog
+from rasft_mlx.runtime.provenance import software_versions
 from rasft_mlx.training.checkpoint import checkpoints_dir
 from rasft_mlx.training.loop import TrainingLoop, TrainResult
 from rasft_mlx.training.memory_estimate import check_memory, estimate_run_memory
@@ -160,6 +161,9 @@ def _run_training(
         console.print(f"one run over {distributed.world_size()} processes (rank 0 writes)")
     metrics = MetricsLog(run_dir / "metrics.jsonl")
     metrics.truncate(checkpoint.state["metrics_bytes"] if checkpoint is not None else None)
+    metrics.write(
+        {"event": "process", "resumed": checkpoint is not None, "software": software_versions()}
+    )
     run = _Run(
         recipe=recipe,
         run_dir=run_dir,
@@ -251,6 +255,7 @@ def _train(run: _Run, stop_after, signals) -> TrainResult:
         "total_seconds": round(total_seconds, 2),
         "skipped_too_long": run.encoding.skipped_too_long,
         "start_adapter": _start_adapter_record(loaded),
+        "software": software_versions(),
         "eval": result.eval_summary.as_dict() if result.eval_summary else None,
         "wall_time_split_seconds": {k: round(v, 2) for k, v in timings.items()},
         "rollout_cost": total_rollout_cost(_refresh_costs(run_dir / "metrics.jsonl")),
