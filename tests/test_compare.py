@@ -19,12 +19,15 @@ from rasft_mlx.experiments.compare import (
 )
 from rasft_mlx.experiments.compare_arms import quick_variant
 from rasft_mlx.experiments.compare_results import (
+    code_label,
     compare_to,
     mode_curve,
+    run_code,
     run_curve,
     summarize_mode,
 )
 from rasft_mlx.recipe.config import load_recipe
+from rasft_mlx.runtime.provenance import software_versions
 
 runner = CliRunner()
 
@@ -99,6 +102,9 @@ def test_compare_two_modes_two_seeds_then_reuse(tiny_llama_dir, tmp_path):
         assert [p["step"] for p in run["curve"]] == [2, 4]
         epoch_two = json.loads((run_dir / "eval-epoch-2-summary.json").read_text())
         assert run["curve"][-1]["pass_at_1"] == epoch_two["pass_at_1"]
+        assert run["code"] == [code_label(software_versions())]
+    code_line = f"Code: {code_label(software_versions())} (4 runs)."
+    assert code_line in (out / "results.md").read_text()
     for mode in ("sft", "dft"):
         scores = [
             json.loads((out / f"{mode}-seed{s}" / "summary.json").read_text())["eval"]["pass_at_1"]
@@ -423,6 +429,30 @@ def test_base_from_reuses_an_identical_base_eval_and_refuses_another(
         base_model_results(recipe, tmp_path / "fifth", console, base_from=tmp_path / "nowhere")
     for refused in ("third", "fourth", "fifth"):
         assert not (tmp_path / refused / "base" / "base.json").exists()
+
+
+def test_a_run_resumed_under_other_code_names_both_and_old_runs_say_unrecorded():
+    from rasft_mlx.experiments.compare_report import _code_lines
+
+    software = {"rasft_mlx": "0.1.0", "git_commit": "a" * 40, "git_dirty": False}
+    later = {**software, "git_commit": "b" * 40, "git_dirty": True}
+    records = [
+        {"event": "process", "software": software},
+        {"event": "step", "step": 1},
+        {"event": "process", "software": later},
+    ]
+    assert run_code(records, {"software": later}) == ["aaaaaaa", "bbbbbbb+dirty"]
+    assert run_code([], {}) == []
+    assert run_code([], {"software": {"rasft_mlx": "0.1.0", "git_commit": None}}) == [
+        "rasft-mlx 0.1.0"
+    ]
+    runs = [{"code": ["aaaaaaa", "bbbbbbb+dirty"]}, {"code": ["aaaaaaa"]}, {"code": []}]
+    assert _code_lines({"runs": runs}) == [
+        "Code: aaaaaaa then bbbbbbb+dirty (1 run); aaaaaaa (1 run); not recorded (1: runs from "
+        "before rasft-mlx recorded it).",
+        "",
+    ]
+    assert _code_lines({"runs": [{"code": []}]}) == []
 
 
 def test_refresh_signal_by_hand():

@@ -183,6 +183,24 @@ def _share_text(value: float | None) -> str:
     return "-" if value is None else f"{value:.1%}"
 
 
+def _code_lines(results: dict) -> list[str]:
+    """Which code ran the runs (summary.json 'software', metrics 'process' records)."""
+    counts: dict[str, int] = {}
+    unrecorded = 0
+    for run in results["runs"]:
+        code = run.get("code") or []
+        unrecorded += not code
+        key = " then ".join(code)
+        if key:
+            counts[key] = counts.get(key, 0) + 1
+    if not counts:
+        return []
+    parts = [f"{key} ({n} run{'s' * (n != 1)})" for key, n in counts.items()]
+    if unrecorded:
+        parts.append(f"not recorded ({unrecorded}: runs from before rasft-mlx recorded it)")
+    return ["Code: " + "; ".join(parts) + ".", ""]
+
+
 def _variant_lines(results: dict) -> list[str]:
     """What each variant arm trains: its mode, its recipe, and where that recipe departs from the
     comparison's."""
@@ -232,6 +250,7 @@ def results_markdown(results: dict, figures: Sequence[tuple[str, str]] = ()) -> 
         + ", ".join(f"{k} {v}" for k, v in results.get("settings", {}).items())
         + " (everything else: compare-recipe.yaml).",
         "",
+        *_code_lines(results),
         f"| mode | runs | pass@1 mean ± std | min | max | vs {reference} | tokens trained "
         "| steps | wall time / run |",
         "|---|---|---|---|---|---|---|---|---|",

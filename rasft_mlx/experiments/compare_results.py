@@ -171,6 +171,7 @@ def collect_run(run_dir: Path, mode: str, seed: int, status: str, arm: str | Non
             for name, result in (summary.get("eval_extra") or {}).items()
         },
         "drift": summary.get("drift"),
+        "code": run_code(records, summary),
     }
     if mode in ROLLOUT_MODES:
         entry["ratio_at_min_mean"] = _mean_of(records, "ratio_at_min")
@@ -356,3 +357,20 @@ def build_results(
         "refresh_signal": refresh_signal(runs),
         "runs": runs,
     }
+
+
+def code_label(software: dict) -> str | None:
+    """A run's code in a word: the short git commit (+dirty), else the package version."""
+    commit = software.get("git_commit")
+    if commit:
+        return commit[:7] + ("+dirty" if software.get("git_dirty") else "")
+    return f"rasft-mlx {software['rasft_mlx']}" if software.get("rasft_mlx") else None
+
+
+def run_code(records: list[dict], summary: dict) -> list[str]:
+    """Every code version that ran part of the run (each start and resume, then the summary's),
+    in order; empty for runs from before runs recorded it."""
+    found = [r.get("software") or {} for r in records if r.get("event") == "process"]
+    found.append(summary.get("software") or {})
+    labels = [label for label in map(code_label, found) if label]
+    return list(dict.fromkeys(labels))
