@@ -14,8 +14,10 @@ With LoRA layers only where MLX's evaluation tape is wide enough: a live adapter
 no longer interleave, so a model with unfused adapters decoded 1.3-1.6x slower in two lanes than
 in one. `runtime/eval_graph.py` widens the tape on the CPU (MLX_BFS_MAX_WIDTH, set on import);
 then such a model (RASFT's rollouts and evaluations on the live adapter) gains from lanes too:
-one step at 96 rows 446-461 ms in one lane, 358-370 in two. Where the width stays at MLX's
-default (set by the user, or MLX evaluated before rasft_mlx was imported), it keeps one lane.
+one step at 96 rows 446-461 ms in one lane, 358-370 in two. Where the user set the width below
+20 per lane, such a model keeps one lane. (A program that evaluated MLX arrays before importing
+rasft_mlx runs at MLX's width 20 whatever the variable says, and its adapter models decode ~10 %
+slower in two lanes: import rasft_mlx first, or set RASFT_MLX_DECODE_LANES=1.)
 """
 
 from __future__ import annotations
