@@ -259,3 +259,27 @@ def test_rasft_step_counts_sequences_on_the_ratio_bounds(tiny_llama_dir):
     far_above = [replace(s, reference_logprobs=np.zeros(s.response_length)) for s in sequences]
     result = step([collate(far_above, 4, 32)])
     assert (result.sequences, result.ratio_at_min, result.ratio_at_max) == (3, 0, 3)
+
+
+@pytest.mark.parametrize("lanes", [1, 2, 3])
+def test_response_logprobs_in_lanes_are_each_sequences_own(tiny_llama_dir, lanes):
+    """Split over CPU streams, each batch's rows still get their own sequence's log-probs (as a
+    forward of that sequence alone gives them), in the caller's order, whatever the lanes."""
+    model, tokenizer = adapted_model(tiny_llama_dir)
+    sequences = training_sequences(tokenizer, 7)
+    sequences = [sequences[i] for i in (3, 0, 6, 1, 5, 2, 4)]  # not in length order
+    assert len({len(s.tokens) for s in sequences}) > 2
+    values = response_logprobs(model, sequences, 4, 32, lanes=lanes)
+    model.eval()
+    for sequence, got in zip(sequences, values, strict=True):
+        (alone,) = response_logprobs_in_train_mode(model, [sequence])
+        assert got.shape == (sequence.response_length,)
+        np.testing.assert_allclose(got, alone, atol=2e-5, rtol=0)
+
+
+def test_lane_shares_deal_rows_in_turn():
+    from rasft_mlx.rasft.reference import lane_shares
+
+    assert lane_shares([7, 3, 9, 1, 4], 2) == [[7, 9, 4], [3, 1]]
+    assert lane_shares([7, 3], 3) == [[7], [3]]
+    assert lane_shares([5, 6, 8], 1) == [[5, 6, 8]]
