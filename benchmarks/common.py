@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import platform
 import sys
+import time
 from importlib.metadata import version
 from pathlib import Path
 
@@ -84,3 +85,15 @@ def machine_info() -> dict:
     except Exception:  # noqa: BLE001 - older MLX or no device info
         pass
     return info
+
+
+def best_of(function, repeats: int = 3) -> float:
+    """The fastest of `repeats` timed calls after one untimed warm-up call, in seconds: the round
+    least slowed by other load on a shared machine."""
+    function()
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - started)
+    return min(times)

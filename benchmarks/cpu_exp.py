@@ -26,7 +26,7 @@ from pathlib import Path
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
-from common import machine_info
+from common import best_of, machine_info
 
 ROOT = Path(__file__).resolve().parents[1]
 LOG2_E = 1.4426950408889634
@@ -91,16 +91,6 @@ def poly_math(model, enabled: bool):
         module.swiglu, module.scaled_dot_product_attention = saved["swiglu"], saved["sdpa"]
 
 
-def best_of(function, repeats: int = 7) -> float:
-    function()
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - started)
-    return min(times)
-
-
 def ops_part() -> list[dict]:
     values = mx.random.normal((1280, 1536)) * 10
     other = mx.random.normal((1280, 1536))
@@ -131,7 +121,7 @@ def ops_part() -> list[dict]:
     out = []
     print(f"{'op (2M float32 values)':<28} {'ms':>7} {'ns/value':>9} {'max rel err':>12}")
     for name, function, err in rows:
-        seconds = best_of(function)
+        seconds = best_of(function, 7)
         count = scores.size if "softmax" in name else values.size
         out.append({"op": name, "ms": round(seconds * 1e3, 2), "max_rel_error": err})
         shown = f"{err:.1e}" if err is not None else "-"

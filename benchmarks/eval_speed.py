@@ -38,7 +38,7 @@ import time
 from pathlib import Path
 
 import mlx.core as mx
-from common import machine_info, use_device
+from common import best_of, machine_info, use_device
 
 from rasft_mlx.generation import engine as current
 from rasft_mlx.generation.attention import decode_attention
@@ -208,15 +208,6 @@ def step_part(model, tokenizer, args) -> dict:
     def matmuls():
         mx.eval([inputs[w.shape[1]] @ w.T for w in weights])
 
-    def timed(fn, n=3):
-        fn()
-        times = []
-        for _ in range(n):
-            started = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - started)
-        return min(times)
-
     def grouped_step():
         with decode_attention(model):
             step()
@@ -241,10 +232,10 @@ def step_part(model, tokenizer, args) -> dict:
     measured = {"matmuls": [], "step (MLX attention)": [], "step (grouped attention)": []}
     measured[lanes_name] = []
     for _ in range(args.step_repeats):
-        measured["matmuls"].append(timed(matmuls))
-        measured["step (MLX attention)"].append(timed(step))
-        measured["step (grouped attention)"].append(timed(grouped_step))
-        measured[lanes_name].append(timed(lanes_step))
+        measured["matmuls"].append(best_of(matmuls))
+        measured["step (MLX attention)"].append(best_of(step))
+        measured["step (grouped attention)"].append(best_of(grouped_step))
+        measured[lanes_name].append(best_of(lanes_step))
     result = {name: statistics.median(times) for name, times in measured.items()}
     print(f"\ndecode step at {rows} rows, context ~{cache[0]._idx} tokens")
     for name, seconds in result.items():
