@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import mlx.core as mx
 import numpy as np
+import pytest
 from mlx_lm import load
 
 from rasft_mlx.data.synthetic import generate_problems
@@ -51,12 +52,14 @@ def test_no_drift_before_training_and_the_starting_answers_ignore_the_adapters(t
     assert [s.tokens for s in after] == [s.tokens for s in before]
 
 
-def test_drift_equals_an_independent_full_logits_computation(tiny_llama_dir):
+@pytest.mark.parametrize(("batch_size", "lanes"), [(2, 1), (3, 2), (5, 3)])
+def test_drift_equals_an_independent_full_logits_computation(tiny_llama_dir, batch_size, lanes):
+    """Whether or not each batch's rows are split over decode lanes."""
     model, tokenizer = adapted(tiny_llama_dir)
     problems = generate_problems(5, seed=1, min_level=1, max_level=2, split="test")
     sequences = reference_answers(model, tokenizer, problems, DEFAULT_SYSTEM_PROMPT, 10, 5)
     perturb_adapters(model, seed=4)
-    report = measure_drift(model, sequences, batch_size=2, bucket_multiple=8)
+    report = measure_drift(model, sequences, batch_size, bucket_multiple=8, lanes=lanes)
     base, _ = load(str(tiny_llama_dir))
     kl_values, ratio_values = [], []
     for sequence in sequences:

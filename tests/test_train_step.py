@@ -278,7 +278,7 @@ def test_response_logprobs_in_lanes_are_each_sequences_own(tiny_llama_dir, lanes
 
 
 def test_lane_shares_deal_rows_in_turn():
-    from rasft_mlx.rasft.reference import lane_shares
+    from rasft_mlx.generation.lanes import lane_shares
 
     assert lane_shares([7, 3, 9, 1, 4], 2) == [[7, 9, 4], [3, 1]]
     assert lane_shares([7, 3], 3) == [[7], [3]]

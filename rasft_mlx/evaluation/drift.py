@@ -18,6 +18,12 @@ from rasft_mlx.console.progress import check, phase
 from rasft_mlx.data.encoding import TrainingSequence, encode_prompt
 from rasft_mlx.data.problem import Problem, problems_digest
 from rasft_mlx.generation.completions import SamplingSettings, generate_completions
+from rasft_mlx.generation.lanes import (
+    default_lanes,
+    forward_in_lanes,
+    lane_blas_threads,
+    lane_streams,
+)
 from rasft_mlx.models.adapters import dropout_mode, reference_policy
 from rasft_mlx.models.response_logits import ResponseLogits
 from rasft_mlx.runtime.fileio import atomic_write_text
@@ -109,28 +115,41 @@ def drift_statistics(
 
 
 def measure_drift(
-    model, sequences: list[TrainingSequence], batch_size: int, bucket_multiple: int = 32
+    model,
+    sequences: list[TrainingSequence],
+    batch_size: int,
+    bucket_multiple: int = 32,
+    lanes: int | None = None,
 ) -> DriftReport:
-    """KL(pi_ref || pi_theta) and the NLL rise on `sequences`' answer tokens, dropout off."""
+    """KL(pi_ref || pi_theta) and the NLL rise on `sequences`' answer tokens, dropout off; each
+    batch's rows split over decode lanes on a CPU (`lanes` None: `default_lanes`), as the
+    reference log-probs are (`rasft/reference.py`)."""
     logits_at = ResponseLogits(model)
+    lanes = default_lanes(model) if lanes is None else lanes
+    streams = lane_streams(lanes)
+
+    def share_drift(share: list[int]) -> tuple[mx.array, mx.array, mx.array]:
+        batch = collate([sequences[i] for i in share], len(share), bucket_multiple)
+        policy = logits_at(batch.inputs, batch.positions)
+        with reference_policy(model):
+            reference = logits_at(batch.inputs, batch.positions)
+        log_ratio = token_logprobs(reference, batch.targets) - token_logprobs(policy, batch.targets)
+        return reference_kl(policy, reference), log_ratio, batch.mask
+
     kl_parts, ratio_parts, mask_parts = [], [], []
-    with dropout_mode(model, False), phase("drift", len(sequences)) as reporter:
+    with (
+        dropout_mode(model, False),
+        lane_blas_threads(lanes),
+        phase("drift", len(sequences)) as reporter,
+    ):
         for start in range(0, len(sequences), batch_size):
             check("drift")
-            chunk = sequences[start : start + batch_size]
-            batch = collate(chunk, len(chunk), bucket_multiple)
-            policy = logits_at(batch.inputs, batch.positions)
-            with reference_policy(model):
-                reference = logits_at(batch.inputs, batch.positions)
-            kl = reference_kl(policy, reference)
-            log_ratio = token_logprobs(reference, batch.targets) - token_logprobs(
-                policy, batch.targets
-            )
-            mx.eval(kl, log_ratio)
-            kl_parts.append(np.array(kl).ravel())
-            ratio_parts.append(np.array(log_ratio).ravel())
-            mask_parts.append(np.array(batch.mask, dtype=np.float64).ravel())
-            reporter.advance(len(chunk))
+            rows = list(range(start, min(start + batch_size, len(sequences))))
+            for _, (kl, log_ratio, mask) in forward_in_lanes(rows, streams, share_drift):
+                kl_parts.append(np.array(kl).ravel())
+                ratio_parts.append(np.array(log_ratio).ravel())
+                mask_parts.append(np.array(mask, dtype=np.float64).ravel())
+            reporter.advance(len(rows))
     if not sequences:
         return DriftReport(0.0, 0.0, 0, 0)
     mask = np.concatenate(mask_parts)

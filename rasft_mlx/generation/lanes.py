@@ -23,10 +23,12 @@ slower in two lanes: import rasft_mlx first, or set RASFT_MLX_DECODE_LANES=1.)
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from contextlib import nullcontext
 
 import mlx.core as mx
 
+from rasft_mlx.runtime.blas import blas_threads
 from rasft_mlx.runtime.eval_graph import lanes_fit_the_graph
 
 MAX_AUTO_LANES = 2  # more are unmeasured (the development machine has 2 cores)
@@ -90,3 +92,28 @@ def on_lane(stream: mx.Stream | None):
 
 def blas_threads_per_lane(lanes: int) -> int:
     return max(1, usable_cores() // lanes)
+
+
+def lane_blas_threads(lanes: int):
+    """The context a lanes' pass runs in: one BLAS thread per lane's share of the cores (none
+    for a single lane, which keeps every BLAS thread)."""
+    return blas_threads(blas_threads_per_lane(lanes)) if lanes > 1 else nullcontext()
+
+
+def lane_shares(indices: list[int], lanes: int) -> list[list[int]]:
+    """A batch's rows dealt to the lanes in turn (a length-sorted batch gives each lane a share
+    spanning the same lengths); empty shares left out."""
+    return [share for share in (indices[lane::lanes] for lane in range(lanes)) if share]
+
+
+def forward_in_lanes(rows: list[int], streams: list, build: Callable[[list[int]], object]) -> list:
+    """[(share, outputs)]: `build(share)` makes each lane's share's lazy outputs on its stream,
+    and all lanes are evaluated in one call, so they run at once (evaluated one lane at a time,
+    MLX runs them one after the other)."""
+    shares = lane_shares(rows, len(streams))
+    outputs = []
+    for stream, share in zip(streams, shares, strict=False):
+        with on_lane(stream):
+            outputs.append(build(share))
+    mx.eval(outputs)
+    return list(zip(shares, outputs, strict=True))

@@ -24,7 +24,7 @@ import mlx.core as mx
 import numpy as np
 
 from rasft_mlx.console.progress import check
-from rasft_mlx.generation.lanes import blas_threads_per_lane, lane_streams, on_lane
+from rasft_mlx.generation.lanes import lane_blas_threads, lane_streams, on_lane
 from rasft_mlx.generation.nucleus import Proposal, propose, settle
 from rasft_mlx.generation.prefill import prefill_rows, shared_prefix
 from rasft_mlx.runtime.blas import blas_thread_count, blas_threads, set_blas_threads
@@ -305,7 +305,7 @@ def decode(
         shared.prefill_threads = lambda: blas_threads(outer_threads)
     began, prefill_before = time.perf_counter(), stats.prefill_seconds
     first_share = -(-min(shared.queue.rows_left, lanes * lane_rows) // lanes)  # even at the start
-    with blas_threads(blas_threads_per_lane(lanes)) if lanes > 1 else nullcontext():
+    with lane_blas_threads(lanes):
         for lane in workers:
             with on_lane(lane.stream):
                 lane.start(first_share)

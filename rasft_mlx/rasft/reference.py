@@ -3,7 +3,6 @@ off, or a full fine-tune's starting weights), computed once, in decode lanes on 
 
 from __future__ import annotations
 
-from contextlib import nullcontext
 from dataclasses import replace
 
 import mlx.core as mx
@@ -12,18 +11,16 @@ import numpy as np
 import rasft_mlx.runtime.distributed as distributed
 from rasft_mlx.console.progress import check, phase
 from rasft_mlx.data.encoding import TrainingSequence
-from rasft_mlx.generation.lanes import blas_threads_per_lane, default_lanes, lane_streams, on_lane
+from rasft_mlx.generation.lanes import (
+    default_lanes,
+    forward_in_lanes,
+    lane_blas_threads,
+    lane_streams,
+)
 from rasft_mlx.models.adapters import dropout_mode, reference_policy
 from rasft_mlx.models.response_logits import ResponseLogits
-from rasft_mlx.runtime.blas import blas_threads
 from rasft_mlx.training.batching import collate
 from rasft_mlx.training.losses import token_logprobs
-
-
-def lane_shares(indices: list[int], lanes: int) -> list[list[int]]:
-    """A batch's rows dealt to the lanes in turn (the batch is length-sorted, so each lane's share
-    spans the same lengths); empty shares left out."""
-    return [share for share in (indices[lane::lanes] for lane in range(lanes)) if share]
 
 
 def response_logprobs(
@@ -50,25 +47,22 @@ def response_logprobs(
     logits_at = ResponseLogits(model)
     lanes = default_lanes(model) if lanes is None else lanes
     streams = lane_streams(lanes)
-    threads = blas_threads(blas_threads_per_lane(lanes)) if lanes > 1 else nullcontext()
+
+    def share_logprobs(share: list[int]) -> mx.array:
+        batch = collate([sequences[i] for i in share], len(share), bucket_multiple)
+        return token_logprobs(logits_at(batch.inputs, batch.positions), batch.targets)
+
     by_index: dict[int, np.ndarray] = {}
-    with dropout_mode(model, False), threads, phase(label, len(own)) as reporter:
+    with dropout_mode(model, False), lane_blas_threads(lanes), phase(label, len(own)) as reporter:
         for start in range(0, len(own), batch_size):
             check(label)
-            shares = lane_shares(own[start : start + batch_size], lanes)
-            outputs = []
-            for stream, share in zip(streams, shares, strict=False):
-                with on_lane(stream):
-                    batch = collate([sequences[i] for i in share], len(share), bucket_multiple)
-                    logits = logits_at(batch.inputs, batch.positions)
-                    outputs.append(token_logprobs(logits, batch.targets))
-            mx.eval(outputs)  # the lanes' forwards in one evaluation, so they run at once
-            for share, logprobs in zip(shares, outputs, strict=True):
+            rows = own[start : start + batch_size]
+            for share, logprobs in forward_in_lanes(rows, streams, share_logprobs):
                 logprobs = np.array(logprobs)
                 for row, index in enumerate(share):
                     by_index[index] = logprobs[row, : sequences[index].response_length].copy()
             mx.clear_cache()
-            reporter.advance(sum(len(share) for share in shares))
+            reporter.advance(len(rows))
     if distributed.distributed():
         shares = distributed.all_gather_arrays([by_index[i] for i in own], "log-probs")
         by_index = dict(enumerate(distributed.unshard(shares, len(order), batch_size)))
