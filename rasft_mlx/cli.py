@@ -55,9 +55,8 @@ def _user_errors() -> tuple[type[Exception], ...]:
     from rasft_mlx.runtime.distributed import DistributedError
 
     reading = (RecipeError, DataError, ModelError, GGUFImportError, FileNotFoundError)
-    running = (TrainingError, DistributedError, TrackerError)
-    writing = (ExportError, HubError, ReportError)
-    return reading + running + writing
+    others = (TrainingError, DistributedError, TrackerError, ExportError, HubError, ReportError)
+    return reading + others
 
 
 def _warn(warning: str | None) -> None:
@@ -139,11 +138,8 @@ def train(
         _fail(error)
     table = Table(title="run finished", show_header=False)
     rows = {"run dir": str(result.run_dir), "steps": str(result.steps)}
-    rows |= {
-        "trained tokens": f"{result.trained_tokens:,}",
-        "final loss": f"{result.final_loss:.4f}",
-    }
-    rows |= {"wall time": f"{result.seconds:.1f} s"}
+    rows |= {"trained tokens": f"{result.trained_tokens:,}"}
+    rows |= {"final loss": f"{result.final_loss:.4f}", "wall time": f"{result.seconds:.1f} s"}
     if result.eval_summary:
         rows["eval pass@1"] = f"{result.eval_summary.pass_at_1:.3f}"
     for name, value in (rows | {"adapters": str(result.run_dir / "adapters")}).items():
@@ -395,6 +391,9 @@ def plan(
     probe_steps: Annotated[
         int, typer.Option(min=0, help="Real optimizer steps to time (0: estimates only)")
     ] = 10,
+    gauges: Annotated[
+        int, typer.Option(min=0, help="Held-out problems to roll out for the mechanism gauges")
+    ] = 0,
 ) -> None:
     """Pre-flight: parameters, tokens per epoch, rollout tokens, peak memory and wall time."""
     from rasft_mlx.experiments.plan import build_plan, check_memory
@@ -403,7 +402,7 @@ def plan(
 
     try:
         loaded_recipe = load_recipe(recipe, set_ or [])
-        run_plan = build_plan(loaded_recipe, probe_steps=probe_steps)
+        run_plan = build_plan(loaded_recipe, probe_steps=probe_steps, gauge_problems=gauges)
     except _user_errors() as error:
         _fail(error)
     console.print(render_plan(run_plan))

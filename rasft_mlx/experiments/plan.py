@@ -12,6 +12,7 @@ import numpy as np
 from mlx.utils import tree_flatten, tree_unflatten
 
 from rasft_mlx.data.encoding import encode_prompt
+from rasft_mlx.experiments.mechanism_probe import MechanismProbe, probe_mechanism
 from rasft_mlx.generation.completions import SamplingSettings, generate_completions
 from rasft_mlx.models.adapters import (
     apply_adapters,
@@ -101,6 +102,7 @@ class RunPlan:
     refresh_steps: tuple[int, ...] = ()  # the authors' schedule: after which step it refreshes
     hard_pool_demos: int = 0  # the authors' schedule: demos trained again when the pool is flushed
     rollout_problems: int = 0  # over every refresh (a refresh the step cap trims rolls out fewer)
+    mechanism: MechanismProbe | None = None  # the first refresh's gauges on held-out problems
 
     @property
     def rollout_tokens(self) -> int:
@@ -176,8 +178,12 @@ def rollout_tokens(sequences, rollout) -> int:
     return math.ceil(sum(limits) / len(limits))
 
 
-def build_plan(recipe: Recipe, *, loaded=None, probe_steps: int = 0) -> RunPlan:
+def build_plan(
+    recipe: Recipe, *, loaded=None, probe_steps: int = 0, gauge_problems: int = 0
+) -> RunPlan:
     """Everything `rasft-mlx plan` prints; `loaded`: the model with adapters already applied.
+    gauge_problems > 0: the first refresh's mechanism gauges on that many held-out problems
+    (`mechanism_probe`).
 
     probe_steps > 0 runs that many real compiled optimizer steps (the first on the batch holding
     the longest sequence) and one short generation, then puts the adapters and MLX's random state
@@ -244,6 +250,8 @@ def build_plan(recipe: Recipe, *, loaded=None, probe_steps: int = 0) -> RunPlan:
         rollout_rows=sizing.rollout_rows,
         eval_rows=sizing.eval_rows,
     )
+    if gauge_problems > 0:
+        plan = replace(plan, mechanism=probe_mechanism(loaded, recipe, gauge_problems))
     if probe_steps <= 0:
         return plan
     if rasft:

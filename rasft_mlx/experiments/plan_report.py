@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 from rich.table import Table
 
 from rasft_mlx.console.display import format_bytes
+from rasft_mlx.experiments.mechanism_probe import mechanism_rows
 from rasft_mlx.recipe.config import ROLLOUT_MODES
 from rasft_mlx.recipe.protocols import protocol_report
 
@@ -77,6 +78,8 @@ def plan_rows(plan: RunPlan) -> list[tuple[str, str]]:
             ("peak memory (measured)", measured),
             ("wall time (estimate)", f"<= {format_seconds(p.wall_seconds)}: {wall}"),
         ]
+    if plan.mechanism is not None:
+        rows += mechanism_rows(plan.mechanism)
     return rows
 
 
