@@ -29,7 +29,7 @@ def rollouts(problem_id: str, correct: list[bool]) -> list[Rollout]:
     ]
 
 
-def make_recipe(model_dir, data=None, val_every=0, **rasft):
+def make_recipe(model_dir, data=None, val_every=0, k=3, **rasft):
     return recipe_from_dict(
         {
             "model": {"path": str(model_dir)},
@@ -40,7 +40,7 @@ def make_recipe(model_dir, data=None, val_every=0, **rasft):
             },
             "lora": {"rank": 4},
             "training": {"mode": "rasft", "batch_size": 4},
-            "rollout": {"k": 3, "max_new_tokens": 12},
+            "rollout": {"k": k, "max_new_tokens": 12},
             "rasft": rasft,
             "eval": {"max_new_tokens": 8, "val_every": val_every},
         }
@@ -57,14 +57,15 @@ def test_group_gauges_count_mixed_groups_trained_rollouts_and_rft_by_hand(tiny_l
         "none": rollouts("none", [False] * 4),
         "all": rollouts("all", [True] * 4),
     }
-    gauges, dropped, rft_share = group_gauges(verified, make_recipe(tiny_llama_dir))
+    gauges, histogram, dropped, rft_share = group_gauges(verified, make_recipe(tiny_llama_dir, k=4))
+    assert histogram == [1, 1, 1, 0, 1]  # 0, 1, 2 and 4 of 4 right
     assert gauges["mixed_group_share"] == 0.5
     assert gauges["trained_share"] == round(3 / 16, 4)
     assert rft_share == round(7 / 16, 4)
     assert dropped["wrong"] == 9 and dropped["untrained_positive"] == 4
     assert gauges["rollout_weight_median"] > 0 and gauges["rollout_weight_at_floor"] is not None
-    linear = make_recipe(tiny_llama_dir, weighting="linear")
-    gauges, _, _ = group_gauges(verified, linear)
+    linear = make_recipe(tiny_llama_dir, k=4, weighting="linear")
+    gauges, _, _, _ = group_gauges(verified, linear)
     assert gauges["rollout_weight_at_floor"] is None  # the linear rule has no floor
 
 

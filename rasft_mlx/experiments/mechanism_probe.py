@@ -68,9 +68,12 @@ def probe_problems(recipe: Recipe, count: int) -> tuple[list[Problem], str]:
     )
 
 
-def group_gauges(verified: dict[str, list], recipe: Recipe) -> tuple[dict, Counter, float]:
-    """The first refresh's gauges over verified samples (problem id -> rollouts), the dropped
-    samples by cause, and RFT's trained share on the same samples."""
+def group_gauges(
+    verified: dict[str, list], recipe: Recipe
+) -> tuple[dict, list[int], Counter, float]:
+    """The first refresh's gauges over verified samples (problem id -> rollouts), the problems'
+    0..K solvability histogram, the dropped samples by cause, and RFT's trained share on the
+    same samples."""
     rasft, k = recipe.rasft, recipe.rollout.k
     weights, dropped, rft_trained = [], Counter(), 0
     for rollouts in verified.values():
@@ -82,7 +85,8 @@ def group_gauges(verified: dict[str, list], recipe: Recipe) -> tuple[dict, Count
     floor = rollout_weight_floor(rasft) if rasft.weighting == "reference" else None
     correct = [sum(r.correct for r in rollouts) for rollouts in verified.values()]
     gauges = mechanism_gauges(correct, k, generated, weights, floor)
-    return gauges, dropped, round(rft_trained / generated, 4) if generated else 0.0
+    rft_share = round(rft_trained / generated, 4) if generated else 0.0
+    return gauges, solvability_histogram(correct, k), dropped, rft_share
 
 
 def probe_mechanism(loaded, recipe: Recipe, count: int) -> MechanismProbe:
@@ -106,8 +110,7 @@ def probe_mechanism(loaded, recipe: Recipe, count: int) -> MechanismProbe:
     restore_mlx_random_state(saved_random)
     graded = recipe.rasft.grade_truncated
     verified = {p.id: verify_samples(p, samples[p.id], graded) for p in problems}
-    gauges, dropped, rft_share = group_gauges(verified, recipe)
-    correct = [sum(r.correct for r in rollouts) for rollouts in verified.values()]
+    gauges, histogram, dropped, rft_share = group_gauges(verified, recipe)
     return MechanismProbe(
         source=source,
         problems=len(problems),
@@ -116,7 +119,7 @@ def probe_mechanism(loaded, recipe: Recipe, count: int) -> MechanismProbe:
         generated_tokens=stats.generated_tokens,
         rollout_seconds=round(stats.seconds, 1),
         gauges=gauges,
-        solvability_histogram=solvability_histogram(correct, recipe.rollout.k),
+        solvability_histogram=histogram,
         dropped=dict(dropped),
         rft_trained_share=rft_share,
     )
