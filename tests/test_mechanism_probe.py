@@ -69,6 +69,22 @@ def test_group_gauges_count_mixed_groups_trained_rollouts_and_rft_by_hand(tiny_l
     assert gauges["rollout_weight_at_floor"] is None  # the linear rule has no floor
 
 
+def test_group_gauges_drop_a_correct_rollout_too_long_for_max_seq_len(tiny_llama_dir):
+    """As a refresh does: prompt + rollout + end of turn over data.max_seq_len (256) trains
+    nothing. Prompt 250 + 3 tokens + 1 = 254 fits; 253 + 3 + 1 = 257 does not."""
+    verified = {
+        "fits": rollouts("fits", [True, False, True, False]),
+        "long": rollouts("long", [False, False, False, True]),
+    }
+    recipe = make_recipe(tiny_llama_dir, k=4)
+    gauges, _, dropped, rft_share = group_gauges(verified, recipe, {"fits": 250, "long": 253})
+    assert gauges["trained_share"] == round(2 / 8, 4)
+    assert rft_share == round(2 / 8, 4)
+    assert dropped["too_long"] == 1
+    gauges, _, dropped, _ = group_gauges(verified, recipe, {"fits": 250, "long": 252})
+    assert gauges["trained_share"] == round(3 / 8, 4) and "too_long" not in dropped
+
+
 def test_probe_problems_are_held_out(tiny_llama_dir):
     recipe = make_recipe(tiny_llama_dir)
     problems, source = probe_problems(recipe, 4)

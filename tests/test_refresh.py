@@ -256,3 +256,45 @@ def test_a_budget_no_rollout_reaches_changes_nothing_in_a_run(weak_base_dir, tmp
     assert budget["sequences"] == plain["sequences"]
     assert any(s.source == "rollout" for s, _ in plain["sequences"][-1])  # rollouts trained
     assert budget["adapters"] == plain["adapters"]
+
+
+def test_a_correct_rollout_too_long_for_max_seq_len_neither_trains_nor_counts(
+    tiny_llama_dir, tmp_path
+):
+    """Every problem gets one right and one wrong sample (a mixed group: the right one would
+    train); the right sample of every other problem is longer than data.max_seq_len allows. The
+    refresh's trained count and its mechanism gauges count only the rollouts that fit."""
+    from rasft_mlx.generation.completions import Completion, GenerationStats
+    from rasft_mlx.rasft import refresh
+
+    def fixed_samples(model, tokenizer, problems, *_, **__):
+        samples = {}
+        for index, problem in enumerate(problems):
+            length = 200 if index % 2 else 3
+            samples[problem.id] = [
+                Completion(
+                    f"So the total is \\boxed{{{problem.answer}}} here.", (5,) * length, False
+                ),
+                Completion("I believe the result must be \\boxed{987654} overall.", (6, 7), False),
+            ]
+        return samples, GenerationStats(len(problems) * 2, len(problems) * 10, 1.0)
+
+    recipe = tiny_rasft_recipe(
+        tiny_llama_dir,
+        tmp_path,
+        data={
+            "synthetic": {"n_train": 16, "n_test": 4, "min_level": 0, "max_level": 1},
+            "max_seq_len": 160,
+        },
+        training={"mode": "rasft", "epochs": 1, "batch_size": 8, "warmup_steps": 0},
+        output={"report": False},
+    )
+    run_dir = tmp_path / "run"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(refresh, "generate_samples", fixed_samples)
+        run_training(recipe, run_dir)
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    [first] = [r for r in records if r["event"] == "refresh"]
+    assert first["solvability_histogram"] == [0, 16, 0]  # every group mixed
+    assert first["rollouts_trained"] == 8 and first["dropped"]["too_long"] == 8
+    assert first["mechanism"]["trained_share"] == round(8 / 32, 4)

@@ -69,18 +69,31 @@ def probe_problems(recipe: Recipe, count: int) -> tuple[list[Problem], str]:
 
 
 def group_gauges(
-    verified: dict[str, list], recipe: Recipe
+    verified: dict[str, list], recipe: Recipe, prompt_lengths: dict[str, int] | None = None
 ) -> tuple[dict, list[int], Counter, float]:
     """The first refresh's gauges over verified samples (problem id -> rollouts), the problems'
     0..K solvability histogram, the dropped samples by cause, and RFT's trained share on the
-    same samples."""
+    same samples. With `prompt_lengths` (problem id -> prompt tokens) a correct rollout whose
+    sequence would pass data.max_seq_len does not train ("too_long"), as in a refresh."""
     rasft, k = recipe.rasft, recipe.rollout.k
+
+    def fits(problem_id: str, rollout) -> bool:
+        if prompt_lengths is None:
+            return True
+        length = prompt_lengths[problem_id] + len(rollout.token_ids) + 1  # + end of turn
+        return length <= recipe.data.max_seq_len
+
     weights, dropped, rft_trained = [], Counter(), 0
-    for rollouts in verified.values():
+    for problem_id, rollouts in verified.items():
         group = build_group(rollouts, rasft)
-        weights.extend(group.weights.rollout_weights)
         dropped += group.dropped
-        rft_trained += len(rejection_sampling_group(group, rollouts).trained)
+        for rollout, weight in zip(group.trained, group.weights.rollout_weights, strict=True):
+            if fits(problem_id, rollout):
+                weights.append(weight)
+            else:
+                dropped["too_long"] += 1
+        rft = rejection_sampling_group(group, rollouts).trained
+        rft_trained += sum(fits(problem_id, rollout) for rollout in rft)
     generated = sum(len(rollouts) for rollouts in verified.values())
     floor = rollout_weight_floor(rasft) if rasft.weighting == "reference" else None
     correct = [sum(r.correct for r in rollouts) for rollouts in verified.values()]
@@ -110,7 +123,8 @@ def probe_mechanism(loaded, recipe: Recipe, count: int) -> MechanismProbe:
     restore_mlx_random_state(saved_random)
     graded = recipe.rasft.grade_truncated
     verified = {p.id: verify_samples(p, samples[p.id], graded) for p in problems}
-    gauges, histogram, dropped, rft_share = group_gauges(verified, recipe)
+    lengths = {pid: len(prompt) for pid, prompt in prompts.items()}
+    gauges, histogram, dropped, rft_share = group_gauges(verified, recipe, lengths)
     return MechanismProbe(
         source=source,
         problems=len(problems),

@@ -321,7 +321,7 @@ class RasftSource:
 
         weights: dict[str, ProblemWeights] = {}
         dropped: Counter = Counter()
-        rollout_sequences, ledger, trained_tokens = [], [], 0
+        rollout_sequences, ledger, trained_tokens, trained_weights = [], [], 0, []
         for problem in problems:
             group = build_group(verified[problem.id], self.recipe.rasft)
             if self.recipe.training.mode == "rft":
@@ -337,6 +337,7 @@ class RasftSource:
                 rollout_sequences.append(sequence)
                 trained[rollout.sample] = weight
                 trained_tokens += len(rollout.token_ids)
+            trained_weights.extend(trained.values())
             ledger.append(ledger_row(problem, verified[problem.id], group, trained))
             if owners:  # over several ranks: which one decoded this problem
                 ledger[-1]["rank"] = owners[problem.id]
@@ -351,9 +352,7 @@ class RasftSource:
             self.timings["reference"] += time.perf_counter() - started
         self._write_ledger(ledger)
         every = {pid: no_rollout_weights() for pid in self.experts} | weights
-        record = self._record(
-            problems, verified, every, routes, dropped, stats, len(rollout_sequences)
-        )
+        record = self._record(problems, verified, every, routes, dropped, stats, trained_weights)
         generated_tokens = sum(len(r.token_ids) for p in problems for r in verified[p.id])
         record["cost"] = rollout_cost(rollout_seconds, generated_tokens, trained_tokens)
         self.metrics.write(record | (context or {}))
@@ -364,11 +363,12 @@ class RasftSource:
         path = self.run_dir / "rollouts" / f"refresh-{self.refresh_count:03d}.jsonl"
         atomic_write_text(path, "".join(json.dumps(row) + "\n" for row in rows))
 
-    def _record(self, problems, verified, weights, routes, dropped, stats, trained) -> dict:
-        k = self.recipe.rollout.k
+    def _record(self, problems, verified, weights, routes, dropped, stats, trained_weights) -> dict:
+        """`trained_weights`: the weights of the rollouts that train (a correct one too long for
+        data.max_seq_len does not)."""
+        k, trained = self.recipe.rollout.k, len(trained_weights)
         correct_counts = [sum(r.correct for r in verified[p.id]) for p in problems]
         expert = np.array([w.expert_weight for w in weights.values()])
-        trained_weights = [x for w in weights.values() for x in w.rollout_weights]
         rollout = np.array(trained_weights or [0.0])
         generated = sum(len(verified[p.id]) for p in problems)
         return {
