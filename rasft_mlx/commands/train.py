@@ -57,6 +57,7 @@ def run_training(
     force: bool = False,
     stop_after: int | None = None,
     drift_answers: Path | None = None,
+    shared_rollouts: Path | None = None,
 ) -> TrainResult:
     """Everything `rasft-mlx train` does, callable from tests.
 
@@ -68,6 +69,8 @@ def run_training(
 
     drift_answers: a file that keeps the starting model's answers for the drift measurement
     across runs of the same model and settings (compare passes one per comparison).
+    shared_rollouts: a directory where refreshes keep their samples for a later run whose draw has
+    the same inputs (`rasft/shared_rollouts.py`; compare passes one per comparison).
 
     Under `mlx.launch` (several ranks) it is one run: rank 0 alone prints and writes `run_dir`
     and feeds the trackers; a rank that dies ends the others (peer_watchdog.py).
@@ -78,8 +81,9 @@ def run_training(
         console = Console(quiet=True)
     try:
         with rank_run_dir(run_dir) as own_dir, StopSignals(console) as signals, attached(console):
+            shared = (drift_answers, shared_rollouts)
             result = _run_training(
-                recipe, own_dir, console, resume, force, stop_after, signals, drift_answers
+                recipe, own_dir, console, resume, force, stop_after, signals, *shared
             )
     except TrainingInterrupted as stopped:
         if watchdog is not None:  # every rank stopped at the same step
@@ -125,10 +129,11 @@ class _Run:
     checkpoint: object
     drift_answers: Path | None = None
     validation_problems: list = ()
+    shared_rollouts: Path | None = None
 
 
 def _run_training(
-    recipe, run_dir, console, resume, force, stop_after, signals, drift_answers=None
+    recipe, run_dir, console, resume, force, stop_after, signals, drift_answers, shared_rollouts
 ) -> TrainResult:
     check_installed(recipe.output.report_to)  # before the model loads
     mx.random.seed(recipe.training.seed)
@@ -178,6 +183,7 @@ def _run_training(
         checkpoint=checkpoint,
         drift_answers=drift_answers,
         validation_problems=sets.validation,
+        shared_rollouts=shared_rollouts,
     )
     trackers = recipe.output.report_to if distributed.is_main() else ()
     with tracking(metrics, trackers, run_dir, recipe_to_dict(recipe)):
@@ -203,7 +209,8 @@ def _train(run: _Run, stop_after, signals) -> TrainResult:
         from rasft_mlx.rasft.refresh import RasftSource
 
         source = RasftSource(
-            loaded, recipe, run.train_problems, run.sequences, run_dir, console, metrics
+            *(loaded, recipe, run.train_problems, run.sequences, run_dir, console, metrics),
+            shared_rollouts=run.shared_rollouts,
         )
         timings = source.timings
     writes_report = recipe.output.report and distributed.is_main()

@@ -1,12 +1,16 @@
 """Compare training modes over seeds: same model, data, step budget and evaluation for each.
 
-`run_compare` trains one run per (mode, seed) in `OUT/<mode>-seed<seed>/` with the trainer, evaluates
-the base model once (`OUT/base/`; the first run keeps the starting model's drift answers in
-`OUT/drift-answers.json` for the others), and writes `OUT/results.json`, `OUT/results.md` and the page
+`run_compare` trains one run per (mode, seed) in `OUT/<mode>-seed<seed>/` with the trainer,
+evaluates the base model once (`OUT/base/`; the first run keeps the starting model's drift
+answers in `OUT/drift-answers.json` for the others, and each refresh keeps its samples in
+`OUT/shared-rollouts/`, so an arm whose draw has the same inputs, e.g. rasft's first refresh
+after rft's from the same start and seed, reads them instead of decoding:
+`rasft/shared_rollouts.py`), and writes `OUT/results.json`, `OUT/results.md` and the page
 `OUT/compare.html` after every run (`compare_results` aggregates, `compare_report` renders,
-`reporting/compare_page` draws), so partial results are readable while a comparison goes on. A run dir that already holds a
-finished run (its `summary.json`) is reused; one with checkpoints but no summary is resumed; so
-running the same command again continues an interrupted comparison.
+`reporting/compare_page` draws), so partial results are readable while a comparison goes on. A
+run dir that already holds a finished run (its `summary.json`) is reused; one with checkpoints
+but no summary is resumed; so running the same command again continues an interrupted
+comparison.
 
 The budget rule (`budget="steps"`, the default): every mode is capped at the same number of
 optimizer steps, `training.max_steps = epochs x steps per epoch of the expert demos alone` (or
@@ -62,6 +66,7 @@ from rasft_mlx.training.stop_signals import interruptible
 
 BUDGETS = ("steps", "epochs")
 DRIFT_ANSWERS_FILE = "drift-answers.json"  # the starting model's answers, shared by the runs
+SHARED_ROLLOUTS_DIR = "shared-rollouts"  # refreshes' samples, for runs whose draw matches
 
 
 class CompareInterrupted(Exception):
@@ -181,7 +186,7 @@ def plan_budget(recipe: Recipe, expert_sequences: int, rule: str) -> Budget:
 # ---------------------------------------------------------------------------------------------
 
 
-def _run_one(recipe: Recipe, run_dir: Path, console: Console, drift_answers: Path) -> str:
+def _run_one(recipe: Recipe, run_dir: Path, console: Console, out_dir: Path) -> str:
     """Train (or resume) one run unless it already finished; returns 'reused' or 'trained'."""
     from rasft_mlx.commands.train import run_training
 
@@ -196,7 +201,11 @@ def _run_one(recipe: Recipe, run_dir: Path, console: Console, drift_answers: Pat
         return "reused"
     started = (run_dir / "recipe.yaml").is_file() or bool(list_checkpoints(run_dir))
     resume = "auto" if started else False
-    run_training(recipe, run_dir, console, resume=resume, drift_answers=drift_answers)
+    shared = {
+        "drift_answers": out_dir / DRIFT_ANSWERS_FILE,
+        "shared_rollouts": out_dir / SHARED_ROLLOUTS_DIR,
+    }
+    run_training(recipe, run_dir, console, resume=resume, **shared)
     free_memory()
     return "trained"
 
@@ -276,7 +285,7 @@ def run_compare(
                 else plan.max_steps
             )
             one = run_recipe(arm.recipe, arm.mode, seed, cap)
-            status = _run_one(one, run_dir, console, out_dir / DRIFT_ANSWERS_FILE)
+            status = _run_one(one, run_dir, console, out_dir)
             if status == "reused":
                 console.print(f"reusing the finished run in {run_dir}")
             runs.append(collect_run(run_dir, arm.mode, seed, status, arm=arm.name))

@@ -6,10 +6,10 @@ import json
 import time
 from collections import Counter
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
-from rich.console import Console
 
 from rasft_mlx.console.display import readable
 from rasft_mlx.data.encoding import TrainingSequence, encode_prompt
@@ -38,6 +38,7 @@ from rasft_mlx.rasft.routing import (
     route_by_nll,
     select_fraction,
 )
+from rasft_mlx.rasft.shared_rollouts import SharedRollouts
 from rasft_mlx.rasft.step_cap import problems_within_room
 from rasft_mlx.rasft.weights import ProblemWeights, no_rollout_weights, solvability_histogram
 from rasft_mlx.runtime.fileio import atomic_write_text
@@ -47,12 +48,15 @@ from rasft_mlx.training.losses import LossSettings
 class RasftSource:
     """Supplies each epoch's sequences: expert demos weighted by solvability plus correct rollouts."""
 
-    def __init__(self, loaded, recipe, problems, experts, run_dir: Path, console: Console, metrics):
+    def __init__(
+        self, loaded, recipe, problems, experts, run_dir, console, metrics, shared_rollouts=None
+    ):
         self.model, self.tokenizer = loaded.model, loaded.tokenizer
         self.recipe = recipe
         self.console = console
         self.metrics = metrics
         self.run_dir = run_dir
+        self.shared = SharedRollouts(shared_rollouts, Path(run_dir).name, recipe)
         self.timings: Counter = Counter()
         self.refresh_count = 0
         self.epoch = 0  # the epoch whose sequences were handed out last
@@ -301,15 +305,12 @@ class RasftSource:
         problems = [self.problems[i] for i in selected]
         own = own_problems(problems, self.prompts, self.recipe.rollout)  # over ranks: a share
         started = time.perf_counter()
-        samples, stats = generate_samples(
-            self.model,
-            self.tokenizer,
-            own,
-            self.prompts,
-            self.recipe.rollout,
-            seed=rank_seed(self.recipe.training.seed * 1000 + self.refresh_count),
-            label=f"rollouts (refresh {self.refresh_count})",
-            demos=self.experts,
+        seed = rank_seed(self.recipe.training.seed * 1000 + self.refresh_count)
+        config, label = self.recipe.rollout, f"rollouts (refresh {self.refresh_count})"
+        inputs = (own, self.prompts, config, seed)
+        decode = partial(generate_samples, self.model, self.tokenizer, *inputs, label=label)
+        samples, stats, reused = self.shared.draw(
+            self.model, *inputs, self.experts, partial(decode, demos=self.experts)
         )
         rollout_seconds = time.perf_counter() - started
         self.timings["rollout"] += rollout_seconds
@@ -355,6 +356,8 @@ class RasftSource:
         record = self._record(problems, verified, every, routes, dropped, stats, trained_weights)
         generated_tokens = sum(len(r.token_ids) for p in problems for r in verified[p.id])
         record["cost"] = rollout_cost(rollout_seconds, generated_tokens, trained_tokens)
+        if reused:  # another run of the comparison decoded these samples
+            record["rollouts_reused"] = reused
         self.metrics.write(record | (context or {}))
         self._print(record)
         return weights, rollout_sequences
