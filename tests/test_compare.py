@@ -347,6 +347,10 @@ def test_report_names_the_clip_fractions_or_a_fixed_ratio():
     assert "| rasft | 0 | 1 | 4 | 8 | 2 | [2, 1, 1] | 0.500 | 0.010 | {} |" in clipped
     fixed = results_markdown({**results, "settings": {"rasft.ratio clip": [1.0, 1.0]}})
     assert "fixed at 1.0" in fixed and "at ratio_min" not in fixed
+    # A refresh read from another run's draw says so: its wall time lacks that decode.
+    run["refreshes"][0]["rollouts_reused"] = {"from": "rft-seed0", "seconds": 61.6}
+    shared = results_markdown(results)
+    assert "| 8 (read from rft-seed0: 62 s not spent) | 2 |" in shared
 
 
 def test_evaluation_identity_names_each_part_that_differs(tiny_llama_dir, tmp_path):

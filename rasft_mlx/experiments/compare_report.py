@@ -328,9 +328,12 @@ def results_markdown(results: dict, figures: Sequence[tuple[str, str]] = ()) -> 
         for row in run.get("refreshes", []):
             rollout_weight = row["rollout_weight"] or {}
             expert_weight = row["expert_weight"] or {}
+            generated, reused = str(row["rollouts_generated"]), row.get("rollouts_reused")
+            if reused:  # read from another run of the comparison: its decode time not spent here
+                generated += f" (read from {reused['from']}: {reused['seconds']:.0f} s not spent)"
             refresh_lines.append(
                 f"| {arm_of(run)} | {run['seed']} | {row['refresh']} | {row['problems_selected']} "
-                f"| {row['rollouts_generated']} | {row['rollouts_trained']} "
+                f"| {generated} | {row['rollouts_trained']} "
                 f"| {row['solvability_histogram']} | {_pct(expert_weight.get('mean'))} "
                 f"| {_pct(rollout_weight.get('mean'))} | {row['dropped']} |"
             )

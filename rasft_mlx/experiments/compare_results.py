@@ -104,6 +104,7 @@ def _refresh_rows(records: list[dict]) -> list[dict]:
         "dropped",
         "ratio_clip_since_last_refresh",
         "mechanism",
+        "rollouts_reused",
     )
     return [{k: r.get(k) for k in keys} for r in records if r.get("event") == "refresh"]
 
