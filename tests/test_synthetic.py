@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections import Counter
 
@@ -246,28 +247,37 @@ def test_extra_steps_lengthen_a_level_with_its_own_kinds_of_events():
         generate_problems(2, seed=0, min_level=0, max_level=1, extra_steps=1)
 
 
-def test_solution_styles_keep_the_questions_and_write_distinct_correct_texts():
-    """Three styles: the same questions as one style, each style about a third of the
-    solutions, every one a correct derivation, and two styles of one problem far below RASFT's
-    near-duplicate threshold (word 3-gram Jaccard 0.82), so correct rollouts in different
-    styles are not collapsed into one."""
+STYLE_OPENINGS = {
+    "numbered": "Step 1:",
+    "running": "To begin, there are",
+    "worked": "We work out",
+    "chained": "First, ",
+}
+STYLE_CLOSINGS = re.compile(
+    r"^(So \w+ has \d+ \w+\.|The answer is:|That leaves \w+ with \d+ \w+\.|Final count: \d+ \w+\.)$"
+)
+
+
+@pytest.mark.parametrize("count", [3, 5])
+def test_solution_styles_keep_the_questions_and_write_distinct_correct_texts(count):
+    """N styles: the same questions as one style, each style about 1/N of the solutions, every
+    one a correct derivation, and two styles of one problem far below RASFT's near-duplicate
+    threshold (word 3-gram Jaccard 0.82), so correct rollouts in different styles are not
+    collapsed into one."""
     from rasft_mlx.data.synthetic import _make_problem, _write_solution
     from rasft_mlx.rasft.groups import word_trigram_jaccard
 
     plain = generate_problems(300, seed=4, min_level=1, max_level=3)
-    styled = generate_problems(300, seed=4, min_level=1, max_level=3, solution_styles=3)
+    styled = generate_problems(300, seed=4, min_level=1, max_level=3, solution_styles=count)
     assert [p.question for p in styled] == [p.question for p in plain]
     assert [p.answer for p in styled] == [p.answer for p in plain]
-    first_lines = Counter(p.solution.split(":")[0].split(" ")[0] for p in styled)
-    styles = {
-        "numbered": sum(p.solution.startswith("Step 1:") for p in styled),
-        "running": sum(p.solution.startswith("To begin, there are") for p in styled),
-    }
+    openings = list(STYLE_OPENINGS.items())[: count - 1]
+    styles = {name: sum(p.solution.startswith(o) for p in styled) for name, o in openings}
     styles["ladder"] = len(styled) - sum(styles.values())
-    assert all(70 <= count <= 130 for count in styles.values()), (styles, first_lines)
-    closings = re.compile(r"^(So \w+ has \d+ \w+\.|The answer is:)$")
+    expected = len(styled) / count
+    assert all(0.7 * expected <= n <= 1.3 * expected for n in styles.values()), styles
     for problem in styled:
-        kept = [line for line in problem.solution.split("\n") if not closings.match(line)]
+        kept = [line for line in problem.solution.split("\n") if not STYLE_CLOSINGS.match(line)]
         ladder_shaped = Problem(problem.id, problem.question, "\n".join(kept), problem.answer)
         assert solution_errors(ladder_shaped) == [], problem.solution
     import random
@@ -275,12 +285,20 @@ def test_solution_styles_keep_the_questions_and_write_distinct_correct_texts():
     rng = random.Random(0)
     for level in (1, 2, 3):
         question, steps, answer = _make_problem(rng, level)
-        texts = [_write_solution(steps, answer, style) for style in range(3)]
-        for i in range(3):
-            for j in range(i + 1, 3):
+        texts = [_write_solution(steps, answer, style) for style in range(count)]
+        for i in range(count):
+            for j in range(i + 1, count):
                 assert word_trigram_jaccard(texts[i], texts[j]) < 0.5, (texts[i], texts[j])
-    with pytest.raises(ValueError, match="solution_styles must be 1..3"):
-        generate_problems(2, seed=0, solution_styles=4)
+    with pytest.raises(ValueError, match="solution_styles must be 1..5"):
+        generate_problems(2, seed=0, solution_styles=6)
+
+
+def test_up_to_three_styles_write_the_texts_they_always_have():
+    """Styles 4 and 5 came later: the staged setting's start was trained on three styles' texts,
+    which must not move (sha256 of the 300 solutions, as written before the new styles)."""
+    styled = generate_problems(300, seed=4, min_level=1, max_level=3, solution_styles=3)
+    digest = hashlib.sha256("\n".join(p.solution for p in styled).encode()).hexdigest()
+    assert digest == "56e005b9b36d7abc870a41ad8cb0ecbb17dae9565c6989d21ef2c102207365dc"
 
 
 def test_a_recipe_asks_for_solution_styles(tmp_path):

@@ -16,8 +16,9 @@ From level 2 on each solution line reads "After selling: 24 - 5 = 19 apples.".
 
 `solution_styles` N > 1 writes each solution in one of N styles, drawn per problem from its own
 random stream (the questions stay those of N = 1): the ladder's labelled lines, numbered steps
-("Step 2: 24 - 5 = 19.") or running sentences ("Now there are 24 - 5 = 19 apples."), each
-closing its own way. With one style, every correct solution of a problem is the same text, so
+("Step 2: 24 - 5 = 19."), running sentences ("Now there are 24 - 5 = 19 apples."), worked
+lines ("We work out 24 - 5 = 19.") or bare chained equations ("Next, 24 - 5 = 19"), each
+closing its own way; N picks the first N of these (N <= 3 writes what it always has). With one style, every correct solution of a problem is the same text, so
 RASFT's near-duplicate rule (word 3-gram Jaccard >= 0.82) keeps at most one correct rollout per
 problem: at most 1/K of the rollouts can train. Real reasoning data has many ways to write a
 solution; the styles give the synthetic task that property.
@@ -42,7 +43,7 @@ from dataclasses import dataclass
 from rasft_mlx.data.problem import Problem
 
 MAX_LEVEL = 5
-MAX_SOLUTION_STYLES = 3
+MAX_SOLUTION_STYLES = 5
 SPLITS = ("train", "test", "ood", "validation")
 TEST_FRACTION_DENOMINATOR = 5  # one question in five (by hash) belongs to the test split
 MAX_ATTEMPTS_PER_PROBLEM = 2000
@@ -348,10 +349,17 @@ def _write_solution(chain: _Steps, answer: int, style: int) -> str:
             for i, (_, expression, result) in enumerate(steps, 1)
         ]
         lines.append(f"So {chain.name} has {answer} {obj}.")
-    else:
+    elif style == 2:
         lines = [f"Now there are {expression} = {result} {obj}." for _, expression, result in steps]
         lines[0] = lines[0].replace("Now there are", "To begin, there are", 1)
         lines.append("The answer is:")
+    elif style == 3:
+        lines = [f"We work out {expression} = {result}." for _, expression, result in steps]
+        lines.append(f"That leaves {chain.name} with {answer} {obj}.")
+    else:
+        lines = [f"Next, {expression} = {result}" for _, expression, result in steps]
+        lines[0] = lines[0].replace("Next,", "First,", 1)
+        lines.append(f"Final count: {answer} {obj}.")
     lines.append(f"\\boxed{{{answer}}}")
     return "\n".join(lines)
 

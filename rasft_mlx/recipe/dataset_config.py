@@ -58,7 +58,7 @@ class SyntheticConfig:
         default=1,
         metadata=field_meta(
             1,
-            3,
+            5,
             help="write each solution in one of N styles (1: one text per answer, so at most "
             "one correct rollout per problem survives RASFT's near-duplicate rule)",
         ),
