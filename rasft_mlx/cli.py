@@ -6,13 +6,16 @@ import os
 import shlex
 import time
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from rasft_mlx.commands.exits import console, stopping_cleanly
+from rasft_mlx.commands.exits import fail as _fail
+from rasft_mlx.commands.exits import stopped as _stopped
+from rasft_mlx.commands.exits import warn as _warn
 from rasft_mlx.runtime.blas import slow_blas_warning
 from rasft_mlx.runtime.process import prepare_command_line_process
 from rasft_mlx.runtime.version import __version__
@@ -26,20 +29,6 @@ app = typer.Typer(
     rich_markup_mode="rich",
     pretty_exceptions_enable=False,
 )
-console = Console()
-error_console = Console(stderr=True)
-
-
-def _fail(error: Exception) -> None:
-    # Text, not markup: messages quote user input such as "[0, 1]"; soft_wrap keeps paths whole.
-    error_console.print(Text.assemble(("error: ", "bold red"), str(error)), soft_wrap=True)
-    raise typer.Exit(code=2)
-
-
-def _stopped(headline: str, detail: str, code: int) -> NoReturn:
-    """Report an interrupted command (what it kept, how to go on); exit with the signal's code."""
-    console.print(Text.assemble((headline, "bold yellow"), detail), soft_wrap=True)
-    raise typer.Exit(code=code)
 
 
 def _user_errors() -> tuple[type[Exception], ...]:
@@ -57,11 +46,6 @@ def _user_errors() -> tuple[type[Exception], ...]:
     reading = (RecipeError, DataError, ModelError, GGUFImportError, FileNotFoundError)
     others = (TrainingError, DistributedError, TrackerError, ExportError, HubError, ReportError)
     return reading + others
-
-
-def _warn(warning: str | None) -> None:
-    if warning:
-        error_console.print(Text.assemble(("warning: ", "bold yellow"), warning), soft_wrap=True)
 
 
 def _version_callback(value: bool) -> None:
@@ -191,12 +175,10 @@ def evaluate(
 ) -> None:
     """Greedy pass@1 (and avg@K with --samples K) with verified final answers, per benchmark."""
     from rasft_mlx.console.display import benchmark_results_table
-    from rasft_mlx.console.progress import PhaseInterrupted
     from rasft_mlx.evaluation.benchmarks import eval_config, parse_data_sources, run_benchmarks
-    from rasft_mlx.training.stop_signals import interruptible
 
     out = out or Path("runs") / f"eval-{time.strftime('%Y%m%d-%H%M%S')}"
-    signals = None
+    kept = f": nothing written for the benchmark it was on (finished ones are in {out})"
     try:
         given = {"samples": samples, "temperature": temperature, "top_p": top_p}
         given |= {"max_new_tokens": max_new_tokens}
@@ -205,7 +187,7 @@ def evaluate(
         if len(sources) == 1:
             sources = [("eval", sources[0][1])]
         _warn(slow_blas_warning())
-        with interruptible(console) as signals:
+        with stopping_cleanly(kept):
             results = run_benchmarks(
                 model,
                 sources,
@@ -218,10 +200,6 @@ def evaluate(
                 seed=seed,
                 on_unfused=lambda why: console.print(f"adapter kept live, not fused: {why}"),
             )
-    except (PhaseInterrupted, KeyboardInterrupt) as stopped:
-        during = f" during {stopped}" if isinstance(stopped, PhaseInterrupted) else ""
-        kept = f": nothing written for the benchmark it was on (finished ones are in {out})"
-        _stopped(f"interrupted{during}", kept, signals.exit_code if signals else 130)
     except _user_errors() as error:
         _fail(error)
     console.print(benchmark_results_table(model, adapter, results))
@@ -402,7 +380,8 @@ def plan(
 
     try:
         loaded_recipe = load_recipe(recipe, set_ or [])
-        run_plan = build_plan(loaded_recipe, probe_steps=probe_steps, gauge_problems=gauges)
+        with stopping_cleanly(": nothing written (a plan writes no files)"):
+            run_plan = build_plan(loaded_recipe, probe_steps=probe_steps, gauge_problems=gauges)
     except _user_errors() as error:
         _fail(error)
     console.print(render_plan(run_plan))

@@ -185,6 +185,18 @@ def test_eval_shows_progress_and_sigint_stops_it_with_nothing_half_written(
     assert not (out / "eval.jsonl").exists() and not (out / "eval-summary.json").exists()
 
 
+def test_plan_sigint_during_the_mechanism_probe_stops_it_cleanly(tiny_llama_dir, tmp_path):
+    """`plan --gauges N` rolls out N problems (minutes on a real model): SIGINT inside that
+    phase ends it within seconds with the signal's exit code, one line and no traceback."""
+    recipe = write_recipe(tmp_path, tiny_llama_dir)
+    settings = ["--set", "data.synthetic.n_validation=200", "--set", "rollout.batch_size=4"]
+    process = start_command("plan", str(recipe), "--probe-steps", "0", "--gauges", "200", *settings)
+    code, output, seconds = signal_at(process, "gauges: rollouts", signal.SIGINT)
+    assert code == 130, output
+    assert seconds < EXIT_WITHIN_SECONDS, f"exited {seconds:.1f} s after SIGINT"
+    assert "interrupted during generation" in output and "Traceback" not in output, output
+
+
 def test_compare_sigterm_during_the_base_models_evaluation(tiny_llama_dir, tmp_path):
     from test_compare import write_recipe as write_compare_recipe
 
