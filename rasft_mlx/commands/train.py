@@ -81,9 +81,16 @@ def run_training(
         console = Console(quiet=True)
     try:
         with rank_run_dir(run_dir) as own_dir, StopSignals(console) as signals, attached(console):
-            shared = (drift_answers, shared_rollouts)
             result = _run_training(
-                recipe, own_dir, console, resume, force, stop_after, signals, *shared
+                recipe,
+                own_dir,
+                console,
+                resume,
+                force,
+                stop_after,
+                signals,
+                drift_answers=drift_answers,
+                shared_rollouts=shared_rollouts,
             )
     except TrainingInterrupted as stopped:
         if watchdog is not None:  # every rank stopped at the same step
@@ -133,7 +140,15 @@ class _Run:
 
 
 def _run_training(
-    recipe, run_dir, console, resume, force, stop_after, signals, drift_answers, shared_rollouts
+    recipe,
+    run_dir,
+    console,
+    resume,
+    force,
+    stop_after,
+    signals,
+    drift_answers: Path | None = None,
+    shared_rollouts: Path | None = None,
 ) -> TrainResult:
     check_installed(recipe.output.report_to)  # before the model loads
     mx.random.seed(recipe.training.seed)
@@ -209,7 +224,13 @@ def _train(run: _Run, stop_after, signals) -> TrainResult:
         from rasft_mlx.rasft.refresh import RasftSource
 
         source = RasftSource(
-            *(loaded, recipe, run.train_problems, run.sequences, run_dir, console, metrics),
+            loaded,
+            recipe,
+            run.train_problems,
+            run.sequences,
+            run_dir,
+            console,
+            metrics,
             shared_rollouts=run.shared_rollouts,
         )
         timings = source.timings
