@@ -11,7 +11,7 @@ import yaml
 
 from rasft_mlx.commands.train import run_training
 from rasft_mlx.data.problem import Problem
-from rasft_mlx.rasft.shared_rollouts import rollout_key, weights_digest
+from rasft_mlx.rasft.shared_rollouts import rollout_key, trainable_digest
 from rasft_mlx.recipe.config import RolloutConfig, load_recipe
 
 
@@ -76,19 +76,27 @@ def test_the_key_changes_with_every_input_of_the_draw():
     prompts = {"a": [1, 2, 3], "b": [4, 5]}
     config = RolloutConfig(k=2, max_new_tokens=8)
     base = (problems, prompts, config, 7, {})
-    key = rollout_key({"model": "m"}, weights_digest(layer), *base)
-    assert key == rollout_key({"model": "m"}, weights_digest(layer), *base)
+    key = rollout_key({"model": "m"}, trainable_digest(layer), *base)
+    assert key == rollout_key({"model": "m"}, trainable_digest(layer), *base)
     changed = [
-        rollout_key({"model": "other"}, weights_digest(layer), *base),
-        rollout_key({"model": "m"}, weights_digest(layer), problems, prompts, config, 8, {}),
+        rollout_key({"model": "other"}, trainable_digest(layer), *base),
+        rollout_key({"model": "m"}, trainable_digest(layer), problems, prompts, config, 8, {}),
         rollout_key(
-            {"model": "m"}, weights_digest(layer), problems, prompts, replace(config, k=3), 7, {}
+            {"model": "m"}, trainable_digest(layer), problems, prompts, replace(config, k=3), 7, {}
         ),
-        rollout_key({"model": "m"}, weights_digest(layer), problems[::-1], prompts, config, 7, {}),
         rollout_key(
-            {"model": "m"}, weights_digest(layer), problems, {**prompts, "b": [4, 6]}, config, 7, {}
+            {"model": "m"}, trainable_digest(layer), problems[::-1], prompts, config, 7, {}
+        ),
+        rollout_key(
+            {"model": "m"},
+            trainable_digest(layer),
+            problems,
+            {**prompts, "b": [4, 6]},
+            config,
+            7,
+            {},
         ),
     ]
     layer.weight = layer.weight + 1e-7
-    changed.append(rollout_key({"model": "m"}, weights_digest(layer), *base))
+    changed.append(rollout_key({"model": "m"}, trainable_digest(layer), *base))
     assert len({key, *changed}) == len(changed) + 1

@@ -32,7 +32,7 @@ from rasft_mlx.training.checkpoint import mlx_random_state, restore_mlx_random_s
 Samples = dict[str, list[Completion]]
 
 
-def weights_digest(model) -> str:
+def trainable_digest(model) -> str:
     """sha256 of the trainable parameters: names, dtypes, shapes and bytes."""
     digest = hashlib.sha256()
     for name, value in tree_flatten(model.trainable_parameters()):
@@ -80,7 +80,7 @@ class SharedRollouts:
         if self.directory is None:
             return (*decode(), None)
         key = rollout_key(
-            self.identity, weights_digest(model), problems, prompts, config, seed, demos
+            self.identity, trainable_digest(model), problems, prompts, config, seed, demos
         )
         path = self.directory / f"{key}.json"
         if path.is_file():
