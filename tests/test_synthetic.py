@@ -264,7 +264,8 @@ def test_solution_styles_keep_the_questions_and_write_distinct_correct_texts(cou
     one a correct derivation, and two styles of one problem far below RASFT's near-duplicate
     threshold (word 3-gram Jaccard 0.82), so correct rollouts in different styles are not
     collapsed into one."""
-    from rasft_mlx.data.synthetic import _make_problem, _write_solution
+    from rasft_mlx.data.synthetic import _make_problem
+    from rasft_mlx.data.synthetic_solutions import write_solution
     from rasft_mlx.rasft.groups import word_trigram_jaccard
 
     plain = generate_problems(300, seed=4, min_level=1, max_level=3)
@@ -285,7 +286,7 @@ def test_solution_styles_keep_the_questions_and_write_distinct_correct_texts(cou
     rng = random.Random(0)
     for level in (1, 2, 3):
         question, steps, answer = _make_problem(rng, level)
-        texts = [_write_solution(steps, answer, style) for style in range(count)]
+        texts = [write_solution(steps, answer, style) for style in range(count)]
         for i in range(count):
             for j in range(i + 1, count):
                 assert word_trigram_jaccard(texts[i], texts[j]) < 0.5, (texts[i], texts[j])

@@ -42,6 +42,7 @@ SYNTHETIC_DEFAULTS = {
     "retention_max_level": 2,
     "extra_steps": 0,
     "solution_styles": 1,
+    "style_per_line": False,
 }
 # Formats whose answers are LaTeX (graded by math-verify under grader "auto").
 LATEX_FORMATS = ("math", "authors")
@@ -186,6 +187,7 @@ def _synthetic_problems(split: str, settings: dict | None) -> list[Problem]:
         # the retention set is an earlier stage's problems: the level ladder as it is
         "extra_steps": 0 if split == "retention" else merged["extra_steps"],
         "solution_styles": merged["solution_styles"],
+        "style_per_line": merged["style_per_line"],
     }
     try:
         exclude: frozenset[str] = frozenset()

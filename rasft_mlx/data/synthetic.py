@@ -14,14 +14,14 @@ Levels (every answer is a non-negative integer; every solution ends with ``\\box
 
 From level 2 on each solution line reads "After selling: 24 - 5 = 19 apples.".
 
-`solution_styles` N > 1 writes each solution in one of N styles, drawn per problem from its own
-random stream (the questions stay those of N = 1): the ladder's labelled lines, numbered steps
-("Step 2: 24 - 5 = 19."), running sentences ("Now there are 24 - 5 = 19 apples."), worked
-lines ("We work out 24 - 5 = 19.") or bare chained equations ("Next, 24 - 5 = 19"), each
-closing its own way; N picks the first N of these (N <= 3 writes what it always has). With one style, every correct solution of a problem is the same text, so
-RASFT's near-duplicate rule (word 3-gram Jaccard >= 0.82) keeps at most one correct rollout per
-problem: at most 1/K of the rollouts can train. Real reasoning data has many ways to write a
-solution; the styles give the synthetic task that property.
+`solution_styles` N > 1 writes each solution in one of the first N styles of
+`synthetic_solutions` (labelled lines, numbered steps, running sentences, worked lines, chained
+equations), drawn per problem from its own random stream, so the questions stay those of N = 1
+(N <= 3 writes what it always has); `style_per_line` draws a style for each line instead. With one
+style, every correct solution of a problem is the same text, so RASFT's near-duplicate rule (word
+3-gram Jaccard >= 0.82) keeps at most one correct rollout per problem: at most 1/K of the rollouts
+can train. Real reasoning data has many ways to write a solution; the styles give the synthetic
+task that property, and styles per line give it many texts per answer, not N.
 
 Problems are deterministic in (seed, split). A question belongs to the test split iff a hash of
 its text says so, so train and test never share a question, for any seed; within a split
@@ -41,6 +41,7 @@ import re
 from dataclasses import dataclass
 
 from rasft_mlx.data.problem import Problem
+from rasft_mlx.data.synthetic_solutions import Steps, write_mixed_solution, write_solution
 
 MAX_LEVEL = 5
 MAX_SOLUTION_STYLES = 5
@@ -198,6 +199,7 @@ def generate_problems(
     exclude: frozenset[str] = frozenset(),
     extra_steps: int = 0,
     solution_styles: int = 1,
+    style_per_line: bool = False,
 ) -> list[Problem]:
     """n unique problems of `split`; levels cycle min_level..max_level, so any prefix is balanced.
 
@@ -205,7 +207,7 @@ def generate_problems(
     own random stream, skipping the questions in `exclude` (the training set's). `extra_steps`
     lengthens every chain by that many events of the level's own kinds (level 2 + 1: three
     add/subtract steps, between levels 2 and 3); 0 gives the ladder's problems unchanged.
-    `solution_styles`: see the module docstring."""
+    `solution_styles`, `style_per_line`: see the module docstring."""
     if not 1 <= solution_styles <= MAX_SOLUTION_STYLES:
         raise ValueError(f"solution_styles must be 1..{MAX_SOLUTION_STYLES}, got {solution_styles}")
     if n < 0:
@@ -239,8 +241,13 @@ def generate_problems(
                 f"(stopped at {index}); ask for fewer or widen the level range"
             )
         seen_questions.add(question)
-        style = style_rng.randrange(solution_styles)
-        solution = steps if isinstance(steps, str) else _write_solution(steps, answer, style)
+        style = None if style_per_line else style_rng.randrange(solution_styles)
+        if isinstance(steps, str):
+            solution = steps
+        elif style is None:
+            solution = write_mixed_solution(steps, answer, solution_styles, style_rng)
+        else:
+            solution = write_solution(steps, answer, style)
         problems.append(
             Problem(
                 id=f"synthetic-{split}-L{level}-{index}",
@@ -254,7 +261,7 @@ def generate_problems(
 
 def _make_problem(
     rng: random.Random, level: int, ood: bool = False, extra_steps: int = 0
-) -> tuple[str, str | _Steps, int]:
+) -> tuple[str, str | Steps, int]:
     if level == 0:
         return _read_off_problem(rng)
     spec = _LEVEL_SPECS[level]
@@ -296,7 +303,7 @@ def _read_off_problem(rng: random.Random) -> tuple[str, str, int]:
 
 def _chain_problem(
     rng: random.Random, spec: _LevelSpec, surface: _Surface
-) -> tuple[str, _Steps, int]:
+) -> tuple[str, Steps, int]:
     """A story that starts with a quantity and changes it step by step, one equation per step."""
     name, other = rng.sample(surface.names, 2)
     obj = rng.choice(surface.objects)
@@ -325,43 +332,7 @@ def _chain_problem(
         sentences.append(sentence.format(name=name, other=other, obj=obj))
         steps.append((label, expression, value))
     sentences.append(surface.question.format(name=name, obj=obj))
-    return " ".join(sentences), _Steps(tuple(steps), name, obj), value
-
-
-@dataclass(frozen=True)
-class _Steps:
-    """A chain's worked steps, written out by `_write_solution` in one of the styles."""
-
-    steps: tuple[tuple[str, str, int], ...]  # (label, expression, result)
-    name: str
-    obj: str
-
-
-def _write_solution(chain: _Steps, answer: int, style: int) -> str:
-    steps, obj = chain.steps, chain.obj
-    if style == 0 and len(steps) == 1:  # the ladder's level 1: the bare equation
-        lines = [f"{expression} = {result}" for _, expression, result in steps]
-    elif style == 0:
-        lines = [f"{label}: {expression} = {result} {obj}." for label, expression, result in steps]
-    elif style == 1:
-        lines = [
-            f"Step {i}: {expression} = {result}."
-            for i, (_, expression, result) in enumerate(steps, 1)
-        ]
-        lines.append(f"So {chain.name} has {answer} {obj}.")
-    elif style == 2:
-        lines = [f"Now there are {expression} = {result} {obj}." for _, expression, result in steps]
-        lines[0] = lines[0].replace("Now there are", "To begin, there are", 1)
-        lines.append("The answer is:")
-    elif style == 3:
-        lines = [f"We work out {expression} = {result}." for _, expression, result in steps]
-        lines.append(f"That leaves {chain.name} with {answer} {obj}.")
-    else:
-        lines = [f"Next, {expression} = {result}" for _, expression, result in steps]
-        lines[0] = lines[0].replace("Next,", "First,", 1)
-        lines.append(f"Final count: {answer} {obj}.")
-    lines.append(f"\\boxed{{{answer}}}")
-    return "\n".join(lines)
+    return " ".join(sentences), Steps(tuple(steps), name, obj), value
 
 
 def _next_event(

@@ -51,6 +51,7 @@ SYNTHETIC_TEST_KEYS = tuple(
         "max_level",
         "extra_steps",
         "solution_styles",
+        "style_per_line",
         "n_ood",
         "ood_min_level",
         "ood_max_level",

@@ -63,6 +63,13 @@ class SyntheticConfig:
             "one correct rollout per problem survives RASFT's near-duplicate rule)",
         ),
     )
+    style_per_line: bool = field(
+        default=False,
+        metadata=field_meta(
+            help="draw each solution line's style (and the closing's) on its own, not one "
+            "style per solution: many texts per answer, as real solutions vary"
+        ),
+    )
     retention_min_level: int = field(default=1, metadata=field_meta(0, 5))
     retention_max_level: int = field(
         default=2,
