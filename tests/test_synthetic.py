@@ -302,6 +302,57 @@ def test_up_to_three_styles_write_the_texts_they_always_have():
     assert digest == "56e005b9b36d7abc870a41ad8cb0ecbb17dae9565c6989d21ef2c102207365dc"
 
 
+LINE_STYLES = {
+    "labelled": re.compile(r"^After [\w ]+: |^At first: "),
+    "numbered": re.compile(r"^Step \d+: "),
+    "running": re.compile(r"^(To begin, there are|Now there are) "),
+    "worked": re.compile(r"^We work out "),
+    "chained": re.compile(r"^(First|Next), "),
+}
+
+
+def line_style(line: str) -> str:
+    (style,) = [name for name, pattern in LINE_STYLES.items() if pattern.match(line)]
+    return style
+
+
+def test_styles_per_line_write_many_correct_texts_per_answer():
+    """style_per_line: the same questions and answers, every solution a correct derivation, the
+    lines of one solution in different styles, and so many texts per answer that RASFT's
+    near-duplicate rule (word 3-gram Jaccard >= 0.82) almost never joins two draws of one problem
+    (one style per solution: 5 texts, so 1 pair in 5 is a duplicate)."""
+    import random
+
+    from rasft_mlx.data.synthetic import _make_problem
+    from rasft_mlx.data.synthetic_solutions import write_mixed_solution
+    from rasft_mlx.rasft.groups import word_trigram_jaccard
+
+    plain = generate_problems(300, seed=4, min_level=2, max_level=3, solution_styles=5)
+    mixed = generate_problems(
+        300, seed=4, min_level=2, max_level=3, solution_styles=5, style_per_line=True
+    )
+    assert [(p.question, p.answer) for p in mixed] == [(p.question, p.answer) for p in plain]
+    mixed_within = 0
+    for problem in mixed:
+        kept = [line for line in problem.solution.split("\n") if not STYLE_CLOSINGS.match(line)]
+        ladder_shaped = Problem(problem.id, problem.question, "\n".join(kept), problem.answer)
+        assert solution_errors(ladder_shaped) == [], problem.solution
+        mixed_within += len({line_style(line) for line in kept[:-1]}) > 1
+    assert mixed_within > 0.6 * len(mixed)  # 3 lines: 1 - 5 * (1/5)^3 = 96 % of level 3
+    rng = random.Random(0)
+    pairs = duplicates = 0
+    for _ in range(100):
+        _, steps, answer = _make_problem(rng, 3)
+        texts = [write_mixed_solution(steps, answer, 5, rng) for _ in range(4)]
+        for i in range(4):
+            for j in range(i + 1, 4):
+                pairs += 1
+                duplicates += word_trigram_jaccard(texts[i], texts[j]) >= 0.82
+    assert duplicates / pairs < 0.02, duplicates / pairs
+    one_style = generate_problems(30, seed=0, solution_styles=1, style_per_line=True)
+    assert one_style == generate_problems(30, seed=0, solution_styles=1)
+
+
 def test_a_recipe_asks_for_solution_styles(tmp_path):
     from rasft_mlx.data.sources import load_problems
 
@@ -310,3 +361,10 @@ def test_a_recipe_asks_for_solution_styles(tmp_path):
     )
     assert any(p.solution.startswith("Step 1:") for p in problems)
     assert generate_problems(30, seed=0, solution_styles=3) == problems
+    lines = load_problems(
+        "synthetic",
+        split="train",
+        synthetic={"n_train": 30, "solution_styles": 5, "style_per_line": True},
+    )
+    assert lines == generate_problems(30, seed=0, solution_styles=5, style_per_line=True)
+    assert lines != generate_problems(30, seed=0, solution_styles=5)
