@@ -127,6 +127,7 @@ def test_a_variant_that_cannot_pair_is_refused(tiny_llama_dir, tmp_path):
     refused({"data.synthetic.n_test": 7}, "data.synthetic.n_test")
     refused({"data.synthetic.ood_max_level": 3}, "data.synthetic.ood_max_level")
     refused({"data.synthetic.seed": 5}, "data.synthetic.seed")
+    refused({"data.synthetic.style_per_line": True}, "data.synthetic.style_per_line")
     refused({"data.test": "synthetic-ood"}, "data.test")
     refused({"eval.extra_sets": []}, "eval.extra_sets")
     refused({"eval.max_new_tokens": 16}, "eval.max_new_tokens")
