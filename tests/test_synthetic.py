@@ -353,6 +353,21 @@ def test_styles_per_line_write_many_correct_texts_per_answer():
     assert one_style == generate_problems(30, seed=0, solution_styles=1)
 
 
+def test_the_kept_starts_training_texts_do_not_move():
+    """Five styles per solution (stop 46's probe start) and styles per line (the staged-varied
+    start kept in git, trained on these 960 solutions): sha256 as written when they were trained."""
+
+    def digest(problems):
+        return hashlib.sha256("\n".join(p.solution for p in problems).encode()).hexdigest()
+
+    five = generate_problems(300, seed=4, min_level=1, max_level=3, solution_styles=5)
+    assert digest(five) == "2236c94c9cc19031189bdf453ef6b3b497afa1fe6419e2f6b77671183b54edf3"
+    varied = generate_problems(
+        960, seed=0, min_level=1, max_level=3, solution_styles=5, style_per_line=True
+    )
+    assert digest(varied) == "f2a90113c2f7ea62d7defd975a70e8f7688b4563d6c2fc5e6c347c2845030414"
+
+
 def test_a_recipe_asks_for_solution_styles(tmp_path):
     from rasft_mlx.data.sources import load_problems
 
